@@ -1,0 +1,10 @@
+"""Open-AutoGLM: deploy, serve and keep improving GLM-family models on your own hardware.
+
+The public API is small on purpose; most users drive the package through the ``autoglm`` CLI.
+Importing this package does no work (no model loading, no network, no argument parsing).
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

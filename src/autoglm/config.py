@@ -1,0 +1,58 @@
+"""Settings, read in one place.
+
+:class:`EngineSettings` says how to load and run one model; :class:`ServerSettings` says where and
+how to serve. The CLI builds them from flags; the deploy file (``autoglm deploy``) builds them from
+YAML. Environment variables are read here and nowhere else.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["EngineSettings", "ServerSettings", "default_store_dir"]
+
+QUANTIZE_CHOICES = ("auto", "none", "fp32", "fp16", "bf16", "int8", "int4")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def default_store_dir() -> Path:
+    """Where models live: ``$AUTOGLM_HOME`` or ``~/.cache/autoglm`` (any OS)."""
+    env = os.environ.get("AUTOGLM_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autoglm"
+
+
+def offline_mode() -> bool:
+    """``AUTOGLM_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``): never touch the network."""
+    return any(os.environ.get(v, "") in ("1", "true", "yes") for v in ("AUTOGLM_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+@dataclass
+class EngineSettings:
+    model: str = "autoglm-demo"
+    served_model_name: str | None = None
+    engine: str = "auto"  # auto | transformers | llamacpp | vllm
+    quantize: str = "auto"  # see QUANTIZE_CHOICES
+    device: str = "auto"  # see DEVICE_CHOICES
+    max_model_len: int | None = None  # None: the model's own limit (capped by the planner)
+    max_num_seqs: int = 16  # sequences decoded together
+    max_queue: int = 256  # waiting requests before 429
+    request_timeout: float = 600.0  # seconds, per request
+    seed: int = 0
+    store_dir: Path = field(default_factory=default_store_dir)
+    offline: bool = field(default_factory=offline_mode)
+    revision: str | None = None
+    source: str = "auto"  # auto | huggingface | modelscope | local
+    num_threads: int | None = None  # CPU threads for torch; None = torch's default
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: list[str] = field(default_factory=list)
+    log_level: str = "info"
