@@ -1,0 +1,225 @@
+"""API keys: create, verify, list, revoke; plus the admin key check.
+
+A key is ``agl-`` followed by 43 url-safe characters from :mod:`secrets` (256 bits). The store keeps
+only a hash of it (SHA-256, or HMAC-SHA-256 with a server-side pepper when one is configured) and a
+short non-secret prefix (``agl-`` + 8 characters) for display and lookup. The plaintext is returned
+once by :func:`create_key` and never stored or logged. :func:`verify` looks rows up by prefix and
+compares hashes with :func:`hmac.compare_digest`.
+
+Knows nothing about HTTP, rate limiting or where the pepper comes from (the caller passes it).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autoglm.errors import AutoGLMError, ConfigError
+from autoglm.gateway.store import StateStore
+
+__all__ = [
+    "KeyInfo",
+    "KeyNotFoundError",
+    "create_key",
+    "verify",
+    "list_keys",
+    "get_key",
+    "revoke_key",
+    "has_keys",
+    "hash_key",
+    "check_admin_key",
+    "KEY_PREFIX",
+]
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "agl-"
+_SECRET_BYTES = 32  # token_urlsafe(32) -> 43 characters
+_DISPLAY_CHARS = 8  # characters after "agl-" kept in clear; the remaining 35 (~210 bits) stay secret
+_COLUMNS = "id, name, prefix, models, rpm, tpm, created_at, expires_at, revoked_at"
+
+
+class KeyNotFoundError(AutoGLMError):
+    """No key has the given name or id."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the gateway knows about a key; never the key itself nor its hash."""
+
+    id: str
+    name: str
+    prefix: str
+    models: tuple[str, ...] | None = None  # None: every model
+    rpm: int | None = None  # requests per minute; None: unlimited
+    tpm: int | None = None  # tokens per minute; None: unlimited
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def is_active(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["models"] = list(self.models) if self.models is not None else None
+        return d
+
+
+def hash_key(plaintext: str, pepper: str | None = None) -> str:
+    data = plaintext.encode("utf-8")
+    if pepper:
+        return hmac.new(pepper.encode("utf-8"), data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _prefix_of(plaintext: str) -> str:
+    return plaintext[: len(KEY_PREFIX) + _DISPLAY_CHARS]
+
+
+def _row_to_info(row: tuple) -> KeyInfo:
+    id_, name, prefix, models, rpm, tpm, created, expires, revoked = row
+    return KeyInfo(
+        id=id_,
+        name=name,
+        prefix=prefix,
+        models=tuple(json.loads(models)) if models is not None else None,
+        rpm=int(rpm) if rpm is not None else None,
+        tpm=int(tpm) if tpm is not None else None,
+        created_at=float(created),
+        expires_at=float(expires) if expires is not None else None,
+        revoked_at=float(revoked) if revoked is not None else None,
+    )
+
+
+def _check_limit(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer (or omitted for no limit), got {value!r}")
+    return value
+
+
+def create_key(
+    store: StateStore,
+    name: str,
+    models: list[str] | tuple[str, ...] | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    expires_at: float | None = None,
+    *,
+    pepper: str | None = None,
+    now: float | None = None,
+) -> tuple[str, KeyInfo]:
+    """Create a key; return ``(plaintext, info)``. The plaintext exists only in this return value."""
+    name = (name or "").strip()
+    if not name:
+        raise ConfigError("a key needs a non-empty --name (e.g. --name ci-bot)")
+    now = time.time() if now is None else now
+    if expires_at is not None and expires_at <= now:
+        raise ConfigError(f"expiry {expires_at!r} is in the past; give a future time (e.g. --expires 30d)")
+    if models is not None:
+        models = tuple(m.strip() for m in models if m.strip())
+        if not models:
+            raise ConfigError("--models was given but names no model; omit it to allow every model")
+    rpm, tpm = _check_limit("rpm", rpm), _check_limit("tpm", tpm)
+    if store.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)):
+        raise ConfigError(f"a key named {name!r} already exists; pick another name or revoke that one first")
+
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+    info = KeyInfo(
+        id="key_" + secrets.token_hex(6),
+        name=name,
+        prefix=_prefix_of(plaintext),
+        models=models,
+        rpm=rpm,
+        tpm=tpm,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    store.execute(
+        f"INSERT INTO api_keys ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            info.id,
+            info.name,
+            info.prefix,
+            json.dumps(list(models)) if models is not None else None,
+            rpm,
+            tpm,
+            info.created_at,
+            info.expires_at,
+            None,
+            hash_key(plaintext, pepper),
+        ),
+    )
+    log.info("created API key name=%s id=%s", info.name, info.id)
+    return plaintext, info
+
+
+def verify(store: StateStore, presented: str | None, *, pepper: str | None = None, now: float | None = None) -> KeyInfo | None:
+    """The key's info if ``presented`` is a known, unrevoked, unexpired key; else ``None``."""
+    if not presented or not presented.startswith(KEY_PREFIX):
+        return None
+    digest = hash_key(presented, pepper)
+    rows = store.execute(
+        f"SELECT {_COLUMNS}, key_hash FROM api_keys WHERE prefix = ?", (_prefix_of(presented),)
+    )
+    found: KeyInfo | None = None
+    for row in rows:
+        # Compare every candidate so the time taken does not depend on which one matches.
+        if hmac.compare_digest(str(row[-1]).encode("ascii"), digest.encode("ascii")):
+            found = _row_to_info(row[:-1])
+    if found is None or not found.is_active(now):
+        return None
+    return found
+
+
+def list_keys(store: StateStore, *, include_revoked: bool = True) -> list[KeyInfo]:
+    where = "" if include_revoked else " WHERE revoked_at IS NULL"
+    rows = store.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, name")
+    return [_row_to_info(r) for r in rows]
+
+
+def get_key(store: StateStore, name_or_id: str) -> KeyInfo:
+    """Look a key up by id first, then by name."""
+    for column in ("id", "name"):
+        rows = store.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE {column} = ?", (name_or_id,))
+        if rows:
+            return _row_to_info(rows[0])
+    names = [k.name for k in list_keys(store)]
+    raise KeyNotFoundError(
+        f"no API key has the name or id {name_or_id!r}; known names: {', '.join(names) or '(none)'} "
+        "(see `autoglm keys list`)"
+    )
+
+
+def revoke_key(store: StateStore, name_or_id: str, *, now: float | None = None) -> KeyInfo:
+    """Revoke a key (idempotent: revoking twice keeps the first time). Returns its updated info."""
+    info = get_key(store, name_or_id)
+    if info.revoked_at is None:
+        now = time.time() if now is None else now
+        store.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, info.id))
+        log.info("revoked API key name=%s id=%s", info.name, info.id)
+        info = get_key(store, info.id)
+    return info
+
+
+def has_keys(store: StateStore) -> bool:
+    """True once any key was ever created (revoked ones count: revoking the last key must not open the gateway)."""
+    return bool(store.execute("SELECT 1 FROM api_keys LIMIT 1"))
+
+
+def check_admin_key(presented: str | None, admin_key: str | None) -> bool:
+    """Constant-time comparison with the configured admin key; ``False`` when none is configured."""
+    if not admin_key or not presented:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8"), admin_key.encode("utf-8"))

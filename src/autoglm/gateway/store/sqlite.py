@@ -1,0 +1,75 @@
+"""SQLite state store: one file, nothing to set up. The default (``<AUTOGLM_HOME>/state.db``).
+
+WAL mode lets readers run while one writer writes; ``BEGIN IMMEDIATE`` takes the write lock up front,
+so two processes migrating the same new file at once take turns instead of failing. Knows nothing
+about what the tables mean.
+"""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from autoglm.errors import ConfigError
+from autoglm.gateway.store._base import StateStore, register_store
+
+__all__ = ["SQLiteStore"]
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///abs/path.db`` -> ``/abs/path.db``; ``sqlite://rel.db`` or a bare path -> that path."""
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://"):]
+        # sqlite:///abs -> "/abs"; sqlite://rel -> "rel" (SQLAlchemy's convention).
+        path = rest
+    else:
+        path = url
+    if not path or path == ":memory:":
+        raise ConfigError(
+            f"state store URL {url!r} names no file; use sqlite:///path/to/state.db "
+            "(an in-memory database would lose every key on restart)"
+        )
+    return Path(path).expanduser()
+
+
+@register_store("sqlite")
+class SQLiteStore(StateStore):
+    def __init__(self, url: str):
+        self.url = url
+        self.path = sqlite_path(url)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"cannot open the SQLite state store {str(self.path)!r}: {exc}; "
+                "check the directory exists and is writable, or set another --store"
+            ) from exc
+        self._lock = threading.RLock()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
