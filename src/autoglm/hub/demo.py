@@ -1,0 +1,413 @@
+"""The embedded demo models: GLM-4-shaped models with random weights, built locally.
+
+``autoglm-demo`` (about 7M parameters) and ``autoglm-demo-100m`` (about 100M) let every command,
+test and benchmark run without a download. A build is deterministic: the same name and seed give
+byte-identical ``model.safetensors`` and ``tokenizer.json``. The directory loads with
+``transformers.AutoModelForCausalLM`` and ``AutoTokenizer`` like any GLM-4 checkpoint:
+
+* ``config.json`` / ``generation_config.json``: a transformers ``Glm4Config``; ``eos_token_id`` is the
+  list of ``<|endoftext|>``, ``<|user|>`` and ``<|observation|>``, as GLM-4 has it.
+* ``model.safetensors``: seeded random weights (float32). The output is noise.
+* ``tokenizer.json`` / ``tokenizer_config.json``: a byte-level BPE tokenizer trained on the text in
+  ``autoglm/hub/data/corpus_*.txt`` with GLM-4's special tokens, and the GLM-4 chat template
+  (``data/glm4_chat_template.jinja``) embedded in ``tokenizer_config.json``.
+* ``README.md``: a model card that says the weights are random.
+* ``autoglm_demo.json``: what was built (name, seed, builder version); a store entry from an older
+  builder version is rebuilt by :func:`ensure_demo_model`.
+
+This module knows nothing about where the store lives (the caller passes it), about engines, or about
+serving; torch, transformers and tokenizers are imported only when a model is built.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from autoglm.errors import AutoGLMError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import Glm4Config
+
+__all__ = [
+    "DemoSpec",
+    "DEMO_VARIANTS",
+    "SPECIAL_TOKENS",
+    "is_demo_model",
+    "demo_config",
+    "build_demo_model",
+    "ensure_demo_model",
+]
+
+# Bump when anything that ends up in a built directory changes (corpus, template, layout), so that
+# ensure_demo_model() rebuilds stale store entries instead of serving them.
+BUILDER_VERSION = 1
+
+VOCAB_SIZE = 8192  # tokenizer vocabulary, special tokens included
+MAX_POSITIONS = 4096
+STAMP_FILE = "autoglm_demo.json"
+CORPUS_FILES = ("corpus_en.txt", "corpus_zh.txt", "corpus_code.txt", "corpus_json.txt")
+TEMPLATE_FILE = "glm4_chat_template.jinja"
+
+# GLM-4's special tokens (names as GLM-4 uses them), first in the vocabulary so their ids never move
+# when the corpus changes. Two reserved slots make sixteen.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|reserved_0|>",
+    "<|reserved_1|>",
+)
+EOS_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
+PAD_TOKEN = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Architecture numbers of one demo variant (the vocabulary is shared: :data:`VOCAB_SIZE`)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    description: str
+    max_position_embeddings: int = MAX_POSITIONS
+
+
+DEMO_VARIANTS: dict[str, DemoSpec] = {
+    "autoglm-demo": DemoSpec(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=688,
+        description="GLM-4-shaped, ~7M random parameters: loads in well under a second, decodes fast on CPU.",
+    ),
+    "autoglm-demo-100m": DemoSpec(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        head_dim=64,
+        intermediate_size=2432,
+        description="GLM-4-shaped, ~100M random parameters: for load, memory and throughput tests.",
+    ),
+}
+
+
+def is_demo_model(name: str) -> bool:
+    """True when ``name`` is one of :data:`DEMO_VARIANTS` (exact, case-sensitive)."""
+    return name in DEMO_VARIANTS
+
+
+def _spec(name: str) -> DemoSpec:
+    try:
+        return DEMO_VARIANTS[name]
+    except KeyError:
+        known = ", ".join(sorted(DEMO_VARIANTS))
+        raise ModelNotFoundError(f"unknown demo model {name!r}: use one of {known}") from None
+
+
+def _special_ids() -> dict[str, int]:
+    return {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+
+
+def demo_config(name: str) -> Glm4Config:
+    """The transformers ``Glm4Config`` of demo variant ``name`` (no weights, nothing written)."""
+    from transformers import Glm4Config
+
+    spec = _spec(name)
+    ids = _special_ids()
+    return Glm4Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        pad_token_id=ids[PAD_TOKEN],
+        eos_token_id=[ids[t] for t in EOS_TOKENS],
+        bos_token_id=None,
+        architectures=["Glm4ForCausalLM"],
+        dtype="float32",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def _data_text(filename: str) -> str:
+    return resources.files("autoglm.hub").joinpath("data", filename).read_text(encoding="utf-8")
+
+
+def chat_template() -> str:
+    """The GLM-4 chat template (Jinja) that demo tokenizers carry."""
+    return _data_text(TEMPLATE_FILE)
+
+
+@lru_cache(maxsize=1)
+def _train_tokenizer_json() -> str:
+    """Train the byte-level BPE on the shipped corpus; returns ``tokenizer.json`` text.
+
+    Training is deterministic for a given corpus (tokenizers breaks ties between equally frequent
+    pairs by the pair itself), and the result is cached for the process: every variant shares it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    texts = [_data_text(f) for f in CORPUS_FILES]
+    tok.train_from_iterator(_paragraphs(texts), trainer=trainer)
+    return tok.to_str()
+
+
+def _paragraphs(texts: list[str]) -> Iterator[str]:
+    for text in texts:
+        yield from (p for p in text.split("\n\n") if p.strip())
+
+
+def _build_tokenizer() -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(_train_tokenizer_json())
+
+
+def _save_tokenizer(out: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=_build_tokenizer(),
+        eos_token="<|endoftext|>",
+        pad_token=PAD_TOKEN,
+        unk_token=None,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t != "<|endoftext|>"],
+        chat_template=chat_template(),
+        model_max_length=MAX_POSITIONS,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(str(out), save_jinja_files=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# weights
+
+
+def _write_weights(name: str, config: Glm4Config, out: Path, seed: int) -> None:
+    """Seeded random weights, written in sorted tensor-name order so the file is byte-stable."""
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+    from transformers import Glm4ForCausalLM
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Glm4ForCausalLM(config).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    std = config.initializer_range
+    tensors: dict[str, Any] = {}
+    show = sum(int(torch.Size(s).numel()) for s in shapes.values()) > 50_000_000
+    for key in tqdm(sorted(shapes), desc=f"{name}: weights", unit="tensor", disable=not show):
+        shape = shapes[key]
+        if key.endswith("norm.weight"):
+            tensors[key] = torch.ones(shape)
+        elif key.endswith(".bias"):
+            tensors[key] = torch.zeros(shape)
+        else:
+            tensors[key] = torch.randn(shape, generator=gen) * std
+    if show:
+        print(f"{name}: writing model.safetensors", flush=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _model_card(name: str, spec: DemoSpec, seed: int, n_params: int) -> str:
+    return f"""# {name}
+
+**The weights of this model are random. Its output is noise.** It was not trained on anything.
+
+`{name}` is a demo model built locally by Open-AutoGLM (`autoglm.hub.demo`, seed {seed}) so that
+servers, tests and benchmarks run without downloading a real model. It has the GLM-4 architecture
+(transformers `Glm4ForCausalLM`) and GLM-4's chat format and special tokens, so code that works with it
+works with a real GLM-4 checkpoint — but nothing it writes means anything.
+
+- {spec.description}
+- Parameters: {n_params:,}
+- Layers {spec.num_hidden_layers}, hidden {spec.hidden_size}, heads {spec.num_attention_heads}
+  (KV heads {spec.num_key_value_heads}, head dim {spec.head_dim}), MLP {spec.intermediate_size},
+  context {spec.max_position_embeddings} tokens.
+- Tokenizer: byte-level BPE, {VOCAB_SIZE} tokens, trained on a small original English/Chinese/code corpus.
+
+Use a real model (for example `THUDM/glm-4-9b-chat-hf`) for anything that needs meaningful text.
+"""
+
+
+def _n_params(config: Glm4Config) -> int:
+    import torch
+    from transformers import Glm4ForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in Glm4ForCausalLM(config).parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# build and store
+
+
+def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
+    """Build demo variant ``name`` into ``out_dir`` and return ``out_dir``.
+
+    The model is written into a temporary directory next to ``out_dir`` and renamed into place, so a
+    crash never leaves a half-written model; an existing ``out_dir`` is replaced. Shows progress for
+    the large variant. Raises :class:`ModelNotFoundError` for an unknown name.
+    """
+    from transformers import GenerationConfig
+
+    spec = _spec(name)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    try:
+        config = demo_config(name)
+        config.save_pretrained(str(tmp))
+        GenerationConfig(
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+            do_sample=False,
+        ).save_pretrained(str(tmp))
+        _save_tokenizer(tmp)
+        _write_weights(name, config, tmp, seed)
+        (tmp / "README.md").write_text(_model_card(name, spec, seed, _n_params(config)), encoding="utf-8")
+        _write_json(tmp / STAMP_FILE, {"name": name, "seed": seed, "builder_version": BUILDER_VERSION})
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    old: Path | None = None
+    if out_dir.exists():
+        # Directories cannot be renamed over a non-empty target: move the old one aside first.
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "model")
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_current(path: Path, name: str) -> bool:
+    try:
+        stamp = json.loads((path / STAMP_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return stamp.get("name") == name and stamp.get("builder_version") == BUILDER_VERSION
+
+
+def ensure_demo_model(name: str, store_dir: Path) -> Path:
+    """Return ``store_dir/"demo"/name``, building it on first use (or when built by an older builder).
+
+    Safe when several processes call it at once: one builds under an exclusive lock file, the others
+    wait for the lock and then find the finished model.
+    """
+    _spec(name)
+    path = Path(store_dir) / "demo" / name
+    if _is_current(path, name):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(path.parent / f".{name}.lock"):
+        if not _is_current(path, name):  # another process may have built it while we waited
+            build_demo_model(name, path)
+    return path
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path, timeout: float = 600.0) -> Iterator[None]:
+    """An inter-process lock held on an open file: fcntl on POSIX, msvcrt on Windows.
+
+    The OS drops the lock when its holder dies, so a crashed build never blocks later ones.
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _lock_fd(fd, lock_path, timeout)
+        try:
+            yield
+        finally:
+            _unlock_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_fd(fd: int, lock_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AutoGLMError(
+                    f"timed out after {timeout:.0f}s waiting for {lock_path} (another process is building "
+                    "the demo model); if no autoglm process is running, delete that file and retry"
+                ) from None
+            time.sleep(0.1)
+
+
+def _unlock_fd(fd: int) -> None:
+    if os.name == "nt":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
