@@ -1,0 +1,116 @@
+"""The transformers backend: any Hugging Face causal LM (GLM-4 first), on CPU, CUDA or Apple MPS,
+with continuous batching (:mod:`autoglm.engine.core`).
+
+Loading is: resolve the name to a local directory (:mod:`autoglm.hub.resolve`, which pulls what is
+missing), plan the precision from free memory (:mod:`autoglm.quantization`), load the weights,
+apply the precision. Everything after loading is the shared loop engine.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from autoglm.config import EngineSettings
+from autoglm.engine.base import register_engine
+from autoglm.engine.loop import LoadedModel, LoopEngine
+
+__all__ = ["TransformersEngine", "load_transformers_model"]
+
+log = logging.getLogger("autoglm.engine")
+
+_DTYPES = {"fp32": "float32", "none": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+@register_engine("transformers")
+class TransformersEngine(LoopEngine):
+    def __init__(self, settings: EngineSettings):
+        super().__init__(
+            settings.name,
+            max_num_seqs=settings.max_num_seqs,
+            max_queue=settings.max_queue,
+            request_timeout=settings.request_timeout,
+        )
+        self.settings = settings
+
+    def _load(self) -> LoadedModel:
+        return load_transformers_model(self.settings)
+
+
+def _eos_ids(path: Any, config: Any, tokenizer: Any) -> list[int]:
+    from transformers import GenerationConfig
+
+    ids: list[int] = []
+    try:
+        gen = GenerationConfig.from_pretrained(path)
+        ids = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    except (OSError, ValueError):
+        pass
+    if not any(i is not None for i in ids):
+        eos = getattr(config, "eos_token_id", None)
+        ids = eos if isinstance(eos, list) else [eos]
+    if not any(i is not None for i in ids) and tokenizer.eos_token_id is not None:
+        ids = [tokenizer.eos_token_id]
+    return [int(i) for i in ids if i is not None]
+
+
+def load_transformers_model(settings: EngineSettings) -> LoadedModel:
+    """Resolve, plan, load and quantize ``settings.model``; log each decision with its reason."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from autoglm.hub.resolve import resolve_model
+    from autoglm.quantization import ModelArch, apply_precision, detect_device, plan_precision
+
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    resolved = resolve_model(settings.model, settings)
+    path = resolved.path
+    config = AutoConfig.from_pretrained(path)
+    device = detect_device(settings.device)
+    text_cfg = config.get_text_config()
+    plan = plan_precision(
+        ModelArch.from_config(text_cfg),
+        device,
+        requested=settings.quantize,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+    )
+    for reason in plan.reasons:
+        log.info("plan: %s", reason)
+    load_dtype = _load_dtype(plan.precision, device.kind, config)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype)
+    model.eval()
+    model = apply_precision(model, plan.precision, device)
+    if device.kind != "cpu" and plan.precision not in ("int8", "int4"):
+        model.to(device.kind)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    description = ""
+    if resolved.spec is not None:
+        description = getattr(resolved.spec, "description", "") or ""
+    info = {
+        "path": str(path),
+        "precision": plan.precision,
+        "device": device.kind,
+        "reasons": list(plan.reasons),
+    }
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        max_model_len=plan.max_model_len,
+        eos_token_ids=_eos_ids(path, config, tokenizer),
+        device=device.kind if plan.precision not in ("int8",) or device.kind != "cpu" else "cpu",
+        description=description,
+        info=info,
+    )
+
+
+def _load_dtype(precision: str, device_kind: str, config: Any) -> Any:
+    import torch
+
+    if precision == "none":
+        return "auto" if device_kind != "cpu" else torch.float32
+    name = _DTYPES.get(precision)
+    if name is not None:
+        return getattr(torch, name)
+    # quantized: load in fp32 on CPU (dynamic int8 quantizes fp32 Linear layers), 16-bit on GPU
+    return torch.float32 if device_kind == "cpu" else torch.bfloat16

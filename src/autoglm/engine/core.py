@@ -1,0 +1,212 @@
+"""The engine core: one :meth:`EngineCore.step` is schedule → run the model → sample → update.
+
+Owns the scheduler, the batch runner and the per-sequence sampler/detokenizer/constraint state.
+Single-threaded by design: the async layer (:mod:`autoglm.engine.loop`) calls :meth:`step` from one
+background thread and passes requests in through its own inbox. Knows token ids and tensors; knows
+nothing about HTTP or OpenAI schemas.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from autoglm.engine.detokenizer import IncrementalDetokenizer
+from autoglm.engine.io_struct import EngineRequest, EngineStats, RequestOutput, TokenLogprob, TopLogprob
+from autoglm.engine.runner import BatchRunner
+from autoglm.engine.sampling import RowState, sample
+from autoglm.engine.scheduler import Scheduler, Sequence
+from autoglm.errors import InvalidRequestError
+
+__all__ = ["EngineCore", "validate_request"]
+
+
+def validate_request(request: EngineRequest, max_model_len: int, vocab_size: int) -> None:
+    """Reject what cannot run, with the numbers (raised before anything is queued)."""
+    n_prompt = len(request.prompt_token_ids)
+    p = request.params
+    if n_prompt == 0:
+        raise InvalidRequestError("the prompt is empty; send at least one token", param="messages")
+    if p.max_tokens < 1:
+        raise InvalidRequestError(f"max_tokens must be at least 1, got {p.max_tokens}", param="max_tokens")
+    if n_prompt + p.max_tokens > max_model_len:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{n_prompt + p.max_tokens} tokens ({n_prompt} in the prompt, {p.max_tokens} in the completion). "
+            "Please reduce the length of the prompt or max_tokens.",
+            param="max_tokens",
+        )
+    bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})", param="prompt")
+    if p.logprobs is not None and not 0 <= p.logprobs <= 20:
+        raise InvalidRequestError(f"top_logprobs must be between 0 and 20, got {p.logprobs}", param="top_logprobs")
+
+
+class EngineCore:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        max_model_len: int,
+        max_num_seqs: int = 16,
+        max_queue: int = 256,
+        eos_token_ids: list[int] | None = None,
+        device: torch.device | str = "cpu",
+        max_prefill_tokens: int = 4096,
+    ):
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.vocab_size = len(tokenizer)
+        self.eos_token_ids = set(eos_token_ids or [])
+        self.scheduler = Scheduler(max_num_seqs, max_queue, max_prefill_tokens)
+        self.runner = BatchRunner(model, device)
+        cfg = model.config.get_text_config()
+        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * getattr(
+            cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads
+        )
+        self._kv_capacity_elems = per_token * max_model_len * max_num_seqs
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self._token_text: dict[int, str] = {}
+
+    # -- requests ----------------------------------------------------------------------------
+    def add_request(self, request: EngineRequest) -> None:
+        validate_request(request, self.max_model_len, self.vocab_size)
+        seq = Sequence(request)
+        p = request.params
+        seq.extra["row"] = RowState(p, self.vocab_size, request.prompt_token_ids)
+        seq.extra["detok"] = IncrementalDetokenizer(self.tokenizer, p.stop, p.include_stop_str_in_output)
+        if p.guided is not None:
+            from autoglm.engine.guided import build_constraint
+
+            seq.extra["constraint"] = build_constraint(p.guided, self.tokenizer)
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.scheduler.get(request_id)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq, "abort")
+        self.runner.remove([seq])
+        return self._output(seq, [], "", None)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, emit: Callable[[list[RequestOutput]], None]) -> None:
+        """Advance every running sequence by one token (and admit waiting ones); ``emit`` is
+        called with the outputs as soon as each phase has them (first tokens before the decode)."""
+        sched = self.scheduler.schedule()
+        outputs: list[RequestOutput] = []
+        if sched.expired:
+            self.runner.remove(sched.expired)
+            outputs += [self._output(s, [], s.extra["detok"].flush(), None) for s in sched.expired]
+        if sched.prefill:
+            prompts = [s.request.prompt_token_ids for s in sched.prefill]
+            self.prompt_tokens_total += sum(len(p) for p in prompts)
+            logits = self.runner.prefill(sched.prefill, prompts)
+            outputs += self._sample_and_update(list(sched.prefill), logits)
+            emit(outputs)
+            outputs = []
+        if len(self.runner):
+            seqs: list[Sequence] = list(self.runner.rows)
+            logits = self.runner.decode([s.output_token_ids[-1] for s in seqs])
+            outputs += self._sample_and_update(seqs, logits)
+        if outputs:
+            emit(outputs)
+
+    def _sample_and_update(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
+        rows: list[RowState] = []
+        for seq in seqs:
+            row = seq.extra["row"]
+            constraint = seq.extra.get("constraint")
+            if constraint is not None:
+                row.allowed_mask = torch.from_numpy(constraint.allowed_token_ids(seq.remaining_tokens))
+            rows.append(row)
+        result = sample(logits, rows)
+        now = time.monotonic()
+        outputs, finished = [], []
+        for seq, row, token, lp in zip(seqs, rows, result.token_ids, result.logprobs):
+            p = seq.request.params
+            seq.output_token_ids.append(token)
+            row.record(token)
+            self.generation_tokens_total += 1
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            constraint = seq.extra.get("constraint")
+            if constraint is not None:
+                constraint.advance(token)
+            reason = None
+            stop_reason: str | int | None = None
+            special_stop = (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids
+            text, stopped = seq.extra["detok"].add(token, skip=special_stop)
+            if special_stop:
+                reason, stop_reason = "stop", token
+            elif stopped:
+                reason, stop_reason = "stop", seq.extra["detok"].stopped_by
+            elif constraint is not None and constraint.done:
+                reason = "stop"
+            elif seq.remaining_tokens <= 0 or seq.num_tokens >= self.max_model_len:
+                reason = "length"
+            if reason is not None:
+                if not stopped:
+                    text += seq.extra["detok"].flush()
+                self.scheduler.finish(seq, reason)
+                finished.append(seq)
+            logprobs = None
+            if lp is not None:
+                chosen, top = lp
+                logprobs = [
+                    TokenLogprob(
+                        token, self._text_of(token), chosen, [TopLogprob(t, self._text_of(t), v) for t, v in top]
+                    )
+                ]
+            outputs.append(self._output(seq, [token], text, logprobs, stop_reason))
+        if finished:
+            self.runner.remove(finished)
+        return outputs
+
+    def _output(self, seq: Sequence, token_ids: list[int], text: str, logprobs, stop_reason=None) -> RequestOutput:
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=token_ids,
+            text=text,
+            finished=seq.finished,
+            finish_reason=seq.finish_reason,
+            logprobs=logprobs,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=len(seq.output_token_ids),
+            arrival_time=seq.request.arrival_time,
+            first_scheduled_time=seq.first_scheduled_time,
+            first_token_time=seq.first_token_time,
+            stop_reason=stop_reason,
+        )
+
+    def _text_of(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id])
+            self._token_text[token_id] = text
+        return text
+
+    def stats(self) -> EngineStats:
+        used = 0
+        if self.runner.cache is not None and len(self.runner):
+            cfg = self.runner.model.config.get_text_config()
+            per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * getattr(
+                cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads
+            )
+            used = per_token * len(self.runner) * self.runner.cache_len
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=min(1.0, used / self._kv_capacity_elems) if self._kv_capacity_elems else 0.0,
+            max_num_seqs=self.scheduler.max_num_seqs,
+            max_model_len=self.max_model_len,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+        )

@@ -1,0 +1,223 @@
+"""Run a transformers causal LM over a batch whose members come and go at every step.
+
+The running batch shares one KV cache laid out left-padded: row ``i`` holds sequence ``rows[i]``
+right-aligned in ``[B, H_kv, L, D]`` buffers, with a ``[B, L]`` attention mask marking real
+positions and explicit ``position_ids`` per row, so every sequence sees exactly the keys and
+positions it would see alone. New sequences are prefilled (batched, left-padded) in a fresh cache
+and merged in; finished ones are dropped and all-padding columns on the left are trimmed.
+
+The buffers are pre-allocated with spare capacity (:class:`SlabLayer`) so a decode step writes one
+column in place instead of re-concatenating the whole cache. Knows torch and transformers' cache
+API; knows nothing about sampling, requests or HTTP.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+__all__ = ["SlabLayer", "BatchRunner"]
+
+
+class SlabLayer(DynamicLayer):
+    """One layer's K/V in ``[B, H, capacity, D]`` buffers; the first ``length`` columns are in use."""
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None, length: int = 0):
+        super().__init__()
+        self.kbuf = keys
+        self.vbuf = values
+        self.length = length
+        if keys is not None:
+            self.is_initialized = True
+            self.device = keys.device
+            self._sync()
+
+    def _sync(self) -> None:
+        self.keys = self.kbuf[:, :, : self.length]
+        self.values = self.vbuf[:, :, : self.length]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, d = key_states.shape
+        self.kbuf = key_states.new_empty((b, h, 0, d))
+        self.vbuf = value_states.new_empty((b, h, 0, value_states.shape[-1]))
+        self.length = 0
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        q = key_states.shape[-2]
+        need = self.length + q
+        if need > self.kbuf.shape[2]:
+            self._grow(max(need, int(self.kbuf.shape[2] * 1.5) + 16))
+        self.kbuf[:, :, self.length : need] = key_states
+        self.vbuf[:, :, self.length : need] = value_states
+        self.length = need
+        self._sync()
+        return self.keys, self.values
+
+    def _grow(self, capacity: int) -> None:
+        b, h, _, d = self.kbuf.shape
+        k = self.kbuf.new_empty((b, h, capacity, d))
+        v = self.vbuf.new_empty((b, h, capacity, self.vbuf.shape[-1]))
+        k[:, :, : self.length] = self.kbuf[:, :, : self.length]
+        v[:, :, : self.length] = self.vbuf[:, :, : self.length]
+        self.kbuf, self.vbuf = k, v
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def nbytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return self.kbuf.numel() * self.kbuf.element_size() * 2
+
+
+def _new_cache(num_layers: int, layers: list[SlabLayer] | None = None) -> Cache:
+    return Cache(layers=layers if layers is not None else [SlabLayer() for _ in range(num_layers)])
+
+
+class BatchRunner:
+    """Holds the running batch's KV cache and runs prefill and decode steps.
+
+    ``rows[i]`` is the key (any hashable, e.g. a request id) of batch row ``i``. Methods return
+    next-token logits in row order; the caller samples and feeds tokens back with :meth:`decode`.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", spare: int = 64):
+        self.model = model
+        self.device = torch.device(device)
+        self.num_layers = model.config.get_text_config().num_hidden_layers
+        self.spare = spare  # extra columns allocated on merge, so decode rarely regrows
+        self.rows: list[Any] = []
+        self.cache: Cache | None = None
+        self.mask: torch.Tensor | None = None  # [B, L] long: 1 = real token
+        self.positions: torch.Tensor | None = None  # [B] long: next position id per row
+
+    # -- queries ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def cache_len(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def cache_bytes(self) -> int:
+        if self.cache is None:
+            return 0
+        return sum(layer.nbytes() for layer in self.cache.layers)
+
+    # -- steps -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, keys: list[Any], prompts: list[list[int]]) -> torch.Tensor:
+        """Run ``prompts`` (left-padded together), merge them into the batch; logits ``[b, V]``."""
+        b = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((b, width), dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = _new_cache(self.num_layers)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=position_ids.to(self.device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :]  # [b, V]
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+        self._merge(keys, cache, mask.to(self.device), lengths.to(self.device))
+        return logits
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        """Feed one token per row (in row order); logits ``[B, V]``."""
+        assert self.cache is not None and self.mask is not None and self.positions is not None
+        b = len(self.rows)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).view(b, 1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((b, 1))], dim=1)  # [B, L+1]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=self.positions.view(b, 1),
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.positions = self.positions + 1
+        return out.logits[:, -1, :]
+
+    def remove(self, keys: list[Any]) -> None:
+        """Drop rows (finished or aborted sequences) and free their cache."""
+        gone = set(keys)
+        keep = [i for i, k in enumerate(self.rows) if k not in gone]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.mask, self.positions = [], None, None, None
+            return
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.rows = [self.rows[i] for i in keep]
+        mask = self.mask.index_select(0, idx)
+        # columns that are padding for every remaining row are dead weight: trim them
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else mask.shape[1]
+        length = mask.shape[1]
+        self.mask = mask[:, start:]
+        self.positions = self.positions.index_select(0, idx)
+        layers = []
+        for layer in self.cache.layers:
+            k = layer.kbuf.index_select(0, idx)[:, :, start:]
+            v = layer.vbuf.index_select(0, idx)[:, :, start:]
+            layers.append(SlabLayer(k.contiguous(), v.contiguous(), length - start))
+        self.cache = _new_cache(self.num_layers, layers)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _merge(self, keys: list[Any], cache: Cache, mask: torch.Tensor, lengths: torch.Tensor) -> None:
+        if self.cache is None:
+            new_len = mask.shape[1]
+            layers = []
+            for layer in cache.layers:
+                layers.append(self._alloc_like(layer, mask.shape[0], new_len, [(layer, 0, 0)]))
+            self.rows = list(keys)
+            self.cache = _new_cache(self.num_layers, layers)
+            self.mask = mask
+            self.positions = lengths
+            return
+        old_len, add_len = self.cache_len, mask.shape[1]
+        new_len = max(old_len, add_len)
+        b_old, b_add = len(self.rows), mask.shape[0]
+        layers = []
+        for old, add in zip(self.cache.layers, cache.layers):
+            layers.append(
+                self._alloc_like(old, b_old + b_add, new_len, [(old, 0, new_len - old_len), (add, b_old, new_len - add_len)])
+            )
+        merged_mask = self.mask.new_zeros((b_old + b_add, new_len))
+        merged_mask[:b_old, new_len - old_len :] = self.mask
+        merged_mask[b_old:, new_len - add_len :] = mask
+        self.rows = self.rows + list(keys)
+        self.cache = _new_cache(self.num_layers, layers)
+        self.mask = merged_mask
+        self.positions = torch.cat([self.positions, lengths])
+
+    def _alloc_like(self, like: SlabLayer, batch: int, length: int, parts: list[tuple[SlabLayer, int, int]]) -> SlabLayer:
+        """A new layer of ``batch`` rows and ``length`` used columns; ``parts`` are copied in at
+        (row offset, column offset)."""
+        _, h, _, d = like.kbuf.shape
+        cap = length + self.spare
+        k = like.kbuf.new_zeros((batch, h, cap, d))
+        v = like.vbuf.new_zeros((batch, h, cap, like.vbuf.shape[-1]))
+        for src, row, col in parts:
+            n, used = src.kbuf.shape[0], src.length
+            k[row : row + n, :, col : col + used] = src.kbuf[:, :, :used]
+            v[row : row + n, :, col : col + used] = src.vbuf[:, :, :used]
+        return SlabLayer(k, v, length)
