@@ -1,0 +1,431 @@
+"""The precision planner: which precision, batch and context fit this model on this device.
+
+:func:`plan_precision` takes a model's architecture numbers (:class:`ModelArch`) and a device's memory
+(:class:`~autoglm.quantization.device.DeviceInfo`) and returns a :class:`Plan`: the chosen precision,
+``max_model_len`` and ``max_num_seqs``, one row of estimated memory per precision, and the reasons in
+words. It is pure arithmetic: it imports neither torch nor transformers and loads no weights, so
+``autoglm plan`` can answer "what would a 12 GB GPU get?" in a blink. Applying the choice to a loaded
+model is :mod:`autoglm.quantization.quantizers`.
+
+Estimates (all in bytes; N = parameters):
+
+* weights -- fp32 ``4N``; bf16/fp16 ``2N``. int8 on CUDA (bitsandbytes LLM.int8): decoder linear
+  weights 1 byte + one fp32 scale per output row; embeddings, lm_head, norms and biases stay 16-bit
+  (bitsandbytes skips ``lm_head``, embeddings are not linears). int4 on CUDA (bitsandbytes NF4,
+  block 64, no double quantization): decoder linears 0.5 byte + one fp32 absmax per 64 weights; the
+  rest 16-bit. int8 on CPU (dynamic, per-channel): every ``nn.Linear`` including lm_head 1 byte +
+  16 bytes per output row (fp64 scale + int64 zero point); embeddings, norms, biases fp32.
+* KV cache -- ``2 * layers * kv_heads * head_dim * kv_bytes * max_model_len * max_num_seqs``;
+  ``kv_bytes`` is the compute dtype's size (4 for fp32 and CPU int8, 2 otherwise) unless given.
+* overhead -- a fixed runtime share (CUDA/MPS 0.5 GiB: cuBLAS workspace and allocator slack; CPU
+  1 GiB: torch, tokenizer and Python) plus peak activations of one prefill of ``max_model_len``
+  tokens, ``max_model_len * (4 * hidden + 3 * intermediate) * act_bytes``, plus the last-token logits
+  and probabilities of a full batch, ``max_num_seqs * vocab * 8``.
+* loading peak -- CPU int8 loads the checkpoint in its own dtype and quantizes layer by layer, so
+  ``N * checkpoint_bytes + overhead`` must fit too.
+
+A row fits when ``max(total, loading peak) <= safety * free`` (safety 0.9). The planner prefers, in
+order: CUDA bf16 (fp16 without bf16 support) -> int8 -> int4; MPS fp16 only (bitsandbytes has no MPS
+kernels); CPU int8 -> fp32 -> bf16, because dynamic int8 decodes 2-4x faster than fp32 on CPU (see
+tests/quantization/test_quantizers.py, which prints the tokens/s it measures). When even the
+smallest precision does not fit it halves ``max_num_seqs`` (down to 1), then ``max_model_len`` (down
+to 512), and says so; when nothing fits it raises :class:`~autoglm.errors.ConfigError` with the numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from autoglm.errors import ConfigError, UnsupportedError
+from autoglm.quantization.device import DeviceInfo
+
+__all__ = [
+    "ModelArch",
+    "PlanRow",
+    "Plan",
+    "plan_precision",
+    "estimate_row",
+    "PRECISIONS",
+    "check_supported",
+    "DEFAULT_MAX_MODEL_LEN",
+    "SAFETY_FRACTION",
+]
+
+GiB = 1024**3
+SAFETY_FRACTION = 0.9
+DEFAULT_MAX_MODEL_LEN = 4096  # used when the caller gives none; the model's own limit may be 128K
+MIN_MAX_MODEL_LEN = 512
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+_RUNTIME_BASE = {"cuda": GiB // 2, "mps": GiB // 2, "cpu": GiB}
+_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32",
+                "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+# --------------------------------------------------------------------------------------------------
+# architecture
+
+
+@dataclass
+class ModelArch:
+    """The numbers of a decoder-only GLM-style model that memory depends on."""
+
+    num_parameters: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    intermediate_size: int
+    tie_word_embeddings: bool = False
+    dtype: str = "bf16"  # the checkpoint's dtype
+    name: str = ""
+
+    # -- parts of num_parameters (the quantizers treat them differently) --
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """Parameters of a separate lm_head (0 when tied to the embeddings)."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of the decoder layers' linear layers (q, k, v, o, gate_up, down); no biases."""
+        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size
+        return self.num_hidden_layers * per_layer
+
+    @property
+    def linear_rows(self) -> int:
+        """Output rows of the decoder linears (one quantization scale each)."""
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        per_layer = q + 2 * kv + self.hidden_size + 2 * self.intermediate_size + self.hidden_size
+        return self.num_hidden_layers * per_layer
+
+    @property
+    def other_params(self) -> int:
+        """Norms and biases: whatever is not a linear weight, an embedding or the lm_head."""
+        return max(0, self.num_parameters - self.linear_params - self.embedding_params - self.lm_head_params)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache elements per token (keys and values of every layer); multiply by the dtype size."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim
+
+    @classmethod
+    def from_config(cls, config: Any, name: str = "") -> "ModelArch":
+        """Build from a transformers config (``PretrainedConfig`` or its dict / config.json).
+
+        The parameter count is computed from the numbers: embeddings, per layer q/k/v/o with biases
+        on q, k, v when ``attention_bias`` (GLM's default), a fused gate_up + down MLP, RMSNorms (4 per
+        layer for ``glm4``, 2 otherwise), the final norm, and an lm_head unless
+        ``tie_word_embeddings``. It is exact for Glm4/Glm and close for Llama-like models. ChatGLM's
+        own config keys (``num_layers``, ``ffn_hidden_size``, ``multi_query_group_num``, ...) work too.
+        """
+        cfg = _config_dict(config)
+        if isinstance(cfg.get("text_config"), Mapping) and "hidden_size" not in cfg:
+            cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+        model_type = str(cfg.get("model_type") or "")
+
+        def pick(*keys: str, default: Any = None) -> Any:
+            for k in keys:
+                if cfg.get(k) is not None:
+                    return cfg[k]
+            if default is not None:
+                return default
+            raise ConfigError(f"model config has none of {', '.join(keys)}: cannot plan memory for it "
+                              f"(model_type {model_type or '?'}); pass --quantize explicitly or use a GLM-style model")
+
+        hidden = int(pick("hidden_size", "n_embd", "d_model"))
+        layers = int(pick("num_hidden_layers", "num_layers", "n_layer"))
+        heads = int(pick("num_attention_heads", "n_head"))
+        kv_heads = int(pick("num_key_value_heads", "multi_query_group_num", default=heads))
+        if cfg.get("multi_query_attention") is False:
+            kv_heads = heads
+        head_dim = int(pick("head_dim", "kv_channels", default=hidden // heads))
+        vocab = int(pick("vocab_size", "padded_vocab_size"))
+        inter = int(pick("intermediate_size", "ffn_hidden_size", default=4 * hidden))
+        max_pos = int(pick("max_position_embeddings", "seq_length", "max_sequence_length", default=2048))
+        tied = bool(cfg.get("tie_word_embeddings", False))
+        bias = bool(cfg.get("attention_bias", cfg.get("add_qkv_bias", model_type in ("glm", "glm4", "chatglm"))))
+        norms = 4 if model_type == "glm4" else 2
+        dtype = _DTYPE_NAMES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or "").replace("torch.", ""), "bf16")
+
+        q, kv = heads * head_dim, kv_heads * head_dim
+        per_layer = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * inter + norms * hidden
+        if bias:
+            per_layer += q + 2 * kv
+        total = vocab * hidden + layers * per_layer + hidden + (0 if tied else vocab * hidden)
+        return cls(num_parameters=total, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                   num_key_value_heads=kv_heads, head_dim=head_dim, vocab_size=vocab, max_position_embeddings=max_pos,
+                   intermediate_size=inter, tie_word_embeddings=tied, dtype=dtype, name=name)
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if isinstance(config, Mapping):
+        return dict(config)
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    raise ConfigError(f"cannot read a model config from {type(config).__name__}: pass a dict or a PretrainedConfig")
+
+
+# --------------------------------------------------------------------------------------------------
+# what runs where
+
+
+def check_supported(precision: str, device: DeviceInfo) -> str | None:
+    """Raise :class:`UnsupportedError` if ``precision`` cannot run on ``device``; else a caveat or None."""
+    kind = device.kind
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: use one of auto, none, {', '.join(PRECISIONS)}")
+    if precision == "int4" and kind != "cuda":
+        instead = ("on CPU use --quantize int8 or a GGUF with the llama.cpp engine" if kind == "cpu" else
+                   "bitsandbytes has no MPS kernels: on a Mac use --quantize fp16 or a GGUF with the llama.cpp "
+                   "engine (Metal)")
+        raise UnsupportedError(
+            f"int4 needs a CUDA GPU with bitsandbytes (`pip install autoglm[cuda]`); {instead}")
+    if precision == "int8" and kind == "mps":
+        raise UnsupportedError(
+            "int8 is not available on MPS (bitsandbytes has no MPS kernels, dynamic int8 is CPU-only): "
+            "use --quantize fp16, --device cpu --quantize int8, or a GGUF with the llama.cpp engine (Metal)"
+        )
+    if precision == "bf16" and kind == "cuda" and not device.supports_bf16:
+        raise UnsupportedError(f"{device.name} has no bf16 support (needs compute capability 8.0+): use --quantize fp16")
+    if kind == "cpu" and precision in ("fp16", "bf16"):
+        return f"{precision} on CPU works but is slow (few CPUs have fast {precision} matmuls); int8 is the fast choice"
+    if kind == "mps" and precision == "bf16":
+        return "bf16 on MPS needs macOS 14+; fp16 is the safer choice on Apple GPUs"
+    return None
+
+
+def _candidates(device: DeviceInfo) -> list[str]:
+    if device.kind == "cuda":
+        return ["bf16" if device.supports_bf16 else "fp16", "int8", "int4"]
+    if device.kind == "mps":
+        return ["fp16"]
+    return ["int8", "fp32", "bf16"]  # CPU: int8 first for speed, then quality
+
+
+# --------------------------------------------------------------------------------------------------
+# estimates
+
+
+@dataclass
+class PlanRow:
+    precision: str
+    weights_bytes: int
+    kv_bytes: int
+    overhead_bytes: int
+    peak_bytes: int  # while loading (CPU int8 loads in the checkpoint dtype first); 0 when not higher
+    fits: bool
+    chosen: bool = False
+    note: str = ""  # why a precision is not available here
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.overhead_bytes
+
+
+def _weights_bytes(arch: ModelArch, precision: str, kind: str) -> int:
+    n = arch.num_parameters
+    if precision in _BYTES:
+        return n * _BYTES[precision]
+    rest16 = (arch.embedding_params + arch.lm_head_params + arch.other_params) * 2
+    if precision == "int8" and kind == "cpu":
+        head_rows = arch.vocab_size  # lm_head is an nn.Linear, quantized too (a copy when tied)
+        q = arch.linear_params + arch.vocab_size * arch.hidden_size
+        return q + 16 * (arch.linear_rows + head_rows) + 4 * (arch.embedding_params + arch.other_params)
+    if precision == "int8":
+        return arch.linear_params + 4 * arch.linear_rows + rest16
+    if precision == "int4":
+        return arch.linear_params // 2 + 4 * (arch.linear_params // 64) + rest16
+    raise ConfigError(f"unknown precision {precision!r}")
+
+
+def _compute_bytes(precision: str, kind: str) -> int:
+    if precision == "fp32" or (precision == "int8" and kind == "cpu"):
+        return 4
+    return 2
+
+
+def estimate_row(arch: ModelArch, precision: str, device: DeviceInfo, max_model_len: int, max_num_seqs: int,
+                 kv_dtype_bytes: int | None = None, budget: float | None = None) -> PlanRow:
+    """Memory of one precision at these settings; ``fits`` compares with ``budget`` bytes."""
+    act = _compute_bytes(precision, device.kind)
+    weights = _weights_bytes(arch, precision, device.kind)
+    kv = arch.kv_bytes_per_token * (kv_dtype_bytes or act) * max_model_len * max_num_seqs
+    activations = max_model_len * (4 * arch.hidden_size + 3 * arch.intermediate_size) * act
+    overhead = _RUNTIME_BASE.get(device.kind, GiB) + activations + max_num_seqs * arch.vocab_size * 8
+    peak = 0
+    if precision == "int8" and device.kind == "cpu":
+        ckpt = _BYTES.get(arch.dtype, 2)
+        peak = arch.num_parameters * ckpt + overhead
+    row = PlanRow(precision, weights, kv, overhead, peak if peak > weights + kv + overhead else 0, False)
+    if budget is not None:
+        row.fits = max(row.total_bytes, row.peak_bytes) <= budget
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan
+
+
+@dataclass
+class Plan:
+    precision: str
+    device: DeviceInfo
+    max_model_len: int
+    max_num_seqs: int
+    rows: list[PlanRow]
+    reasons: list[str]
+    budget_bytes: int = 0
+    model: str = ""
+
+    @property
+    def chosen(self) -> PlanRow:
+        return next(r for r in self.rows if r.chosen)
+
+    def table(self) -> str:
+        """A printable table: one row per precision, in GiB, with the chosen one marked."""
+        head = (f"{self.model + ' on ' if self.model else ''}{self.device.describe()}; "
+                f"budget {self.budget_bytes / GiB:.1f} GiB ({SAFETY_FRACTION:.0%}); "
+                f"max_model_len {self.max_model_len}, max_num_seqs {self.max_num_seqs}")
+        cols = ["precision", "weights GiB", "KV GiB", "overhead GiB", "total GiB", "fits", "chosen"]
+        lines = []
+        for r in self.rows:
+            fits = r.note if r.note else ("yes" if r.fits else "no")
+            total = f"{max(r.total_bytes, r.peak_bytes) / GiB:.2f}" + ("*" if r.peak_bytes else "")
+            lines.append([r.precision, f"{r.weights_bytes / GiB:.2f}", f"{r.kv_bytes / GiB:.2f}",
+                          f"{r.overhead_bytes / GiB:.2f}", total, fits, "<--" if r.chosen else ""])
+        widths = [max(len(c), *(len(row[i]) for row in lines)) for i, c in enumerate(cols)]
+        fmt = lambda row: "  ".join(  # noqa: E731
+            (v.ljust(w) if i in (0, 5, 6) else v.rjust(w)) for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+        out = [head, fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines]
+        if any(r.peak_bytes for r in self.rows):
+            out.append("* peak while loading: the checkpoint is loaded in its own dtype, then quantized layer by layer")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for row, r in zip(d["rows"], self.rows):
+            row["total_bytes"] = r.total_bytes
+        return d
+
+
+def plan_precision(arch: ModelArch, device: DeviceInfo, requested: str = "auto", max_model_len: int | None = None,
+                   max_num_seqs: int = 16, kv_dtype_bytes: int | None = None) -> Plan:
+    """Choose a precision (and, if needed, a smaller batch/context) that fits ``device``.
+
+    ``requested``: "auto" (the best that fits, see the module docstring), "none" (the checkpoint's
+    dtype on a GPU, fp32 on CPU) or one of :data:`PRECISIONS` (validated for the device, then checked).
+    """
+    requested = (requested or "auto").strip().lower()
+    reasons: list[str] = []
+    if max_num_seqs < 1:
+        raise ConfigError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
+    if kv_dtype_bytes is not None and kv_dtype_bytes not in (1, 2, 4):
+        raise ConfigError(f"kv_dtype_bytes must be 1, 2 or 4, got {kv_dtype_bytes}")
+    if max_model_len is None:
+        max_model_len = min(arch.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
+        if max_model_len < arch.max_position_embeddings:
+            reasons.append(f"max_model_len not set: using {max_model_len} (the model allows "
+                           f"{arch.max_position_embeddings}; raise it with --max-model-len)")
+    elif max_model_len < 1:
+        raise ConfigError(f"max_model_len must be at least 1, got {max_model_len}")
+    elif max_model_len > arch.max_position_embeddings:
+        raise ConfigError(f"max_model_len {max_model_len} exceeds the model's limit of "
+                          f"{arch.max_position_embeddings} tokens: use --max-model-len {arch.max_position_embeddings} or less")
+
+    if requested == "auto":
+        candidates = _candidates(device)
+        if device.kind == "cpu":
+            reasons.append("cpu: int8 preferred when it fits (dynamic int8 decodes ~2-4x faster than fp32 on CPU)")
+        if device.kind == "mps":
+            reasons.append("mps: only fp16 (bitsandbytes int8/int4 have no MPS kernels; use a GGUF with llama.cpp "
+                           "for smaller weights)")
+        if device.kind == "cuda" and not device.supports_bf16:
+            reasons.append(f"{device.name} has no bf16: fp16 instead")
+    elif requested == "none":
+        prec = "fp32" if device.kind == "cpu" else arch.dtype
+        reasons.append(f"none: keeping the checkpoint dtype ({prec})" if device.kind != "cpu"
+                       else "none on CPU: fp32")
+        note = check_supported(prec, device)
+        if note:
+            reasons.append(note)
+        candidates = [prec]
+    elif requested in PRECISIONS:
+        note = check_supported(requested, device)
+        reasons.append(f"{requested} requested explicitly")
+        if note:
+            reasons.append(note)
+        candidates = [requested]
+    else:
+        raise ConfigError(f"unknown precision {requested!r}: use one of auto, none, {', '.join(PRECISIONS)}")
+
+    budget = int(device.free_bytes * SAFETY_FRACTION)
+    seqs, length = max_num_seqs, max_model_len
+    floor_len = min(MIN_MAX_MODEL_LEN, max_model_len)
+    smallest = candidates[-1] if requested == "auto" and device.kind != "cpu" else candidates[0]
+
+    def rows_at(s: int, n: int) -> list[PlanRow]:
+        rows = []
+        for p in PRECISIONS:
+            try:
+                check_supported(p, device)
+                note = ""
+            except UnsupportedError:
+                note = "needs CUDA" if device.kind != "cuda" else "n/a"
+            r = estimate_row(arch, p, device, n, s, kv_dtype_bytes, budget)
+            r.note = note
+            r.fits = r.fits and not note
+            rows.append(r)
+        return rows
+
+    rows = rows_at(seqs, length)
+    fits = lambda rows: [p for p in candidates if next(r for r in rows if r.precision == p).fits]  # noqa: E731
+    while not fits(rows):
+        if seqs > 1:
+            seqs = max(1, seqs // 2)
+        elif length > floor_len:
+            length = max(floor_len, length // 2)
+        else:
+            r = next(r for r in rows if r.precision == smallest)
+            raise ConfigError(
+                f"{arch.name or 'the model'} does not fit on {device.kind} ({device.name}) with "
+                f"{device.free_bytes / GiB:.1f} GiB free (budget {budget / GiB:.1f} GiB): {smallest} needs "
+                f"{r.weights_bytes / GiB:.2f} GiB weights + {r.kv_bytes / GiB:.2f} GiB KV + "
+                f"{r.overhead_bytes / GiB:.2f} GiB overhead = {r.total_bytes / GiB:.2f} GiB"
+                + (f" ({r.peak_bytes / GiB:.2f} GiB peak while loading)" if r.peak_bytes else "")
+                + " even at "
+                f"max_num_seqs 1, max_model_len {length}; use a device with more memory"
+                + (", a smaller model, or a GGUF with the llama.cpp engine" if device.kind != "cuda"
+                   else ", --quantize int4, or a smaller model" if smallest != "int4" else " or a smaller model")
+            )
+        rows = rows_at(seqs, length)
+    if seqs != max_num_seqs:
+        reasons.append(f"max_num_seqs lowered {max_num_seqs} -> {seqs} so that {smallest} fits")
+    if length != max_model_len:
+        reasons.append(f"max_model_len lowered {max_model_len} -> {length} so that {smallest} fits")
+
+    choice = fits(rows)[0]
+    chosen = next(r for r in rows if r.precision == choice)
+    chosen.chosen = True
+    if requested == "auto":
+        skipped = [p for p in candidates[: candidates.index(choice)]]
+        if skipped:
+            reasons.append(f"{', '.join(skipped)} would not fit in {budget / GiB:.1f} GiB")
+        reasons.append(f"chose {choice}: {max(chosen.total_bytes, chosen.peak_bytes) / GiB:.2f} GiB of "
+                       f"{budget / GiB:.1f} GiB budget ({SAFETY_FRACTION:.0%} of {device.free_bytes / GiB:.1f} GiB free)")
+    else:
+        reasons.append(f"{choice} fits: {max(chosen.total_bytes, chosen.peak_bytes) / GiB:.2f} GiB of "
+                       f"{budget / GiB:.1f} GiB budget")
+    if chosen.precision in ("int8", "int4") and device.kind == "cuda":
+        reasons.append("int8/int4 on CUDA use bitsandbytes (`pip install autoglm[cuda]`); embeddings and lm_head stay 16-bit")
+    return Plan(precision=choice, device=device, max_model_len=length, max_num_seqs=seqs, rows=rows,
+                reasons=reasons, budget_bytes=budget, model=arch.name)
+
