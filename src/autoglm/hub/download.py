@@ -156,7 +156,8 @@ def _silent_tqdm():
 def _ms_headers() -> dict[str, str]:
     from autoglm import __version__
 
-    return {"User-Agent": f"autoglm/{__version__}"}
+    # identity: byte offsets for Range must be those of the file, not of a compressed stream
+    return {"User-Agent": f"autoglm/{__version__}", "Accept-Encoding": "identity"}
 
 
 def modelscope_list_files(client: Any, endpoint: str, repo_id: str, revision: str) -> list[dict]:
@@ -216,13 +217,15 @@ def _ms_fetch_file(client: Any, endpoint: str, repo_id: str, revision: str, entr
                     if mode == "wb":
                         bar.reset(total=expected)
                     with part.open(mode) as f:
-                        for chunk in r.iter_bytes(_CHUNK):
+                        for chunk in r.iter_bytes():  # as it arrives, so a cut keeps what came
                             f.write(chunk)
                             bar.update(len(chunk))
                 break
-            except (httpx.TransportError, httpx.RemoteProtocolError):
+            except httpx.TransportError as exc:
                 if attempt == retries:
-                    raise
+                    got = part.stat().st_size if part.is_file() else 0
+                    raise DownloadError(f"{name}: connection lost after {got} of {expected or '?'} bytes "
+                                        f"({_short(exc)}); run the same command again to resume") from exc
     finally:
         bar.close()
     size = part.stat().st_size if part.is_file() else 0
