@@ -1,0 +1,157 @@
+"""OpenAI error objects and the exception handlers that produce them.
+
+Every failure the HTTP layer returns has OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``: validation errors (with the field path as
+``param``), unknown routes and methods, :class:`~autoglm.errors.AutoGLMError` s raised by the engine
+(400 for bad parameters, 429 + ``Retry-After`` when overloaded, 404 for an unknown model), and
+unexpected exceptions (500, logged here with the traceback, never sent to the client).
+This module knows nothing about engines or request conversion.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from autoglm.errors import AutoGLMError, InvalidRequestError, ModelNotFoundError, OverloadedError
+
+__all__ = ["APIError", "error_body", "error_response", "install_error_handlers", "to_api_error"]
+
+log = logging.getLogger("autoglm.api")
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_server_error",
+    503: "service_unavailable",
+}
+
+# Parts of a pydantic error location that name a union member, not a field.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal", "function-after"}
+
+
+class APIError(Exception):
+    """An error the client should see, already in OpenAI terms."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type or _STATUS_TYPES.get(status, "invalid_request_error")
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+
+def error_body(err: APIError) -> dict[str, Any]:
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """Map any exception to what the client sees; unknown ones become an opaque 500."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, OverloadedError):
+        retry = max(1, math.ceil(exc.retry_after))
+        return APIError(str(exc), 429, code="overloaded", headers={"Retry-After": str(retry)})
+    if isinstance(exc, InvalidRequestError):
+        return APIError(str(exc), 400, param=exc.param)
+    if isinstance(exc, ModelNotFoundError):
+        return APIError(str(exc), 404, code="model_not_found", param="model")
+    if isinstance(exc, AutoGLMError):
+        return APIError(str(exc), 400)
+    return APIError("The server had an internal error while processing the request.", 500,
+                    code="internal_error")
+
+
+def _param_path(loc: tuple[Any, ...]) -> str | None:
+    parts: list[str] = []
+    for item in loc[1:] if loc and loc[0] in ("body", "query", "path") else loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif isinstance(item, str) and (item in _TYPE_TAGS or "[" in item or "(" in item
+                                        or item.startswith("literal")):
+            continue  # a union member tag such as 'list[str]', not a field name
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or None
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        return (f"The request body is not valid JSON ({ctx.get('error', 'parse error')}). "
+                "Send a JSON object with Content-Type: application/json.", None)
+    param = _param_path(tuple(first.get("loc", ())))
+    if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
+        return "The request body must be a JSON object.", None
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    msg = f"Invalid value for '{param}': {first.get('msg', 'invalid')} (got {shown})."
+    if len(errors) > 1:
+        msg += f" ({len(errors) - 1} more error(s) in this request.)"
+    return msg, param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register handlers so every failure leaves the server as an OpenAI error object."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(exc)
+        return error_response(APIError(message, 400, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            msg = f"Unknown route {request.method} {request.url.path}. See GET /v1/models and the API docs."
+            code = "not_found"
+        elif exc.status_code == 405:
+            msg = f"Method {request.method} is not allowed on {request.url.path}."
+            code = "method_not_allowed"
+        else:
+            msg, code = str(exc.detail), None
+        err = APIError(msg, exc.status_code, code=code, headers=getattr(exc, "headers", None))
+        return error_response(err)
+
+    @app.exception_handler(APIError)
+    async def _api(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(AutoGLMError)
+    async def _autoglm(_: Request, exc: AutoGLMError) -> JSONResponse:
+        return error_response(to_api_error(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(to_api_error(exc))

@@ -1,0 +1,131 @@
+"""POST /v1/chat/completions: plan, run the fan-out, answer as one JSON or as an SSE stream.
+
+The stream sends, per choice, a first chunk with ``role: assistant``, then content (or tool-call)
+deltas in arrival order with their ``index``, then a chunk with the finish reason; an optional usage
+chunk (``choices: []``); then ``[DONE]``. A failure after the stream has started is sent as an
+``{"error": ...}`` event before ``[DONE]``. A client that goes away cancels every choice.
+
+Knows the engine protocol and the OpenAI shapes (through :mod:`autoglm.api.convert`); not the model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from autoglm.api.convert import (
+    ChatPlan,
+    ChoiceState,
+    build_chat_plan,
+    chat_chunk,
+    chat_logprobs,
+    chat_response,
+    final_finish_reason,
+    tool_call_id,
+    total_usage,
+)
+from autoglm.api.errors import error_body, to_api_error
+from autoglm.api.schemas import ChatCompletionRequest
+from autoglm.api.sse import SSE_DONE, SSE_HEADERS, sse_event
+from autoglm.api.streams import ClientDisconnected, Fanout, cancel_on_disconnect
+from autoglm.api.tool_parser import StreamingToolParser, ToolEvent
+
+__all__ = ["create_chat_completion"]
+
+log = logging.getLogger("autoglm.api")
+
+CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
+
+
+async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request) -> Response:
+    plan = build_chat_plan(engine, body)
+    fan = Fanout(engine, plan.requests())
+    try:
+        await cancel_on_disconnect(raw, fan.prime())
+    except ClientDisconnected:
+        fan.close()
+        return Response(status_code=CLIENT_CLOSED)
+    except BaseException:
+        fan.close()
+        raise
+    if body.stream:
+        return StreamingResponse(_stream(plan, fan), media_type="text/event-stream", headers=SSE_HEADERS)
+    try:
+        states = await cancel_on_disconnect(raw, _collect(fan, plan.n))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED)
+    finally:
+        fan.close()
+    return JSONResponse(chat_response(plan, states))
+
+
+async def _collect(fan: Fanout, n: int) -> list[ChoiceState]:
+    states = [ChoiceState(i) for i in range(n)]
+    async for index, out in fan.events():
+        states[index].add(out)
+    return states
+
+
+def _tool_delta(ev: ToolEvent, ids: dict[int, str]) -> dict[str, Any]:
+    if ev.kind == "content":
+        return {"content": ev.text}
+    if ev.kind == "call":
+        ids[ev.index] = tool_call_id()
+        return {"tool_calls": [{"index": ev.index, "id": ids[ev.index], "type": "function",
+                                "function": {"name": ev.text, "arguments": ""}}]}
+    return {"tool_calls": [{"index": ev.index, "function": {"arguments": ev.text}}]}
+
+
+async def _stream(plan: ChatPlan, fan: Fanout) -> AsyncIterator[str]:
+    states = [ChoiceState(i) for i in range(plan.n)]
+    parsers = [StreamingToolParser(plan.tool_names) if plan.tool_names else None for _ in range(plan.n)]
+    call_ids: list[dict[int, str]] = [{} for _ in range(plan.n)]
+
+    def choice(i: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None) -> str:
+        return sse_event(chat_chunk(plan, [{"index": i, "delta": delta, "logprobs": logprobs,
+                                            "finish_reason": finish}]))
+
+    try:
+        for i in range(plan.n):
+            if plan.forced_tool is not None:
+                yield choice(i, {"role": "assistant", "content": None})
+                yield choice(i, _tool_delta(ToolEvent("call", plan.forced_tool, 0), call_ids[i]))
+            else:
+                yield choice(i, {"role": "assistant", "content": ""})
+        async for i, out in fan.events():
+            states[i].add(out)
+            deltas: list[dict[str, Any]] = []
+            parser = parsers[i]
+            if plan.forced_tool is not None:
+                if out.text:
+                    deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": out.text}}]})
+            elif parser is not None:
+                events = parser.feed(out.text) + (parser.finish() if out.finished else [])
+                deltas.extend(_tool_delta(ev, call_ids[i]) for ev in events)
+            elif out.text:
+                deltas.append({"content": out.text})
+            logprobs = chat_logprobs(out.logprobs) if plan.logprobs and out.logprobs else None
+            if not deltas and logprobs is not None:
+                deltas.append({})
+            for delta in deltas:
+                yield choice(i, delta, logprobs)
+                logprobs = None
+            if out.finished:
+                called = plan.forced_tool is not None or bool(parser and parser.num_calls)
+                yield choice(i, {}, None, final_finish_reason(states[i].finish_reason, called))
+        if plan.include_usage:
+            yield sse_event(chat_chunk(plan, [], total_usage(states, len(plan.prompt_token_ids))))
+        yield SSE_DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
+        err = to_api_error(exc)
+        if err.status >= 500:
+            log.exception("chat stream %s failed", plan.request_id)
+        yield sse_event(error_body(err))
+        yield SSE_DONE
+    finally:
+        fan.close()

@@ -1,0 +1,104 @@
+"""POST /v1/completions: prompts (a string, strings, or token ids) in, text completions out.
+
+Choice ``index`` is ``prompt_index * n + i``. Streaming follows OpenAI's legacy format: chunks of
+``object: text_completion`` with ``text`` deltas, a last chunk per choice with the finish reason, an
+optional usage chunk, then ``[DONE]``. Knows the engine protocol and OpenAI shapes; not the model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from autoglm.api.convert import (
+    ChoiceState,
+    CompletionPlan,
+    build_completion_plan,
+    completion_chunk,
+    completion_logprobs,
+    completion_prompt_tokens,
+    completion_response,
+    total_usage,
+)
+from autoglm.api.errors import error_body, to_api_error
+from autoglm.api.schemas import CompletionRequest
+from autoglm.api.serving_chat import CLIENT_CLOSED
+from autoglm.api.sse import SSE_DONE, SSE_HEADERS, sse_event
+from autoglm.api.streams import ClientDisconnected, Fanout, cancel_on_disconnect
+
+__all__ = ["create_completion"]
+
+log = logging.getLogger("autoglm.api")
+
+
+async def create_completion(engine: Any, body: CompletionRequest, raw: Request) -> Response:
+    plan = build_completion_plan(engine, body)
+    fan = Fanout(engine, plan.requests())
+    try:
+        await cancel_on_disconnect(raw, fan.prime())
+    except ClientDisconnected:
+        fan.close()
+        return Response(status_code=CLIENT_CLOSED)
+    except BaseException:
+        fan.close()
+        raise
+    if body.stream:
+        return StreamingResponse(_stream(plan, fan), media_type="text/event-stream", headers=SSE_HEADERS)
+    try:
+        states = await cancel_on_disconnect(raw, _collect(fan, len(plan.prompts) * plan.n))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED)
+    finally:
+        fan.close()
+    return JSONResponse(completion_response(plan, states))
+
+
+async def _collect(fan: Fanout, count: int) -> list[ChoiceState]:
+    states = [ChoiceState(i) for i in range(count)]
+    async for index, out in fan.events():
+        states[index].add(out)
+    return states
+
+
+async def _stream(plan: CompletionPlan, fan: Fanout) -> AsyncIterator[str]:
+    count = len(plan.prompts) * plan.n
+    states = [ChoiceState(i) for i in range(count)]
+    offsets = [0] * count
+    want_logprobs = plan.params.logprobs is not None
+
+    def choice(i: int, text: str, logprobs: Any = None, finish: str | None = None) -> str:
+        return sse_event(completion_chunk(plan, [{"index": i, "text": text, "logprobs": logprobs,
+                                                  "finish_reason": finish}]))
+
+    try:
+        for i in range(count):
+            echo = plan.echo_texts[i // plan.n]
+            if echo:
+                yield choice(i, echo)
+                offsets[i] = len(echo)
+        async for i, out in fan.events():
+            states[i].add(out)
+            logprobs = None
+            if want_logprobs and out.logprobs:
+                logprobs = completion_logprobs(out.logprobs, offsets[i])
+            offsets[i] += len(out.text)
+            if out.text or logprobs is not None:
+                yield choice(i, out.text, logprobs)
+            if out.finished:
+                yield choice(i, "", None, states[i].finish_reason or "stop")
+        if plan.include_usage:
+            yield sse_event(completion_chunk(plan, [], total_usage(states, completion_prompt_tokens(plan))))
+        yield SSE_DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
+        err = to_api_error(exc)
+        if err.status >= 500:
+            log.exception("completion stream %s failed", plan.request_id)
+        yield sse_event(error_body(err))
+        yield SSE_DONE
+    finally:
+        fan.close()

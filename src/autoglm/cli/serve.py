@@ -1,0 +1,177 @@
+"""``autoglm serve``: load one model and serve it behind the OpenAI-compatible API.
+
+Parses flags into :class:`~autoglm.config.EngineSettings` / :class:`~autoglm.config.ServerSettings`,
+builds the engine with :func:`~autoglm.engine.base.create_engine`, starts it (so a bad model name is
+one error line, not a traceback from inside the web server), then runs uvicorn programmatically on
+the same event loop with the app from :func:`~autoglm.api.app.build_app`. Ctrl-C stops cleanly.
+Portable: no Linux-only calls. Heavy imports happen inside :func:`run`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import socket
+import sys
+from typing import Any
+
+from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES, EngineSettings, ServerSettings
+from autoglm.errors import ConfigError
+
+__all__ = ["register", "run", "settings_from_args"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model behind an OpenAI-compatible HTTP API",
+        description="Load a model and serve /v1/chat/completions, /v1/completions and /v1/models.",
+    )
+    p.add_argument("--model", default="autoglm-demo",
+                   help="alias, Hugging Face repo id or local directory (default: autoglm-demo, random weights)")
+    p.add_argument("--quantize", default="auto", choices=QUANTIZE_CHOICES, help="precision (default: auto)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to run (default: auto)")
+    p.add_argument("--engine", default="auto", help="backend: auto, transformers, ... (default: auto)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", default=8000, type=_port, help="TCP port (default: 8000)")
+    p.add_argument("--max-model-len", type=_positive_int, default=None,
+                   help="prompt + output tokens per sequence (default: the model's own limit)")
+    p.add_argument("--max-num-seqs", type=_positive_int, default=16, help="sequences decoded together (default: 16)")
+    p.add_argument("--max-queue", type=_positive_int, default=256,
+                   help="waiting requests before answering 429 (default: 256)")
+    p.add_argument("--request-timeout", type=_positive_float, default=600.0,
+                   help="seconds per request before it is stopped (default: 600)")
+    p.add_argument("--served-model-name", default=None, help="the name clients use (default: --model)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer <key>' on every route but /health")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default: info)")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[EngineSettings, ServerSettings]:
+    engine = EngineSettings(
+        model=args.model,
+        served_model_name=args.served_model_name,
+        engine=args.engine,
+        quantize=args.quantize,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+    )
+    server = ServerSettings(host=args.host, port=args.port,
+                            api_keys=[args.api_key] if args.api_key else [], log_level=args.log_level)
+    return engine, server
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before loading the model when the address cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve --host {host!r}: {exc.strerror}; use an IP address such as "
+                          "127.0.0.1 or 0.0.0.0") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if sys.platform != "win32":  # what uvicorn does too; on Windows it would allow port sharing
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); is another server running? "
+                              "Pass a free --port.") from None
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _is_demo(model: str) -> bool:
+    try:
+        from autoglm.hub.demo import is_demo_model
+    except ImportError:
+        return model.startswith("autoglm-demo")
+    return is_demo_model(model)
+
+
+async def _serve(engine_settings: EngineSettings, server: ServerSettings) -> None:
+    import uvicorn
+
+    from autoglm.api.app import build_app
+    from autoglm.engine.base import create_engine
+
+    engine = create_engine(engine_settings)
+    try:
+        await engine.start()
+    except BaseException:
+        try:
+            await engine.shutdown()
+        except Exception:  # noqa: BLE001 - report the start failure, not this one
+            pass
+        raise
+    app = build_app({engine.model_name: engine}, server)
+    config = uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
+                            lifespan="on", timeout_graceful_shutdown=5)
+    url = _url(server.host, server.port)
+    print(f"autoglm: serving {engine.model_name!r} at {url}/v1 (OpenAI-compatible; health at {url}/health)",
+          flush=True)
+    if _is_demo(engine_settings.model):
+        print(f"autoglm: note: {engine_settings.model} has random weights: its replies are noise. Use it to try "
+              "the API; pass --model for a real model.", flush=True)
+    await uvicorn.Server(config).serve()
+
+
+def run(args: argparse.Namespace) -> int:
+    engine_settings, server = settings_from_args(args)
+    level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
+    logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")
+    if not _is_loopback(server.host) and not server.api_keys:
+        print(f"autoglm: warning: listening on {server.host} without --api-key: anyone who can reach this "
+              "machine can use the model.", file=sys.stderr, flush=True)
+    _check_port_free(server.host, server.port)
+    try:
+        asyncio.run(_serve(engine_settings, server))
+    except KeyboardInterrupt:
+        print("autoglm: stopped", file=sys.stderr)
+    return 0
