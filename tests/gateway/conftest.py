@@ -1,0 +1,144 @@
+"""Fixtures for the gateway suite: every store, rate-limit and cache backend, against real services.
+
+PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379, db 0) are used when they answer;
+otherwise their tests are skipped with the reason, except when ``CI`` is set, where they fail. Each
+run gets its own PostgreSQL database (a fresh schema per test) and each test its own Redis key
+prefix; all are removed afterwards.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+STORE_BACKENDS = ["sqlite", "postgresql"]
+CACHE_BACKENDS = ["memory", "sqlite", "redis"]
+LIMITER_BACKENDS = ["memory", "redis"]
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _unavailable(service: str, why: str) -> None:
+    message = f"{service} is not available ({why})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI requires it")
+    pytest.skip(message)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh database for this test run (dropped at the end); yields its URL."""
+    if not _port_open(PG_HOST, PG_PORT):
+        _unavailable("PostgreSQL", f"nothing listens on {PG_HOST}:{PG_PORT}")
+    try:
+        import psycopg
+    except ImportError:
+        _unavailable("PostgreSQL", "psycopg is not installed: pip install 'autoglm[gateway]'")
+    admin_url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
+    name = f"autoglm_test_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        _unavailable("PostgreSQL", str(exc).strip())
+    yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> Iterator[str]:
+    """A URL whose tables land in a fresh schema of the run's database (dropped after the test)."""
+    import psycopg
+
+    schema = f"t_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield f"{pg_database}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty store, for each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url: str):
+    from autoglm.gateway.store import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique key prefix in Redis db 0; every key under it is deleted after the test."""
+    if not _port_open("127.0.0.1", 6379):
+        _unavailable("Redis", "nothing listens on 127.0.0.1:6379")
+    try:
+        import redis
+    except ImportError:
+        _unavailable("Redis", "redis-py is not installed: pip install 'autoglm[gateway]'")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", str(exc))
+    prefix = f"autoglm-test:{secrets.token_hex(6)}:"
+    yield prefix
+    for name in client.scan_iter(match=f"{prefix}*", count=500):
+        client.delete(name)
+    assert not list(client.scan_iter(match=f"{prefix}*")), "test keys were left in Redis"
+    client.close()
+
+
+@pytest.fixture(params=LIMITER_BACKENDS)
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator:
+    from autoglm.gateway.ratelimit import make_rate_limiter
+
+    if request.param == "redis":
+        rl = make_rate_limiter("redis", url=REDIS_URL, prefix=request.getfixturevalue("redis_prefix"))
+    else:
+        rl = make_rate_limiter("memory")
+    yield rl
+    await rl.close()
+
+
+@pytest.fixture(params=CACHE_BACKENDS)
+async def cache(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator:
+    from autoglm.gateway.cache import make_cache
+
+    if request.param == "redis":
+        c = make_cache("redis", url=REDIS_URL, prefix=request.getfixturevalue("redis_prefix"), ttl=60)
+    elif request.param == "sqlite":
+        c = make_cache("sqlite", url=str(tmp_path / "cache.db"), ttl=60, max_entries=3, max_bytes=10_000)
+    else:
+        c = make_cache("memory", ttl=60, max_entries=3, max_bytes=10_000)
+    c.backend = request.param  # type: ignore[attr-defined]
+    yield c
+    await c.close()
