@@ -75,6 +75,11 @@ def test_store_layout_marker_listing_and_removal(tmp_path):
     assert store.find("org/name", revision="main") is None
     assert store.remove("org/name") == [path]
     assert not path.exists() and store.list() == []
+    demo = tmp_path / "demo" / "autoglm-demo"  # where autoglm.hub.demo builds
+    demo.mkdir(parents=True)
+    (demo / "config.json").write_text("{}")
+    [built] = store.list()
+    assert (built.source, built.repo_id, built.complete, built.path) == ("demo", "autoglm-demo", True, demo)
 
 
 def test_invalid_name_lists_aliases(tmp_path):

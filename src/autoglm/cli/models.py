@@ -27,6 +27,11 @@ def _params(n: int | None) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
+def _present(spec, have: set[str]) -> bool:
+    names = (spec.name,) if spec.is_demo else (spec.hf_repo, spec.modelscope_repo)
+    return any(n and n.lower() in have for n in names)
+
+
 def run(args: argparse.Namespace) -> int:
     from autoglm.config import default_store_dir
     from autoglm.hub.registry import list_models
@@ -44,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                 "name": s.name, "hf_repo": s.hf_repo, "modelscope_repo": s.modelscope_repo, "source": s.source,
                 "description": s.description, "num_parameters": s.num_parameters,
                 "max_position_embeddings": s.max_position_embeddings, "random_weights": s.is_demo,
-                "downloaded": any(r and r.lower() in have for r in (s.hf_repo, s.modelscope_repo)),
+                "downloaded": _present(s, have),
             } for s in specs],
             "local": [m.to_dict() for m in local],
         }
@@ -55,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(s.name) for s in specs)
     for s in specs:
         if s.is_demo:
-            where, mark = "built locally", "  [demo: RANDOM weights, output is noise]"
+            where = "built locally" + (" [built]" if _present(s, have) else "")
+            mark = "  [demo: RANDOM weights, output is noise]"
         else:
             where = s.hf_repo or s.modelscope_repo or "-"
-            mark = "  [downloaded]" if any(r and r.lower() in have for r in (s.hf_repo, s.modelscope_repo)) else ""
+            mark = "  [downloaded]" if _present(s, have) else ""
         ctx = f"{s.max_position_embeddings // 1024}K ctx" if s.max_position_embeddings else ""
         print(f"  {s.name:<{width}}  {_params(s.num_parameters):>6}  {ctx:>9}  {where}{mark}")
     print(f"\nLocal store: {store.root}")

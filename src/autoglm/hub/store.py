@@ -7,7 +7,9 @@ Windows; the root is ``EngineSettings.store_dir``: ``$AUTOGLM_HOME`` or ``~/.cac
         config.json, tokenizer.json, model-00001-of-00004.safetensors, ...   (from_pretrained loads this)
         .autoglm-complete.json    written last, only after every file arrived and was checked
 
-``source`` is ``huggingface``, ``modelscope`` or ``demo``; ``revision`` is the branch, tag or commit that was
+    <store>/demo/<name>/            demo models, built by :mod:`autoglm.hub.demo` (renamed into place whole)
+
+``source`` is ``huggingface`` or ``modelscope``; ``revision`` is the branch, tag or commit that was
 asked for (``/`` in it becomes ``--``). A directory without the marker is an interrupted download: the
 downloaders resume it, listing shows it as partial, and resolving never returns it.
 
@@ -138,12 +140,16 @@ class ModelStore:
         return None
 
     def list(self) -> list[StoredModel]:
-        """Everything in the store, complete or not, sorted by source and name."""
+        """Everything in the store (downloads complete or not, built demo models), sorted by source and name."""
         found: list[StoredModel] = []
-        if not self.models_dir.is_dir():
-            return found
-        for base in sorted(p for p in self.models_dir.iterdir() if p.is_dir()):
-            found.extend(self._scan(base, base.name))
+        if self.models_dir.is_dir():
+            for base in sorted(p for p in self.models_dir.iterdir() if p.is_dir()):
+                found.extend(self._scan(base, base.name))
+        demo_dir = self.root / "demo"
+        if demo_dir.is_dir():
+            for d in sorted(p for p in demo_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()):
+                found.append(StoredModel(source="demo", repo_id=d.name, revision="local", path=d,
+                                         size_bytes=_dir_size(d), complete=True))
         return sorted(found, key=lambda m: (m.source, m.repo_id.lower(), m.revision))
 
     def _scan(self, base: Path, source: str) -> list[StoredModel]:
