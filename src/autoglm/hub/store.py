@@ -127,13 +127,11 @@ class ModelStore:
 
         ``revision=None`` accepts any revision, newest download first.
         """
-        wanted = repo_key(repo_id).lower()
         for source in sources:
             base = self.models_dir / source
             if not base.is_dir():
                 continue
             hits = [m for m in self._scan(base, source) if m.complete and m.repo_id.lower() == repo_id.lower()
-                    and repo_key(m.repo_id).lower() == wanted
                     and (revision is None or m.revision == _revision_key(revision))]
             if hits:
                 return max(hits, key=lambda m: m.completed_at or 0.0)
