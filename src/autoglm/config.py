@@ -44,6 +44,8 @@ class EngineSettings:
     revision: str | None = None
     source: str = "auto"  # auto | huggingface | modelscope | local
     num_threads: int | None = None  # CPU threads for torch; None = torch's default
+    hf_endpoint: str | None = field(default_factory=lambda: os.environ.get("HF_ENDPOINT") or None)
+    modelscope_endpoint: str | None = field(default_factory=lambda: os.environ.get("MODELSCOPE_ENDPOINT") or None)
 
     @property
     def name(self) -> str:
