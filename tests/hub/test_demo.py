@@ -57,16 +57,24 @@ def test_unknown_variant_is_a_clear_error(tmp_path: Path):
     assert not (tmp_path / "x").exists()
 
 
-def test_100m_variant_has_about_100m_parameters():
-    import torch
-    from transformers import Glm4ForCausalLM
+def test_100m_variant_has_about_100m_parameters_and_loads(tmp_path: Path):
+    import math
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
 
     config = demo.demo_config("autoglm-demo-100m")
-    with torch.device("meta"):
-        n = sum(p.numel() for p in Glm4ForCausalLM(config).parameters())
-    assert 90_000_000 <= n <= 110_000_000, n
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
-    assert (config.num_key_value_heads, config.head_dim) == (4, 64)
+    assert (config.num_key_value_heads, config.head_dim, config.vocab_size) == (4, 64, 8192)
+    start = time.perf_counter()
+    path = demo.build_demo_model("autoglm-demo-100m", tmp_path / "m")
+    print(f"\nautoglm-demo-100m build time: {time.perf_counter() - start:.2f}s")
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert 90_000_000 <= n <= 110_000_000, n
+    assert f"{n:,}" in (path / "README.md").read_text(encoding="utf-8")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.num_parameters() == n
 
 
 # --- the built directory --------------------------------------------------------------------------
@@ -171,6 +179,10 @@ def test_json_and_digits_tokenize_compactly(tokenizer):
     assert len(tokenizer.encode(text, add_special_tokens=False)) <= 20
     for piece in ('{"', '":', '",', "}}", "]}", "00"):
         assert len(tokenizer.encode(piece, add_special_tokens=False)) == 1, piece
+    # digits are cut in groups of at most three, as GLM-4 does
+    digits = tokenizer.convert_ids_to_tokens(tokenizer.encode("31415926535 2025", add_special_tokens=False))
+    assert "".join(digits).replace("Ġ", "") == "314159265352025"
+    assert max(len(t.replace("Ġ", "")) for t in digits) <= 3, digits
 
 
 # --- chat template --------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,7 +52,7 @@ __all__ = [
 
 # Bump when anything that ends up in a built directory changes (corpus, template, layout), so that
 # ensure_demo_model() rebuilds stale store entries instead of serving them.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 VOCAB_SIZE = 8192  # tokenizer vocabulary, special tokens included
 MAX_POSITIONS = 4096
@@ -174,6 +176,14 @@ def chat_template() -> str:
     return _data_text(TEMPLATE_FILE)
 
 
+# How text is cut into words before BPE: the cl100k-style pattern GLM-4's own tokenizer uses
+# (contractions, letter runs, digits in groups of at most three, punctuation runs, whitespace).
+_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 @lru_cache(maxsize=1)
 def _train_tokenizer_json() -> str:
     """Train the byte-level BPE on the shipped corpus; returns ``tokenizer.json`` text.
@@ -181,10 +191,13 @@ def _train_tokenizer_json() -> str:
     Training is deterministic for a given corpus (tokenizers breaks ties between equally frequent
     pairs by the pair itself), and the result is cached for the process: every variant shares it.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -231,20 +244,22 @@ def _save_tokenizer(out: Path) -> None:
 # weights
 
 
-def _write_weights(name: str, config: Glm4Config, out: Path, seed: int) -> None:
-    """Seeded random weights, written in sorted tensor-name order so the file is byte-stable."""
+def _write_weights(name: str, config: Glm4Config, out: Path, seed: int) -> int:
+    """Seeded random weights, generated and written in sorted tensor-name order so the file is
+    byte-stable. Returns the number of parameters."""
     import torch
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
     from transformers import Glm4ForCausalLM
 
-    with torch.device("meta"):
+    with torch.device("meta"):  # shapes only: nothing is allocated
         shapes = {k: tuple(v.shape) for k, v in Glm4ForCausalLM(config).state_dict().items()}
+    n_params = sum(math.prod(s) for s in shapes.values())
+    show = n_params > 50_000_000
     gen = torch.Generator().manual_seed(seed)
     std = config.initializer_range
     tensors: dict[str, Any] = {}
-    show = sum(int(torch.Size(s).numel()) for s in shapes.values()) > 50_000_000
-    for key in tqdm(sorted(shapes), desc=f"{name}: weights", unit="tensor", disable=not show):
+    for key in tqdm(sorted(shapes), desc=f"{name}: weights", unit="tensor", disable=not show, file=sys.stderr):
         shape = shapes[key]
         if key.endswith("norm.weight"):
             tensors[key] = torch.ones(shape)
@@ -253,8 +268,9 @@ def _write_weights(name: str, config: Glm4Config, out: Path, seed: int) -> None:
         else:
             tensors[key] = torch.randn(shape, generator=gen) * std
     if show:
-        print(f"{name}: writing model.safetensors", flush=True)
+        print(f"{name}: writing model.safetensors ({4 * n_params / 2**20:.0f} MiB)", file=sys.stderr, flush=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return n_params
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -282,14 +298,6 @@ Use a real model (for example `THUDM/glm-4-9b-chat-hf`) for anything that needs 
 """
 
 
-def _n_params(config: Glm4Config) -> int:
-    import torch
-    from transformers import Glm4ForCausalLM
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in Glm4ForCausalLM(config).parameters())
-
-
 # --------------------------------------------------------------------------------------------------
 # build and store
 
@@ -309,16 +317,17 @@ def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
         config = demo_config(name)
-        config.save_pretrained(str(tmp))
+        _save_tokenizer(tmp)
+        n_params = _write_weights(name, config, tmp, seed)
+        (tmp / "README.md").write_text(_model_card(name, spec, seed, n_params), encoding="utf-8")
         GenerationConfig(
             eos_token_id=config.eos_token_id,
             pad_token_id=config.pad_token_id,
             do_sample=False,
         ).save_pretrained(str(tmp))
-        _save_tokenizer(tmp)
-        _write_weights(name, config, tmp, seed)
-        (tmp / "README.md").write_text(_model_card(name, spec, seed, _n_params(config)), encoding="utf-8")
         _write_json(tmp / STAMP_FILE, {"name": name, "seed": seed, "builder_version": BUILDER_VERSION})
+        # config.json last: a directory scan that keys on it never sees a half-built model.
+        config.save_pretrained(str(tmp))
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
