@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+PG_HOST, PG_USER = "127.0.0.1", "postgres"
+PG_PORT = int(os.environ.get("AUTOGLM_TEST_PG_PORT", "5432"))
+REDIS_PORT = int(os.environ.get("AUTOGLM_TEST_REDIS_PORT", "6379"))
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 STORE_BACKENDS = ["sqlite", "postgresql"]
 CACHE_BACKENDS = ["memory", "sqlite", "redis"]
 LIMITER_BACKENDS = ["memory", "redis"]
@@ -98,8 +100,8 @@ def store(store_url: str):
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A unique key prefix in Redis db 0; every key under it is deleted after the test."""
-    if not _port_open("127.0.0.1", 6379):
-        _unavailable("Redis", "nothing listens on 127.0.0.1:6379")
+    if not _port_open("127.0.0.1", REDIS_PORT):
+        _unavailable("Redis", f"nothing listens on 127.0.0.1:{REDIS_PORT}")
     try:
         import redis
     except ImportError:

@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_env(store_url=args.store)
     # Validate flags before touching the store, so a typo never creates or opens anything.
     expires_at = parse_expires(args.expires) if getattr(args, "expires", None) else None
+    if args.keys_command == "create":
+        keys_mod.check_limit("--rpm", args.rpm)
+        keys_mod.check_limit("--tpm", args.tpm)
     with open_store(settings.store_url) as store:
         if args.keys_command == "create":
             models = [m for m in args.models.split(",")] if args.models is not None else None

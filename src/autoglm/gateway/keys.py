@@ -34,6 +34,7 @@ __all__ = [
     "hash_key",
     "check_admin_key",
     "KEY_PREFIX",
+    "check_limit",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _row_to_info(row: tuple) -> KeyInfo:
     )
 
 
-def _check_limit(name: str, value: int | None) -> int | None:
+def check_limit(name: str, value: int | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -131,7 +132,7 @@ def create_key(
         models = tuple(m.strip() for m in models if m.strip())
         if not models:
             raise ConfigError("--models was given but names no model; omit it to allow every model")
-    rpm, tpm = _check_limit("rpm", rpm), _check_limit("tpm", tpm)
+    rpm, tpm = check_limit("rpm", rpm), check_limit("tpm", tpm)
     if store.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)):
         raise ConfigError(f"a key named {name!r} already exists; pick another name or revoke that one first")
 
