@@ -81,7 +81,7 @@ def test_context_length_message(client, engine):
     assert "(8 in the messages, 2000 in the completion)" in err["message"]
     assert "you requested 2008 tokens" in err["message"]
     r = client.post("/v1/completions", json={"model": "fake", "prompt": "x" * 1100})
-    assert_error(r, 400, code="context_length_exceeded", contains="1100 tokens")
+    assert_error(r, 400, code="context_length_exceeded", contains="(1100 in the prompt, 16 in the completion)")
 
 
 def test_tool_choice_errors(client):

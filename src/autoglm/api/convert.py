@@ -195,7 +195,7 @@ def _check_context(engine: Any, prompt_len: int, max_tokens: int | None, what: s
             f"This model's maximum context length is {limit} tokens. However, you requested "
             f"{prompt_len + max_tokens} tokens ({prompt_len} in the {what}, {max_tokens} in the completion). "
             f"Please reduce the length of the {what} or completion (max_tokens).",
-            param="max_tokens", code="context_length_exceeded")
+            param="messages" if what == "messages" else "prompt", code="context_length_exceeded")
     return max_tokens
 
 

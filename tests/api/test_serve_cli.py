@@ -1,0 +1,57 @@
+"""`autoglm serve` flag parsing and start-up checks (no model is loaded here)."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from autoglm.cli.main import build_parser, main
+from autoglm.cli.serve import settings_from_args
+
+
+def test_flags_build_settings():
+    args = build_parser().parse_args([
+        "serve", "--model", "m", "--quantize", "int8", "--device", "cpu", "--engine", "transformers",
+        "--host", "0.0.0.0", "--port", "9001", "--max-model-len", "512", "--max-num-seqs", "4",
+        "--max-queue", "7", "--request-timeout", "3.5", "--served-model-name", "alias", "--api-key", "k",
+        "--log-level", "warning"])
+    engine, server = settings_from_args(args)
+    assert (engine.model, engine.quantize, engine.device, engine.engine) == ("m", "int8", "cpu", "transformers")
+    assert (engine.max_model_len, engine.max_num_seqs, engine.max_queue, engine.request_timeout) == (512, 4, 7, 3.5)
+    assert engine.name == "alias"
+    assert (server.host, server.port, server.api_keys, server.log_level) == ("0.0.0.0", 9001, ["k"], "warning")
+
+
+def test_defaults():
+    engine, server = settings_from_args(build_parser().parse_args(["serve"]))
+    assert (engine.model, engine.quantize, engine.device, engine.engine) == ("autoglm-demo", "auto", "auto", "auto")
+    assert (server.host, server.port, server.api_keys) == ("127.0.0.1", 8000, [])
+
+
+@pytest.mark.parametrize("flag,value", [("--port", "0"), ("--port", "70000"), ("--max-num-seqs", "-1"),
+                                        ("--quantize", "int3"), ("--request-timeout", "abc")])
+def test_bad_flags_exit_2(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["serve", flag, value])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_port_in_use_is_one_line(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", "--port", str(port), "--log-level", "error"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "Traceback" not in err
+
+
+def test_public_host_without_key_warns(capsys):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        main(["serve", "--host", "0.0.0.0", "--port", str(port)])
+    assert "without --api-key" in capsys.readouterr().err
