@@ -282,19 +282,20 @@ def _model_card(name: str, spec: DemoSpec, seed: int, n_params: int) -> str:
 
 **The weights of this model are random. Its output is noise.** It was not trained on anything.
 
-`{name}` is a demo model built locally by Open-AutoGLM (`autoglm.hub.demo`, seed {seed}) so that
+`{name}` is a demo model that Open-AutoGLM builds locally (`autoglm.hub.demo`, seed {seed}) so that
 servers, tests and benchmarks run without downloading a real model. It has the GLM-4 architecture
-(transformers `Glm4ForCausalLM`) and GLM-4's chat format and special tokens, so code that works with it
-works with a real GLM-4 checkpoint — but nothing it writes means anything.
+(transformers `Glm4ForCausalLM`), GLM-4's special tokens and GLM-4's chat format, so it exercises the
+same code paths as a real GLM-4 checkpoint; nothing it writes means anything.
 
 - {spec.description}
 - Parameters: {n_params:,}
-- Layers {spec.num_hidden_layers}, hidden {spec.hidden_size}, heads {spec.num_attention_heads}
-  (KV heads {spec.num_key_value_heads}, head dim {spec.head_dim}), MLP {spec.intermediate_size},
-  context {spec.max_position_embeddings} tokens.
-- Tokenizer: byte-level BPE, {VOCAB_SIZE} tokens, trained on a small original English/Chinese/code corpus.
+- Layers {spec.num_hidden_layers}, hidden size {spec.hidden_size}, attention heads {spec.num_attention_heads}
+  ({spec.num_key_value_heads} key-value heads of dimension {spec.head_dim}), MLP size {spec.intermediate_size},
+  context {spec.max_position_embeddings} tokens, float32.
+- Tokenizer: byte-level BPE with {VOCAB_SIZE} tokens, trained on a small original English, Chinese,
+  JSON and Python corpus.
 
-Use a real model (for example `THUDM/glm-4-9b-chat-hf`) for anything that needs meaningful text.
+For meaningful text use a real model, for example `glm-4-9b-chat` (`zai-org/glm-4-9b-chat-hf`).
 """
 
 
@@ -351,7 +352,9 @@ def _is_current(path: Path, name: str) -> bool:
         stamp = json.loads((path / STAMP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return stamp.get("name") == name and stamp.get("builder_version") == BUILDER_VERSION
+    if stamp.get("name") != name or stamp.get("builder_version") != BUILDER_VERSION:
+        return False
+    return all((path / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
 def ensure_demo_model(name: str, store_dir: Path) -> Path:
