@@ -284,6 +284,9 @@ def test_ensure_rebuilds_an_entry_from_an_older_builder(tmp_path: Path):
     demo.ensure_demo_model(DEMO, tmp_path)
     assert json.loads(stamp.read_text())["builder_version"] == demo.BUILDER_VERSION
     assert not (path / "stale-file").exists()
+    (path / "model.safetensors").unlink()  # damaged by hand: rebuilt too
+    demo.ensure_demo_model(DEMO, tmp_path)
+    assert (path / "model.safetensors").is_file()
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
