@@ -1,0 +1,89 @@
+"""Shared fixtures.
+
+``autoglm_home``: one AUTOGLM_HOME for the whole test session (demo models are built there once).
+``live_server``: a real ``python -m autoglm serve --model autoglm-demo`` process on a free port,
+started on first use, shared by the session, stopped at the end; its log is printed when it fails
+to start and when any test of the session failed.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+LIVE_START_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="session")
+def autoglm_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("autoglm-home")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str  # http://127.0.0.1:<port>
+    process: subprocess.Popen
+    log_path: Path
+    model: str = "autoglm-demo"
+
+    @property
+    def base_url(self) -> str:  # what the openai client wants
+        return self.url + "/v1"
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "<no log>"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(autoglm_home, request) -> LiveServer:
+    port = free_port()
+    log_path = autoglm_home / f"serve-{port}.log"
+    env = {**os.environ, "AUTOGLM_HOME": str(autoglm_home), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "autoglm", "serve", "--model", "autoglm-demo", "--port", str(port),
+           "--max-num-seqs", "8", "--log-level", "warning"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path)
+    deadline = time.monotonic() + LIVE_START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"autoglm serve exited with {proc.returncode} before it was healthy:\n{server.log_tail()}")
+        try:
+            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(f"autoglm serve not healthy after {LIVE_START_TIMEOUT_S:.0f}s:\n{server.log_tail()}")
+        time.sleep(0.25)
+    yield server
+    _stop(proc)
+    if request.session.testsfailed:
+        sys.stderr.write(f"\n--- autoglm serve log ({log_path}) ---\n{server.log_tail()}\n")
