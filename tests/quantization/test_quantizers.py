@@ -92,6 +92,16 @@ def test_casts(precision, dtype):
     assert load_kwargs(precision, CPU) == {"dtype": dtype}
 
 
+def test_int8_cpu_loads_in_the_checkpoint_dtype(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    small_model().to(torch.bfloat16).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, **load_kwargs("int8", CPU))
+    assert model.dtype == torch.bfloat16  # the planner's loading peak assumes this, not fp32
+    model = apply_precision(model, "int8", CPU)
+    assert sum(count_quantized_linears(model).values()) == 13
+
+
 def test_none_on_cpu_is_fp32():
     out = apply_precision(small_model().to(torch.bfloat16), "none", CPU)
     assert {p.dtype for p in out.parameters()} == {torch.float32}

@@ -171,6 +171,10 @@ class DynamicInt8Quantizer(Quantizer):
     name = "int8"
     devices = ("cpu",)
 
+    def load_kwargs(self, device: DeviceInfo) -> dict[str, Any]:
+        # the checkpoint's own dtype: the planner's loading peak assumes it (fp32 would double a bf16 one)
+        return {"dtype": "auto"}
+
     def apply(self, model: nn.Module, device: DeviceInfo) -> nn.Module:
         import torch
         import torch.nn as nn
