@@ -59,7 +59,7 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from autoglm.hub.resolve import resolve_model
-    from autoglm.quantization import ModelArch, apply_precision, detect_device, plan_precision
+    from autoglm.quantization import ModelArch, apply_precision, detect_device, load_kwargs, plan_precision
 
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
@@ -77,12 +77,11 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
     )
     for reason in plan.reasons:
         log.info("plan: %s", reason)
-    load_dtype = _load_dtype(plan.precision, device.kind, config)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype)
+    kwargs = load_kwargs(plan.precision, device)
+    kwargs.setdefault("dtype", _load_dtype(plan.precision, device.kind))
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
-    model = apply_precision(model, plan.precision, device)
-    if device.kind != "cpu" and plan.precision not in ("int8", "int4"):
-        model.to(device.kind)
+    model = apply_precision(model, plan.precision, device)  # also places it on the device
     tokenizer = AutoTokenizer.from_pretrained(path)
     description = ""
     if resolved.spec is not None:
@@ -98,13 +97,13 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
         tokenizer=tokenizer,
         max_model_len=plan.max_model_len,
         eos_token_ids=_eos_ids(path, config, tokenizer),
-        device=device.kind if plan.precision not in ("int8",) or device.kind != "cpu" else "cpu",
+        device=device.torch_device,
         description=description,
         info=info,
     )
 
 
-def _load_dtype(precision: str, device_kind: str, config: Any) -> Any:
+def _load_dtype(precision: str, device_kind: str) -> Any:
     import torch
 
     if precision == "none":
