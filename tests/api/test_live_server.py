@@ -19,7 +19,6 @@ import jsonschema
 import openai
 import pytest
 
-from tests.api.sse_util import parse_sse
 from tests.conftest import LiveServer, _stop, free_port
 
 MODEL = "autoglm-demo"

@@ -113,7 +113,7 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
                 "Send a JSON object with Content-Type: application/json.", None)
     param = _param_path(tuple(first.get("loc", ())))
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
-        return "The request body must be a JSON object.", None
+        return "The request body must be a JSON object (sent with Content-Type: application/json).", None
     value = first.get("input")
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     msg = f"Invalid value for '{param}': {first.get('msg', 'invalid')} (got {shown})."

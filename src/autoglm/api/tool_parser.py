@@ -102,10 +102,8 @@ class StreamingToolParser:
     def finish(self) -> list[ToolEvent]:
         """Flush what is held back (a reply that ended while it still looked like a tool name)."""
         events: list[ToolEvent] = []
-        if self._state == "start" and self._buf.strip() and not self._calls:
-            events.append(ToolEvent("content", self._buf))
-        elif self._state == "start" and self._buf.strip():
-            events.append(ToolEvent("content", self._buf.lstrip()))
+        if self._state == "start" and self._buf.strip():
+            events.append(ToolEvent("content", self._buf.lstrip() if self._calls else self._buf))
         self._buf = ""
         return events
 

@@ -173,5 +173,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(engine_settings, server))
     except KeyboardInterrupt:
-        print("autoglm: stopped", file=sys.stderr)
+        pass  # uvicorn already shut down; Ctrl-C is how a server is meant to stop
+    print("autoglm: stopped", file=sys.stderr)
     return 0
