@@ -96,9 +96,6 @@ def drive(tokenizer, spec, budget: int, seed: int, *, prefer=None, check_special
     return c.output.decode("utf-8"), used
 
 
-_TB: dict[int, list] = {}
-
-
 def _token_bytes(tokenizer):
     from autoglm.engine.guided.vocab import vocab_index
 
@@ -309,6 +306,47 @@ def test_natural_tokenizations_of_valid_documents_are_accepted(tok):
             force(tok, spec, text)
 
 
+def _reference_mask(tokenizer, c, remaining: int) -> np.ndarray:
+    """The mask by definition: feed every token's bytes to every parse, no trie, no numpy tables."""
+    from autoglm.engine.guided.automaton import cell_cost
+
+    out = np.zeros(c.vocab_size, dtype=bool)
+    for t, data in enumerate(_token_bytes(tokenizer)):
+        if data is None:
+            continue
+        cells = c._cells
+        for b in data:
+            cells = [n for x in cells for n in x[0].step(b, x[1])]
+            if not cells:
+                break
+        out[t] = bool(cells) and min(cell_cost(x) for x in cells) <= remaining - 1 - c._margin
+    return out
+
+
+def test_fast_mask_equals_reference(tok):
+    """The trie walk and the numpy string tables agree with the definition, budget cuts included."""
+    checked = 0
+    for spec, seed in [(GuidedSpec("json_object"), 1), (GuidedSpec("json_schema", PERSON), 2),
+                       (GuidedSpec("json_schema", {"type": "object", "properties": {"s": {"type": "string", "minLength": 3,
+                        "maxLength": 5}}, "required": ["s"], "additionalProperties": False}), 3)]:
+        rng = np.random.default_rng(seed)
+        for budget in (min_tokens_needed(spec), 40):
+            c = build_constraint(spec, tok)
+            used = 0
+            non_ascii = np.array([bool(b) and b[0] >= 0x80 for b in _token_bytes(tok)])
+            while not c.done:
+                mask = c.allowed_token_ids(budget - used)
+                if used % 2 == 0:
+                    ref = _reference_mask(tok, c, budget - used)
+                    diff = np.flatnonzero(mask != ref)
+                    assert not len(diff), (c.output, [(_token_bytes(tok)[t], bool(mask[t])) for t in diff[:5]])
+                    checked += 1
+                pool = mask & non_ascii if rng.random() < 0.4 and (mask & non_ascii).any() else mask
+                c.advance(int(rng.choice(np.flatnonzero(pool))))
+                used += 1
+    assert checked > 10
+
+
 def test_advance_rejects_bad_tokens(tok):
     c = build_constraint(GuidedSpec("json_schema", PERSON), tok)
     with pytest.raises(ValueError, match="special"):
@@ -354,7 +392,7 @@ def test_mask_speed(tok, capsys):
     """Per-call time on an 8k vocabulary for the states a request spends its time in."""
     spec = GuidedSpec("json_schema", PERSON)
     times: dict[str, list[float]] = {}
-    prefixes = {"value start": '{"name":', "in string": '{"name":"Ali', "after value": '{"name":"A","age":3',
+    prefixes = {"value start": '{"name":', "in string": '{"name":"Ali', "after value": '{"name":"A"',
                 "in number": '{"name":"A","age":3'}
     for label, prefix in prefixes.items():
         c = build_constraint(spec, tok)
@@ -373,3 +411,19 @@ def test_mask_speed(tok, capsys):
         print("\nguided mask, 8k vocab: " + ", ".join(
             f"{k} {1000 * float(np.median(v)):.2f} ms" for k, v in times.items()))
     assert all(len(v) == 20 for v in times.values())
+
+
+def test_demo_model_tokenizer(tmp_path_factory):
+    """The tokenizer the project ships (GLM-4 special tokens, its own split pattern)."""
+    demo = pytest.importorskip("autoglm.hub.demo")
+    from transformers import AutoTokenizer
+
+    path = demo.ensure_demo_model("autoglm-demo", tmp_path_factory.mktemp("store"))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    assert len(_special_ids(tokenizer)) > 5
+    for budget in [3, 30, 120]:
+        for seed in range(3):
+            text, _ = drive(tokenizer, GuidedSpec("json_object"), budget, seed)
+            assert isinstance(json.loads(text), dict)
+    check_schema(tokenizer, PERSON, seeds=2)
+    force(tokenizer, GuidedSpec("json_schema", PERSON), '{"name": "李雷", "age": 12, "nickname": null}')

@@ -144,7 +144,13 @@ class Constraint:
             frame = c[0]
             if type(frame) is StringFrame and not frame.esc:
                 mask |= self._plain_string_mask(frame, c[2], limit)
-                _walk(index.special_trie, [c], limit, ids)
+                if frame.spec.excluded is not None:  # closing depends on the content: walk it
+                    _walk(index.special_trie, [c], limit, ids)
+                    continue
+                self._closing_quote_mask(frame, c[1], limit, mask)
+                if frame.spec.allow_escapes:
+                    self._escape_mask(frame, c[2], limit, mask)
+                    _walk(index.escape_trie, [c], limit, ids)
             else:
                 _walk(index.trie, [c], limit, ids)
         if ids:
@@ -167,6 +173,38 @@ class Constraint:
                 after = after + np.maximum(missing - index.plain_chars, 0)
             ok &= after <= limit
         return ok
+
+    def _closing_quote_mask(self, frame: StringFrame, parent: tuple, limit: int, mask: np.ndarray) -> None:
+        # tokens "<plain prefix>\"<rest>": the prefix must fit the string, and <rest> must be valid
+        # after the string closes, which is the same state whatever the prefix was
+        index, spec = self._index, frame.spec
+        if not len(index.q_ids):
+            return
+        after = parent[0].child_done(parent[1])
+        ok_rest: list[int] = []
+        if after and min(cell_cost(c) for c in after) <= limit:
+            ok_rest.extend(index.quote_trie.ids)
+        _walk(index.quote_trie, after, limit, ok_rest)
+        if not ok_rest:
+            return
+        rest_ok = np.zeros(index.n_rests, dtype=bool)
+        rest_ok[ok_rest] = True
+        n = frame.n + index.q_pre_chars
+        ok = (index.q_pre_end[frame.u8] == 0) & rest_ok[index.q_rest] & (n <= spec.max_len)
+        if spec.min_len > frame.n:
+            ok &= n >= spec.min_len
+        mask[index.q_ids[ok]] = True
+
+    def _escape_mask(self, frame: StringFrame, below: int, limit: int, mask: np.ndarray) -> None:
+        # tokens "<plain>\\<escapable><plain>" or "<plain>\\": still inside this string afterwards
+        index, spec = self._index, frame.spec
+        if not len(index.e_ids):
+            return
+        n = frame.n + index.e_chars
+        ok = (index.e_pre_end[frame.u8] == 0) & (index.e_rest_end != BAD) & (n <= spec.max_len)
+        after = index.pending[index.e_rest_end] + index.e_open + np.maximum(spec.min_len - n, 0) + 1 + below
+        ok &= after <= limit
+        mask[index.e_ids[ok]] = True
 
     def advance(self, token_id: int) -> None:
         """Accept ``token_id``; raises ValueError when it cannot come next."""

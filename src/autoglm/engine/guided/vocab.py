@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from autoglm.engine.guided.automaton import BAD, UTF8
+from autoglm.engine.guided.automaton import BAD, ESCAPABLE, UTF8
 from autoglm.errors import UnsupportedError
 
 __all__ = ["VocabIndex", "TrieNode", "vocab_index", "token_bytes"]
@@ -92,13 +92,49 @@ def _build_trie(items: list[tuple[int, bytes]]) -> TrieNode:
 _NEEDED_SINGLE = [0x0A] + list(range(0x20, 0x7F)) + list(range(0x80, 0xC0)) + list(range(0xC2, 0xF5))
 
 
+def _plain_runs(pieces: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """For byte strings of plain string content: ``end[s, i]``, the UTF-8 state after piece i from
+    state s (BAD when it holds a quote, backslash or control byte, or breaks UTF-8), and
+    ``chars[i]``, the code points it starts. Vectorised over pieces, one step per byte position."""
+    n = len(pieces)
+    end = np.full((8, n), BAD, dtype=np.int8)
+    chars = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return end, chars
+    lens = np.array([len(p) for p in pieces], dtype=np.int64)
+    flat = np.frombuffer(b"".join(pieces) or b"\0", dtype=np.uint8).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    csum_l = np.concatenate([[0], np.cumsum((flat < 0x80) | (flat >= 0xC0))])
+    chars[:] = csum_l[starts + lens] - csum_l[starts]
+    table = np.array(UTF8, dtype=np.int64)  # [9, 256]
+    table[:, [0x22, 0x5C]] = BAD
+    table[:, :0x20] = BAD
+    order = np.argsort(-lens, kind="stable")
+    o_lens, o_starts = lens[order], starts[order]
+    for s in range(8):
+        state = np.full(n, s, dtype=np.int64)
+        for pos in range(int(o_lens.max())):
+            k = int(np.searchsorted(-o_lens, -pos, side="left"))  # pieces longer than pos
+            state[:k] = table[state[:k], flat[o_starts[:k] + pos]]
+        end[s, order] = state
+    return end, chars
+
+
 class VocabIndex:
     """Read-only per-tokenizer tables for the guided decoder.
 
-    ``plain_end[s, t]``: the UTF-8 state after token t starting in state s, or 8 (BAD) when t has
-    a byte that is not plain string content (quote, backslash, control) or breaks UTF-8.
-    ``plain_chars[t]``: code points t starts. ``trie``: every usable token; ``special_trie``:
-    usable tokens with at least one non-plain byte.
+    Tokens seen from inside a JSON string fall in four groups by their first "special" byte
+    (quote, backslash, control byte):
+      * none: plain content. ``plain_end[s, t]`` is the UTF-8 state after t from state s (BAD when
+        t breaks UTF-8 or is not plain), ``plain_chars[t]`` the code points it adds;
+      * a quote: t = plain prefix + ``"`` + rest. Arrays ``q_ids``, ``q_pre_end[s]``,
+        ``q_pre_chars`` describe the prefix, ``q_rest[i]`` indexes the distinct rests, which
+        ``quote_trie`` holds (its root stands for the empty rest): after the string closes, the
+        state no longer depends on the prefix, so each rest is walked once;
+      * a backslash: when it is plain + one escape + plain, numpy decides it (``e_*`` arrays);
+        other such tokens are in ``escape_trie`` and walked; a control byte: never valid.
+    ``trie`` holds every usable token; ``special_trie`` every token with a special byte (used for
+    strings whose content matters, i.e. free keys that must differ from declared names).
     """
 
     def __init__(self, tokenizer: Any):
@@ -113,41 +149,50 @@ class VocabIndex:
                 "use a byte-level BPE tokenizer or drop response_format/tool_choice")
         usable = [(i, d) for i, d in enumerate(self.tokens) if d is not None]
         self.trie = _build_trie(usable)
-        self._plain_tables(usable)
-        special_items = [(i, d) for i, d in usable if not self._plain_any[i]]
-        self.special_trie = _build_trie(special_items)
-
-    def _plain_tables(self, usable: list[tuple[int, bytes]]) -> None:
-        size = self.size
-        ids = np.array([i for i, _ in usable], dtype=np.int64)
-        lens = np.array([len(d) for _, d in usable], dtype=np.int64)
-        flat = np.frombuffer(b"".join(d for _, d in usable), dtype=np.uint8).astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else np.zeros(0, np.int64)
-        is_special = (flat < 0x20) | (flat == 0x22) | (flat == 0x5C)
-        is_lead = (flat < 0x80) | (flat >= 0xC0)
-        csum_s = np.concatenate([[0], np.cumsum(is_special)])
-        csum_l = np.concatenate([[0], np.cumsum(is_lead)])
-        n_special = csum_s[starts + lens] - csum_s[starts]
-        self.plain_chars = np.zeros(size, dtype=np.int64)
-        self.plain_chars[ids] = csum_l[starts + lens] - csum_l[starts]
-        self.max_plain_chars = int(self.plain_chars.max()) if size else 0
-        # a plain byte may still be invalid UTF-8 in a given start state; only the special bytes
-        # make a token non-plain in every state
-        self._plain_any = np.zeros(size, dtype=bool)
-        self._plain_any[ids] = n_special == 0
-        table = np.array(UTF8, dtype=np.int64)  # [9, 256]
-        table[:, [0x22, 0x5C]] = BAD
-        table[:, :0x20] = BAD
-        order = np.argsort(-lens, kind="stable")
-        o_lens, o_starts = lens[order], starts[order]
-        self.plain_end = np.full((8, size), BAD, dtype=np.int8)
-        for s in range(8):
-            state = np.full(len(order), s, dtype=np.int64)
-            for pos in range(int(o_lens.max()) if len(o_lens) else 0):
-                k = int(np.searchsorted(-o_lens, -pos, side="left"))  # tokens longer than pos
-                state[:k] = table[state[:k], flat[o_starts[:k] + pos]]
-            self.plain_end[s, ids[order]] = state
         self.pending = np.array([0, 1, 2, 2, 2, 3, 3, 3, 0], dtype=np.int64)
+
+        end, chars = _plain_runs([d for _, d in usable])
+        ids = np.array([i for i, _ in usable], dtype=np.int64)
+        self.plain_end = np.full((8, self.size), BAD, dtype=np.int8)
+        self.plain_chars = np.zeros(self.size, dtype=np.int64)
+        self.plain_chars[ids] = chars
+        special_items, quote_items, escape_items = [], [], []
+        for i, d in usable:
+            cut = next((k for k, b in enumerate(d) if b < 0x20 or b == 0x22 or b == 0x5C), -1)
+            if cut < 0:
+                continue
+            special_items.append((i, d))
+            if d[cut] == 0x22:
+                quote_items.append((i, d[:cut], d[cut + 1:]))
+            elif d[cut] == 0x5C:
+                escape_items.append((i, d[:cut], d[cut + 1:]))
+        special = np.array([i for i, _ in special_items], dtype=np.int64)
+        plain = np.ones(len(ids), dtype=bool)
+        plain[np.searchsorted(ids, special)] = False
+        self.plain_end[:, ids[plain]] = end[:, plain]
+        self.max_plain_chars = int(self.plain_chars[ids[plain]].max()) if plain.any() else 0
+        self.special_trie = _build_trie(special_items)
+        # escapes: "<plain>\\<one escapable byte><plain>" is decided by numpy, anything else walked
+        simple = [(i, p, r) for i, p, r in escape_items
+                  if not r or (r[0] in ESCAPABLE and not any(b < 0x20 or b in (0x22, 0x5C) for b in r[1:]))]
+        simple_ids = {i for i, _, _ in simple}
+        # a backslash before anything but an escapable byte is never valid in a string: left out
+        self.escape_trie = _build_trie([(i, p + b"\\" + r) for i, p, r in escape_items
+                                        if i not in simple_ids and (not r or r[0] in ESCAPABLE)])
+        self.e_ids = np.array([i for i, _, _ in simple], dtype=np.int64)
+        e_pre_end, e_pre_chars = _plain_runs([p for _, p, _ in simple])
+        e_rest_end, e_rest_chars = _plain_runs([r[1:] for _, _, r in simple])
+        self.e_pre_end = e_pre_end
+        self.e_rest_end = e_rest_end[0]  # after an escape the UTF-8 state is 0
+        self.e_chars = e_pre_chars + 1 + e_rest_chars
+        self.e_open = np.array([not r for _, _, r in simple], dtype=np.int64)  # ends right after the backslash
+
+        rests: dict[bytes, int] = {}
+        self.q_ids = np.array([i for i, _, _ in quote_items], dtype=np.int64)
+        self.q_pre_end, self.q_pre_chars = _plain_runs([p for _, p, _ in quote_items])
+        self.q_rest = np.array([rests.setdefault(r, len(rests)) for _, _, r in quote_items], dtype=np.int64)
+        self.quote_trie = _build_trie([(k, r) for r, k in rests.items()])
+        self.n_rests = len(rests)
 
 
 _CACHE: dict[int, tuple[Any, VocabIndex]] = {}
