@@ -31,8 +31,8 @@ class GuidedSpec:
     kind:
       - ``"json_object"``: any JSON object (OpenAI's JSON mode).
       - ``"json_schema"``: a JSON value matching ``schema`` (a JSON Schema dict).
-    ``prefix`` is text the decoder treats as already emitted before the constrained part begins
-    (used for forced tool calls, where the model must write ``name\\n`` then the arguments object).
+    Forced tool calls put ``name\n`` at the end of the prompt (GLM-4's tool-call format) and
+    constrain only the arguments object.
     """
 
     kind: Literal["json_object", "json_schema"]
