@@ -140,7 +140,9 @@ def test_logprobs_shapes(client):
     lp = c.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4
     assert all(len(t) <= 2 for t in lp.top_logprobs) and lp.text_offset[0] == 0
-    assert "".join(lp.tokens) == c.choices[0].text
+    assert lp.text_offset == sorted(lp.text_offset)
+    if not any("\ufffd" in t for t in lp.tokens):  # tokens that split a character do not join back
+        assert "".join(lp.tokens) == c.choices[0].text
 
 
 def test_json_mode(client):

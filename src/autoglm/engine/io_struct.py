@@ -31,7 +31,7 @@ class GuidedSpec:
     kind:
       - ``"json_object"``: any JSON object (OpenAI's JSON mode).
       - ``"json_schema"``: a JSON value matching ``schema`` (a JSON Schema dict).
-    Forced tool calls put ``name\n`` at the end of the prompt (GLM-4's tool-call format) and
+    Forced tool calls put the function name and a newline at the end of the prompt (GLM-4's tool-call format) and
     constrain only the arguments object.
     """
 
