@@ -1,0 +1,208 @@
+"""The deploy file's schema: typed, strict pydantic models for ``autoglm deploy FILE.yaml``.
+
+A deploy file has three sections: ``models`` (what to serve: local models with their engine settings
+and replicas, or remote OpenAI-compatible upstreams), ``gateway`` (keys, limits, cache, state store)
+and ``server`` (where to listen), plus ``routing`` (retries, backoff, health checks). Every model
+forbids unknown keys so a typo is an error, never a silently ignored setting. Secrets are
+:class:`~pydantic.SecretStr` so they never show up in a repr, a plan or a log.
+
+Cross-field rules that pydantic cannot express per field (unique names, a fallback that names an
+existing model) are in :func:`reference_errors`, which returns key paths so the loader can point at
+the line. This module knows nothing about YAML, line numbers or how a deployment is started.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
+
+from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES
+
+__all__ = [
+    "DeployConfig",
+    "ModelConfig",
+    "UpstreamConfig",
+    "GatewayConfig",
+    "KeyConfig",
+    "RateLimitConfig",
+    "CacheConfig",
+    "ServerConfig",
+    "RoutingConfig",
+    "reference_errors",
+]
+
+Quantize = Literal[QUANTIZE_CHOICES]  # type: ignore[valid-type]
+Device = Literal[DEVICE_CHOICES]  # type: ignore[valid-type]
+Loc = tuple[Union[str, int], ...]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamConfig(_Strict):
+    """A remote OpenAI-compatible server (another autoglm, vLLM, any ``/v1`` API)."""
+
+    url: Optional[str] = None  # base URL, e.g. http://10.0.0.5:8000/v1 (``/v1`` is added when there is no path)
+    urls: list[str] = Field(default_factory=list)  # several replicas of the same upstream
+    api_key: Optional[SecretStr] = None  # sent as Authorization: Bearer; never logged
+    model: Optional[str] = None  # the upstream's name for the model (default: this model's name)
+    timeout: PositiveFloat = 600.0  # seconds for a whole response
+    connect_timeout: PositiveFloat = 5.0
+
+    @field_validator("url", "urls")
+    @classmethod
+    def _http_urls(cls, value: Any) -> Any:
+        for url in [value] if isinstance(value, str) else value or []:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"expected an http:// or https:// URL; got {url!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _some_url(self) -> UpstreamConfig:
+        if not self.url and not self.urls:
+            raise ValueError("an upstream needs 'url' (or 'urls' for several replicas)")
+        if self.url and self.urls:
+            raise ValueError("give either 'url' or 'urls', not both")
+        return self
+
+    @property
+    def all_urls(self) -> list[str]:
+        return [self.url] if self.url else list(self.urls)
+
+
+class ModelConfig(_Strict):
+    """One served model: local (``source``) or remote (``upstream``)."""
+
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    description: str = ""
+    fallback: Optional[str] = None  # another model's name, used when this one is down or saturated
+    max_concurrency: Optional[PositiveInt] = None  # in-flight requests before 429 (gateway)
+    # local models
+    source: Optional[str] = None  # alias, org/name repo id or local directory (default: name)
+    engine: str = "auto"
+    quantize: Quantize = "auto"
+    device: Device = "auto"
+    max_model_len: Optional[PositiveInt] = None
+    max_num_seqs: PositiveInt = 16
+    max_queue: PositiveInt = 256
+    request_timeout: PositiveFloat = 600.0
+    revision: Optional[str] = None
+    replicas: PositiveInt = 1
+    # remote models
+    upstream: Optional[UpstreamConfig] = None
+
+    @model_validator(mode="after")
+    def _local_or_remote(self) -> ModelConfig:
+        if self.upstream is not None:
+            local = [k for k in ("source", "engine", "quantize", "device", "max_model_len", "max_num_seqs",
+                                 "revision", "replicas") if k in self.model_fields_set]
+            if local:
+                raise ValueError(f"a model with 'upstream' is served remotely; remove the local-only key(s) "
+                                 f"{', '.join(local)} (use upstream.urls for replicas)")
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        return self.upstream is not None
+
+    @property
+    def model_source(self) -> str:
+        return self.source or self.name
+
+
+class KeyConfig(_Strict):
+    """An API key the deployment makes sure exists (created, and printed once, when missing)."""
+
+    name: str = Field(min_length=1)
+    models: Optional[list[str]] = None  # None: every model
+    rpm: Optional[PositiveInt] = None
+    tpm: Optional[PositiveInt] = None
+
+
+class RateLimitConfig(_Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    rpm: Optional[PositiveInt] = None  # defaults for requests without a key (open mode)
+    tpm: Optional[PositiveInt] = None
+
+
+class CacheConfig(_Strict):
+    backend: Literal["memory", "sqlite", "redis", "none"] = "memory"
+    url: Optional[str] = None
+    ttl: PositiveFloat = 3600.0
+    max_entries: PositiveInt = 1024
+    max_bytes: PositiveInt = 64 * 1024 * 1024
+
+
+class GatewayConfig(_Strict):
+    keys: list[KeyConfig] = Field(default_factory=list)
+    admin_key: Optional[SecretStr] = None
+    key_pepper: Optional[SecretStr] = None
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    state_store: Optional[str] = None  # sqlite path/URL or postgresql://... (default: <AUTOGLM_HOME>/state.db)
+    redis_url: Optional[str] = None
+    metrics_public: bool = False
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+
+class RoutingConfig(_Strict):
+    retries: int = Field(default=2, ge=0, le=10)  # extra attempts after a connection error
+    backoff: PositiveFloat = 0.1  # seconds before the first retry; doubles each time
+    health_check_interval: PositiveFloat = 5.0  # seconds between upstream health checks
+    ready_timeout: PositiveFloat = 600.0  # seconds `autoglm deploy` waits for every model
+
+
+class DeployConfig(_Strict):
+    models: list[ModelConfig] = Field(min_length=1)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    def model_named(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name or name in m.aliases:
+                return m
+        return None
+
+
+def reference_errors(config: DeployConfig) -> list[tuple[Loc, str]]:
+    """Rules across fields, as ``(key path, message)``: unique names, fallbacks and key models that exist."""
+    errors: list[tuple[Loc, str]] = []
+    seen: dict[str, Loc] = {}
+    for i, model in enumerate(config.models):
+        for loc, name in [(("models", i, "name"), model.name)] + [
+            (("models", i, "aliases", j), a) for j, a in enumerate(model.aliases)
+        ]:
+            if name in seen:
+                first = seen[name]
+                errors.append((loc, f"the name {name!r} is already used by models[{first[1]}]; "
+                                    "names and aliases must be unique"))
+            else:
+                seen[name] = loc
+    names = list(seen)
+    for i, model in enumerate(config.models):
+        if model.fallback is None:
+            continue
+        target = config.model_named(model.fallback)
+        if target is None:
+            errors.append((("models", i, "fallback"),
+                           f"no model is named {model.fallback!r}; use one of {', '.join(names)}"))
+        elif target is model:
+            errors.append((("models", i, "fallback"), "a model cannot be its own fallback"))
+    for i, key in enumerate(config.gateway.keys):
+        for j, m in enumerate(key.models or []):
+            if config.model_named(m) is None:
+                errors.append((("gateway", "keys", i, "models", j),
+                               f"no model is named {m!r}; use one of {', '.join(names)}"))
+    key_names = [k.name for k in config.gateway.keys]
+    for i, name in enumerate(key_names):
+        if name in key_names[:i]:
+            errors.append((("gateway", "keys", i, "name"), f"the key name {name!r} is used twice"))
+    return errors

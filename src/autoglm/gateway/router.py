@@ -1,0 +1,294 @@
+"""Which backend serves a request: model names and aliases -> replicas, with retries and fallback.
+
+A :class:`Route` is one served model: its name, aliases, an optional fallback model and one or more
+:class:`Backend` replicas, each either a local engine or a remote :class:`~autoglm.gateway.upstream.Upstream`.
+:meth:`Router.dispatch` picks the healthy replica with the fewest outstanding requests (ties: the one
+that served least), calls it, and on a connection error retries another replica (or the same one)
+after an exponential backoff (``backoff * 2**attempt``); a 4xx is never retried. A replica that fails
+``unhealthy_after`` times in a row is marked down and skipped until the background health check
+(every ``health_check_interval`` s) sees it answer again. When every replica is down, or the model is
+saturated (429), the route's fallback model is tried; when nothing is left the caller gets a clean
+503 :class:`~autoglm.gateway.facade.GatewayError` (or the 429 itself when saturation was the cause).
+
+Outstanding counts last until :meth:`Dispatched.release` (for a stream: when the stream ends).
+Knows nothing about FastAPI or OpenAI request shapes: the caller passes what to do with an engine
+and with an upstream.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from autoglm.errors import ModelNotFoundError, OverloadedError
+from autoglm.gateway.upstream import Upstream, UpstreamConnectionError, UpstreamOverloaded
+
+__all__ = ["Backend", "Route", "Router", "Dispatched"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Backend:
+    """One replica: a local engine or a remote upstream, with its live counters."""
+
+    def __init__(self, *, engine: Any = None, upstream: Upstream | None = None, label: str | None = None):
+        if (engine is None) == (upstream is None):
+            raise ValueError("a backend is either a local engine or an upstream")
+        self.engine, self.upstream = engine, upstream
+        self.label = label or (upstream.base_url if upstream is not None else getattr(engine, "model_name", "local"))
+        self.healthy = True
+        self.outstanding = 0  # requests started and not yet released
+        self.served = 0  # requests ever started here (tie-breaker: spreads equal loads)
+        self.failures = 0  # consecutive connection failures
+
+    @property
+    def kind(self) -> str:
+        return "remote" if self.upstream is not None else "local"
+
+    def is_up(self) -> bool:
+        if self.engine is not None:
+            try:
+                self.engine.stats()
+            except Exception:  # noqa: BLE001 - an engine that cannot report is not serving
+                return False
+        return self.healthy
+
+    async def check(self) -> bool:
+        """Probe now; a remote replica that answers is back in rotation."""
+        if self.upstream is None:
+            return self.is_up()
+        ok = await self.upstream.check()
+        if ok and not self.healthy:
+            log.info("upstream %s is back", self.label)
+        elif not ok and self.healthy:
+            log.warning("upstream %s is down (health check failed)", self.label)
+        self.healthy = ok
+        if ok:
+            self.failures = 0
+        return ok
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.label, "kind": self.kind, "healthy": self.is_up(), "outstanding": self.outstanding}
+
+
+@dataclass
+class Route:
+    """One served model name."""
+
+    name: str
+    backends: list[Backend]
+    aliases: list[str] = field(default_factory=list)
+    fallback: str | None = None
+    description: str = ""
+    max_model_len: int | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return all(b.kind == "remote" for b in self.backends)
+
+    def status(self) -> str:
+        return "ok" if any(b.is_up() for b in self.backends) else "down"
+
+
+@dataclass
+class Dispatched(Generic[T]):
+    """A call's result, the route and replica that produced it, and the release of its slot."""
+
+    result: T
+    route: Route
+    backend: Backend
+    _released: bool = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.backend.outstanding -= 1
+
+
+class Router:
+    def __init__(self, routes: list[Route], *, retries: int = 2, backoff: float = 0.1,
+                 health_check_interval: float = 5.0, unhealthy_after: int = 2):
+        if not routes:
+            raise ValueError("a router needs at least one route")
+        self.routes = list(routes)
+        self.retries, self.backoff = retries, backoff
+        self.health_check_interval, self.unhealthy_after = health_check_interval, unhealthy_after
+        self._by_name: dict[str, Route] = {}
+        for route in self.routes:
+            for name in [route.name, *route.aliases]:
+                if name in self._by_name:
+                    raise ValueError(f"model name {name!r} is used twice")
+                self._by_name[name] = route
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_engines(cls, engines: Mapping[str, Any], **kwargs: Any) -> Router:
+        """One single-replica local route per engine (what ``autoglm serve --model`` needs)."""
+        return cls([Route(name, [Backend(engine=e, label=f"{name}#0")]) for name, e in engines.items()], **kwargs)
+
+    # -- names -----------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Every name a client may send: served names, then aliases."""
+        return [r.name for r in self.routes] + [a for r in self.routes for a in r.aliases]
+
+    def resolve(self, model: str | None) -> Route:
+        """The route for a name or alias (``None``: the first model); unknown -> ModelNotFoundError (404)."""
+        if model is None:
+            return self.routes[0]
+        route = self._by_name.get(model)
+        if route is None:
+            raise ModelNotFoundError(f"The model '{model}' does not exist. Available models: "
+                                     f"{', '.join(self.names())}.")
+        return route
+
+    def local_engines(self) -> list[Any]:
+        return [b.engine for r in self.routes for b in r.backends if b.engine is not None]
+
+    def upstreams(self) -> list[Upstream]:
+        return [b.upstream for r in self.routes for b in r.backends if b.upstream is not None]
+
+    # -- picking and calling ---------------------------------------------------------------------
+    @staticmethod
+    def pick(route: Route, avoid: set[int] = frozenset()) -> Backend | None:  # type: ignore[assignment]
+        """The healthy replica with the fewest outstanding requests, preferring ones not in ``avoid``."""
+        up = [b for b in route.backends if b.is_up()]
+        if not up:
+            return None
+        fresh = [b for b in up if id(b) not in avoid] or up
+        return min(fresh, key=lambda b: (b.outstanding, b.served))
+
+    async def dispatch(self, model: str | None, *, local: Callable[[Any], Awaitable[T]],
+                       remote: Callable[[Upstream], Awaitable[T]]) -> Dispatched[T]:
+        """Serve ``model``: ``local(engine)`` or ``remote(upstream)`` on a replica, then the fallback."""
+        route = self.resolve(model)
+        seen: set[str] = set()
+        overloaded: BaseException | None = None
+        while route is not None and route.name not in seen:
+            seen.add(route.name)
+            try:
+                return await self._try_route(route, local, remote)
+            except (OverloadedError, UpstreamOverloaded) as exc:
+                overloaded = overloaded or exc
+                why = "saturated"
+            except _RouteDown:
+                why = "down"
+            nxt = self._by_name.get(route.fallback) if route.fallback else None
+            if nxt is not None:
+                log.info("model %s is %s; falling back to %s", route.name, why, nxt.name)
+            route = nxt
+        if overloaded is not None:
+            raise overloaded
+        first = self.resolve(model)
+        raise _unavailable(first, sorted(seen))
+
+    async def _try_route(self, route: Route, local: Callable[[Any], Awaitable[T]],
+                         remote: Callable[[Upstream], Awaitable[T]]) -> Dispatched[T]:
+        tried: set[int] = set()
+        for attempt in range(self.retries + 1):
+            backend = self.pick(route, tried)
+            if backend is None:
+                break
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                if not backend.is_up():  # went down while we waited
+                    continue
+            tried.add(id(backend))
+            backend.outstanding += 1
+            backend.served += 1
+            try:
+                result = await (local(backend.engine) if backend.engine is not None else remote(backend.upstream))
+            except UpstreamConnectionError as exc:
+                backend.outstanding -= 1
+                backend.failures += 1
+                if backend.failures >= self.unhealthy_after and backend.healthy:
+                    backend.healthy = False
+                    log.warning("upstream %s marked down after %d failures: %s", backend.label, backend.failures, exc)
+                else:
+                    log.info("upstream %s failed (%s); retrying", backend.label, exc)
+                continue
+            except BaseException:
+                backend.outstanding -= 1
+                raise
+            backend.failures = 0
+            return Dispatched(result, route, backend)
+        raise _RouteDown(route.name)
+
+    # -- health ----------------------------------------------------------------------------------
+    async def check_all(self) -> None:
+        """Probe every remote replica once (concurrently)."""
+        remote = [b for r in self.routes for b in r.backends if b.upstream is not None]
+        if remote:
+            await asyncio.gather(*(b.check() for b in remote))
+
+    async def start(self) -> None:
+        """Start the background health check (only when there are remote replicas). Idempotent."""
+        if self._task is None and self.upstreams():
+            self._task = asyncio.create_task(self._health_loop(), name="autoglm-router-health")
+
+    async def _health_loop(self) -> None:
+        while True:
+            try:
+                await self.check_all()
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad probe
+                log.exception("health check failed")
+            await asyncio.sleep(self.health_check_interval)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for upstream in self.upstreams():
+            await upstream.close()
+
+    def health(self) -> dict[str, Any]:
+        """Per-model status for ``/health``: ``{"models": {name: {...}}, "status": ok|degraded|unavailable}``."""
+        models = {r.name: {"status": r.status(), "kind": "remote" if r.is_remote else "local",
+                           "fallback": r.fallback, "backends": [b.describe() for b in r.backends]}
+                  for r in self.routes}
+        up = sum(m["status"] == "ok" for m in models.values())
+        status = "ok" if up == len(models) else ("degraded" if up else "unavailable")
+        return {"status": status, "models": models}
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """``/v1/models`` entries: every model, then every alias (``root`` names its target)."""
+        cards = [{"id": r.name, "root": r.name, "description": r.description or _engine_description(r),
+                  "max_model_len": r.max_model_len or _engine_max_len(r)} for r in self.routes]
+        for r in self.routes:
+            for alias in r.aliases:
+                cards.append({"id": alias, "root": r.name, "description": f"alias of {r.name}",
+                              "max_model_len": r.max_model_len or _engine_max_len(r)})
+        return cards
+
+
+class _RouteDown(Exception):
+    """Every replica of a route is down or failed (internal: turned into fallback or a 503)."""
+
+
+def _engine_description(route: Route) -> str:
+    engines = [b.engine for b in route.backends if b.engine is not None]
+    if engines:
+        return getattr(engines[0], "description", "") or ""
+    return "remote: " + ", ".join(b.label for b in route.backends)
+
+
+def _engine_max_len(route: Route) -> int | None:
+    engines = [b.engine for b in route.backends if b.engine is not None]
+    return getattr(engines[0], "max_model_len", None) if engines else None
+
+
+def _unavailable(route: Route, tried: list[str]) -> Exception:
+    from autoglm.gateway.facade import GatewayError
+
+    via = f" (tried {', '.join(tried)})" if len(tried) > 1 else ""
+    return GatewayError(
+        503, "model_unavailable",
+        f"model {route.name!r} is unavailable: every backend is down or failing{via}; retry shortly, "
+        "or see GET /health",
+        type="service_unavailable", headers={"retry-after": "5"},
+    )
