@@ -129,7 +129,8 @@ def load_quantized(path: str | Path, device: str | None = None) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     if fmt == "hf":
-        return AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        return (model.to(device) if device else model).eval()
     if fmt == "hf-bitsandbytes":
         return AutoModelForCausalLM.from_pretrained(path, device_map={"": device or "cuda"}).eval()
     if fmt != "dynamic-int8":
