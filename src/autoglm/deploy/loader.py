@@ -64,6 +64,7 @@ class _Located:
                 if not isinstance(key, str):
                     raise self.error(loc, f"keys must be strings; got {key!r}")
                 if key in out:
+                    self.lines[loc + (key,)] = key_node.start_mark.line + 1  # point at the repeat
                     raise self.error(loc + (key,), f"the key {key!r} appears twice in this mapping")
                 self.lines[loc + (key,)] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, loc + (key,), constructor)
@@ -133,7 +134,7 @@ def load_deploy_file(path: str | Path) -> DeployConfig:
                           "(examples are in examples/)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read deploy file {str(p)!r}: {exc}") from None
-    return parse_deploy_text(text, name=p.name)
+    return parse_deploy_text(text, name=str(path))
 
 
 def _first(located: _Located, problems: list[tuple[Loc, str]]) -> ConfigError:

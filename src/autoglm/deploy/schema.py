@@ -39,6 +39,15 @@ Loc = tuple[Union[str, int], ...]
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, data: Any) -> Any:
+        # `${VAR:-}` gives "" for an unset variable: treat it as "not given" for optional settings.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items()
+                    if not (v == "" and k in cls.model_fields and cls.model_fields[k].default is None)}
+        return data
+
 
 class UpstreamConfig(_Strict):
     """A remote OpenAI-compatible server (another autoglm, vLLM, any ``/v1`` API)."""
