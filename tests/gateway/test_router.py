@@ -56,7 +56,7 @@ def remote(switch: Switch, url: str = "http://r:1") -> Backend:
     return Backend(upstream=Upstream(url, client=client))
 
 
-async def via_upstream(upstream: Upstream):
+async def via_upstream(upstream: Upstream, route: Route):
     reply = await upstream.forward("/chat/completions", {"model": "x"})
     return ("remote", upstream.base_url, reply.status)
 
@@ -83,7 +83,7 @@ async def test_least_outstanding_balancing():
     router = Router([Route("m", [Backend(engine=e) for e in engines])])
     gate = asyncio.Event()
 
-    async def hold(engine):
+    async def hold(engine, route):
         await gate.wait()
         return engine.model_name
 
@@ -103,7 +103,7 @@ async def test_least_outstanding_balancing():
             d.release()
     picks = []
     for _ in range(2):
-        d = await router.dispatch("m", local=lambda e: asyncio.sleep(0, e.model_name), remote=via_upstream)
+        d = await router.dispatch("m", local=lambda e, r: asyncio.sleep(0, e.model_name), remote=via_upstream)
         picks.append(d.result)
     assert "r1" not in picks and sorted(picks) == ["r0", "r2"]
     busy.release()
@@ -120,14 +120,14 @@ async def test_retries_with_backoff_then_marks_down_and_falls_back():
     ], retries=2, backoff=0.05, unhealthy_after=2)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    d = await router.dispatch("remote", local=lambda e: asyncio.sleep(0, "fallback-answer"), remote=via_upstream)
+    d = await router.dispatch("remote", local=lambda e, r: asyncio.sleep(0, "fallback-answer"), remote=via_upstream)
     assert d.result == "fallback-answer" and d.route.name == "local"
     assert down.calls == 2  # two failures mark it down; the third attempt finds no healthy replica
     assert loop.time() - t0 >= 0.05  # backed off before the retry
     assert router.health()["models"]["remote"]["status"] == "down"
     assert router.health()["status"] == "degraded"
     # While down it is skipped without a connection attempt.
-    await router.dispatch("remote", local=lambda e: asyncio.sleep(0, "again"), remote=via_upstream)
+    await router.dispatch("remote", local=lambda e, r: asyncio.sleep(0, "again"), remote=via_upstream)
     assert down.calls == 2
 
 
@@ -154,7 +154,7 @@ async def test_retry_moves_to_another_replica():
 async def test_4xx_and_other_errors_are_not_retried():
     calls = []
 
-    async def fail(engine):
+    async def fail(engine, route):
         calls.append(1)
         raise ValueError("bad request")
 
@@ -165,14 +165,14 @@ async def test_4xx_and_other_errors_are_not_retried():
 
 
 async def test_saturated_model_uses_fallback_or_reraises_429():
-    async def local(engine):
+    async def local(engine, route):
         if engine.model_name == "busy":
             raise OverloadedError("queue full", retry_after=2)
-        return engine.model_name
+        return (engine.model_name, route.name)
 
     router = Router([Route("busy", [Backend(engine=Stub("busy"))], fallback="spare"),
                      Route("spare", [Backend(engine=Stub("spare"))])])
-    assert (await router.dispatch("busy", local=local, remote=via_upstream)).result == "spare"
+    assert (await router.dispatch("busy", local=local, remote=via_upstream)).result == ("spare", "spare")
     alone = Router([Route("busy", [Backend(engine=Stub("busy"))])])
     with pytest.raises(OverloadedError):
         await alone.dispatch("busy", local=local, remote=via_upstream)

@@ -161,9 +161,10 @@ class Router:
         fresh = [b for b in up if id(b) not in avoid] or up
         return min(fresh, key=lambda b: (b.outstanding, b.served))
 
-    async def dispatch(self, model: str | None, *, local: Callable[[Any], Awaitable[T]],
-                       remote: Callable[[Upstream], Awaitable[T]]) -> Dispatched[T]:
-        """Serve ``model``: ``local(engine)`` or ``remote(upstream)`` on a replica, then the fallback."""
+    async def dispatch(self, model: str | None, *, local: Callable[[Any, Route], Awaitable[T]],
+                       remote: Callable[[Upstream, Route], Awaitable[T]]) -> Dispatched[T]:
+        """Serve ``model``: ``local(engine, route)`` or ``remote(upstream, route)`` on a replica, then the
+        fallback. ``route`` is the one actually serving (the fallback's, after a fallback)."""
         route = self.resolve(model)
         seen: set[str] = set()
         overloaded: BaseException | None = None
@@ -185,8 +186,8 @@ class Router:
         first = self.resolve(model)
         raise _unavailable(first, sorted(seen))
 
-    async def _try_route(self, route: Route, local: Callable[[Any], Awaitable[T]],
-                         remote: Callable[[Upstream], Awaitable[T]]) -> Dispatched[T]:
+    async def _try_route(self, route: Route, local: Callable[[Any, Route], Awaitable[T]],
+                         remote: Callable[[Upstream, Route], Awaitable[T]]) -> Dispatched[T]:
         tried: set[int] = set()
         for attempt in range(self.retries + 1):
             backend = self.pick(route, tried)
@@ -200,7 +201,10 @@ class Router:
             backend.outstanding += 1
             backend.served += 1
             try:
-                result = await (local(backend.engine) if backend.engine is not None else remote(backend.upstream))
+                if backend.engine is not None:
+                    result = await local(backend.engine, route)
+                else:
+                    result = await remote(backend.upstream, route)
             except UpstreamConnectionError as exc:
                 backend.outstanding -= 1
                 backend.failures += 1
