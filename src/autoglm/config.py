@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["EngineSettings", "ServerSettings", "default_store_dir"]
 
@@ -56,5 +57,11 @@ class EngineSettings:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    api_keys: list[str] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list, repr=False)  # static keys (serve --api-key)
     log_level: str = "info"
+    access_log: str = "-"  # "-" stderr, a file path, or "off"
+    metrics: bool = True  # serve GET /metrics
+    # An autoglm.gateway.GatewaySettings (keys, limits, cache, state store); None: no gateway.
+    # `autoglm serve` builds one with GatewaySettings.from_env, which reads AUTOGLM_STATE_URL,
+    # AUTOGLM_ADMIN_KEY, AUTOGLM_KEY_PEPPER, AUTOGLM_REDIS_URL, AUTOGLM_CACHE, AUTOGLM_RATELIMIT.
+    gateway: Any = None

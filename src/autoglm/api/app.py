@@ -1,18 +1,22 @@
-"""The app factory: ``build_app(engines, server) -> FastAPI``.
+"""The app factory: ``build_app(engines, server, gateway=None) -> FastAPI``.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /health`` (200 with queue numbers when every engine is up, 503
-otherwise) and ``GET /version``. The lifespan starts the engines (``Engine.start`` is idempotent, so
-a caller may start them earlier) and shuts them down. When ``server.api_keys`` is set, every route
-but ``/health`` needs ``Authorization: Bearer <key>``: a deliberately small check
-(:class:`BearerKeyAuth`) meant to be replaced by the gateway's key system.
+otherwise), ``GET /version``, ``GET /metrics`` (Prometheus text) and, with a gateway, the admin
+routes ``/admin/keys`` and ``/admin/usage``. The lifespan starts the engines (``Engine.start`` is
+idempotent, so a caller may start them earlier) and shuts them down.
+
+Every request passes :class:`~autoglm.gateway.http.GatewayMiddleware` (request id, authentication,
+access log). Keys come from the :class:`~autoglm.gateway.Gateway` (``Authorization: Bearer`` or
+``x-api-key``) and from ``server.api_keys`` (static keys, e.g. ``autoglm serve --api-key``); with
+neither, the server is open. Completion routes go through :meth:`GatewayHTTP.serve` (model
+authorization, rate limits, per-model concurrency, usage, the response cache). The caller owns the
+gateway: build_app does not close it.
 
 Nothing happens at import time; the app is built from its parts, so tests pass their own engines.
 """
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -22,54 +26,37 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from autoglm import __version__
-from autoglm.api.errors import APIError, error_body, install_error_handlers
+from autoglm.api.errors import APIError, install_error_handlers
 from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from autoglm.api.serving_chat import create_chat_completion
 from autoglm.api.serving_completions import create_completion
 from autoglm.config import ServerSettings
+from autoglm.gateway.http import GatewayHTTP, GatewayMiddleware, install_admin_routes, install_gateway_handlers
 
-__all__ = ["build_app", "BearerKeyAuth"]
+__all__ = ["build_app"]
 
 log = logging.getLogger("autoglm.api")
 
 
-class BearerKeyAuth:
-    """ASGI middleware: 401 (OpenAI error object) unless the request carries one of ``keys``."""
+def _metrics(engines: dict[str, Any], enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from autoglm.monitoring.metrics import ServerMetrics
 
-    def __init__(self, app: Any, keys: list[str], open_paths: tuple[str, ...] = ("/health",)):
-        self.app = app
-        self._keys = [k.encode() for k in keys]
-        self._open = open_paths
-
-    def _allowed(self, header: bytes) -> bool:
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        token = token.strip()
-        return any(hmac.compare_digest(token, key) for key in self._keys)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in self._open:
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        if self._allowed(headers.get(b"authorization", b"")):
-            return await self.app(scope, receive, send)
-        err = APIError("Missing or incorrect API key. Send it as 'Authorization: Bearer <key>' "
-                       "(the key given to 'autoglm serve --api-key').", 401, code="invalid_api_key")
-        body = json.dumps(error_body(err)).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
+        return ServerMetrics(engines)
+    except ImportError as exc:
+        log.warning("/metrics is off: %s", exc)
+        return None
 
 
 def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
-              manage_engines: bool = True) -> FastAPI:
+              manage_engines: bool = True, gateway: Any = None) -> FastAPI:
     """An OpenAI-compatible app serving ``engines`` (served name -> engine).
 
     ``manage_engines``: start engines in the lifespan and shut them down at exit (the default);
-    False leaves both to the caller.
+    False leaves both to the caller. ``gateway``: an :class:`autoglm.gateway.Gateway` for keys,
+    limits, usage and the response cache; None keeps only ``server.api_keys`` as static keys.
     """
     if not engines:
         raise ValueError("build_app needs at least one engine")
@@ -96,8 +83,12 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     app = FastAPI(title="Open-AutoGLM", version=__version__, lifespan=lifespan)
     app.state.engines = engines
     install_error_handlers(app)
-    if server.api_keys:
-        app.add_middleware(BearerKeyAuth, keys=list(server.api_keys))
+    install_gateway_handlers(app)
+    metrics = _metrics(engines, server.metrics)
+    gw = GatewayHTTP(gateway, list(server.api_keys), metrics)
+    app.state.gateway_http = gw
+    app.add_middleware(GatewayMiddleware, owner=gw)
+    install_admin_routes(app, gw)
 
     def engine_for(model: str | None) -> Any:
         if model is None:
@@ -111,17 +102,32 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
         return ModelCard(id=name, description=getattr(engine, "description", "") or "",
                          max_model_len=getattr(engine, "max_model_len", None))
 
+    def served_name(model: str | None) -> str:
+        return model if model is not None else next(iter(engines))
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await create_chat_completion(engine_for(body.model), body, request)
+        engine = engine_for(body.model)
+        return await gw.serve(request, body, engine, served_name(body.model), create_chat_completion, "chat")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await create_completion(engine_for(body.model), body, request)
+        engine = engine_for(body.model)
+        return await gw.serve(request, body, engine, served_name(body.model), create_completion, "completion")
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return ModelList(data=[card(n, e) for n, e in engines.items()]).model_dump()
+    async def list_models(request: Request) -> dict[str, Any]:
+        key = request.scope.get("state", {}).get("autoglm_key")
+        allowed = [(n, e) for n, e in engines.items() if key is None or key.allows_model(n)]
+        return ModelList(data=[card(n, e) for n, e in allowed]).model_dump()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        if metrics is None:
+            raise APIError("Metrics are off on this server (install prometheus_client).", 404, code="not_found")
+        from autoglm.monitoring.metrics import CONTENT_TYPE
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:

@@ -4,6 +4,9 @@ The stream sends, per choice, a first chunk with ``role: assistant``, then conte
 deltas in arrival order with their ``index``, then a chunk with the finish reason; an optional usage
 chunk (``choices: []``); then ``[DONE]``. A failure after the stream has started is sent as an
 ``{"error": ...}`` event before ``[DONE]``. A client that goes away cancels every choice.
+Optional :class:`~autoglm.api.streams.RequestHooks` (the gateway's limits, usage, cache and metrics)
+are called around the engine work; on a completed stream they get the same response object a
+non-streamed request would have returned.
 
 Knows the engine protocol and the OpenAI shapes (through :mod:`autoglm.api.convert`); not the model.
 """
@@ -30,7 +33,7 @@ from autoglm.api.convert import (
 from autoglm.api.errors import error_body, to_api_error
 from autoglm.api.schemas import ChatCompletionRequest
 from autoglm.api.sse import SSE_DONE, SSE_HEADERS, sse_event
-from autoglm.api.streams import ClientDisconnected, Fanout, cancel_on_disconnect
+from autoglm.api.streams import ClientDisconnected, Fanout, NoHooks, RequestHooks, cancel_on_disconnect
 from autoglm.api.tool_parser import StreamingToolParser, ToolEvent
 
 __all__ = ["create_chat_completion"]
@@ -40,26 +43,34 @@ log = logging.getLogger("autoglm.api")
 CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
 
 
-async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request) -> Response:
+async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request,
+                                 hooks: RequestHooks | None = None) -> Response:
+    hooks = hooks or NoHooks()
     plan = build_chat_plan(engine, body)
-    fan = Fanout(engine, plan.requests())
+    await hooks.admit(len(plan.prompt_token_ids), plan.params.max_tokens * plan.n)
+    fan = Fanout(engine, plan.requests(), observer=hooks.on_output)
     try:
         await cancel_on_disconnect(raw, fan.prime())
-    except ClientDisconnected:
+    except BaseException as exc:
         fan.close()
-        return Response(status_code=CLIENT_CLOSED)
-    except BaseException:
-        fan.close()
+        await hooks.finish(None, None, exc)
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=CLIENT_CLOSED)
         raise
     if body.stream:
-        return StreamingResponse(_stream(plan, fan), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(_stream(plan, fan, hooks), media_type="text/event-stream", headers=SSE_HEADERS)
     try:
         states = await cancel_on_disconnect(raw, _collect(fan, plan.n))
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED)
+    except BaseException as exc:
+        await hooks.finish(None, None, exc)
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=CLIENT_CLOSED)
+        raise
     finally:
         fan.close()
-    return JSONResponse(chat_response(plan, states))
+    response = chat_response(plan, states)
+    await hooks.finish(response["usage"], response)
+    return JSONResponse(response)
 
 
 async def _collect(fan: Fanout, n: int) -> list[ChoiceState]:
@@ -79,8 +90,10 @@ def _tool_delta(ev: ToolEvent, ids: dict[int, str]) -> dict[str, Any]:
     return {"tool_calls": [{"index": ev.index, "function": {"arguments": ev.text}}]}
 
 
-async def _stream(plan: ChatPlan, fan: Fanout) -> AsyncIterator[str]:
+async def _stream(plan: ChatPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIterator[str]:
     states = [ChoiceState(i) for i in range(plan.n)]
+    error: BaseException | None = None
+    response: dict[str, Any] | None = None
     parsers = [StreamingToolParser(plan.tool_names) if plan.tool_names else None for _ in range(plan.n)]
     call_ids: list[dict[int, str]] = [{} for _ in range(plan.n)]
 
@@ -118,10 +131,13 @@ async def _stream(plan: ChatPlan, fan: Fanout) -> AsyncIterator[str]:
                 yield choice(i, {}, None, final_finish_reason(states[i].finish_reason, called))
         if plan.include_usage:
             yield sse_event(chat_chunk(plan, [], total_usage(states, len(plan.prompt_token_ids))))
+        response = chat_response(plan, states)
         yield SSE_DONE
-    except (asyncio.CancelledError, GeneratorExit):
+    except (asyncio.CancelledError, GeneratorExit) as exc:
+        error = exc
         raise
     except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
+        error, response = exc, None
         err = to_api_error(exc)
         if err.status >= 500:
             log.exception("chat stream %s failed", plan.request_id)
@@ -129,3 +145,4 @@ async def _stream(plan: ChatPlan, fan: Fanout) -> AsyncIterator[str]:
         yield SSE_DONE
     finally:
         fan.close()
+        await hooks.finish(total_usage(states, len(plan.prompt_token_ids)), response, error)

@@ -2,7 +2,8 @@
 
 Choice ``index`` is ``prompt_index * n + i``. Streaming follows OpenAI's legacy format: chunks of
 ``object: text_completion`` with ``text`` deltas, a last chunk per choice with the finish reason, an
-optional usage chunk, then ``[DONE]``. Knows the engine protocol and OpenAI shapes; not the model.
+optional usage chunk, then ``[DONE]``. Optional :class:`~autoglm.api.streams.RequestHooks` wrap the
+engine work as in :mod:`autoglm.api.serving_chat`. Knows the engine protocol and OpenAI shapes; not the model.
 """
 from __future__ import annotations
 
@@ -27,33 +28,41 @@ from autoglm.api.errors import error_body, to_api_error
 from autoglm.api.schemas import CompletionRequest
 from autoglm.api.serving_chat import CLIENT_CLOSED
 from autoglm.api.sse import SSE_DONE, SSE_HEADERS, sse_event
-from autoglm.api.streams import ClientDisconnected, Fanout, cancel_on_disconnect
+from autoglm.api.streams import ClientDisconnected, Fanout, NoHooks, RequestHooks, cancel_on_disconnect
 
 __all__ = ["create_completion"]
 
 log = logging.getLogger("autoglm.api")
 
 
-async def create_completion(engine: Any, body: CompletionRequest, raw: Request) -> Response:
+async def create_completion(engine: Any, body: CompletionRequest, raw: Request,
+                            hooks: RequestHooks | None = None) -> Response:
+    hooks = hooks or NoHooks()
     plan = build_completion_plan(engine, body)
-    fan = Fanout(engine, plan.requests())
+    await hooks.admit(completion_prompt_tokens(plan), plan.params.max_tokens * len(plan.prompts) * plan.n)
+    fan = Fanout(engine, plan.requests(), observer=hooks.on_output)
     try:
         await cancel_on_disconnect(raw, fan.prime())
-    except ClientDisconnected:
+    except BaseException as exc:
         fan.close()
-        return Response(status_code=CLIENT_CLOSED)
-    except BaseException:
-        fan.close()
+        await hooks.finish(None, None, exc)
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=CLIENT_CLOSED)
         raise
     if body.stream:
-        return StreamingResponse(_stream(plan, fan), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(_stream(plan, fan, hooks), media_type="text/event-stream", headers=SSE_HEADERS)
     try:
         states = await cancel_on_disconnect(raw, _collect(fan, len(plan.prompts) * plan.n))
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED)
+    except BaseException as exc:
+        await hooks.finish(None, None, exc)
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=CLIENT_CLOSED)
+        raise
     finally:
         fan.close()
-    return JSONResponse(completion_response(plan, states))
+    response = completion_response(plan, states)
+    await hooks.finish(response["usage"], response)
+    return JSONResponse(response)
 
 
 async def _collect(fan: Fanout, count: int) -> list[ChoiceState]:
@@ -63,9 +72,11 @@ async def _collect(fan: Fanout, count: int) -> list[ChoiceState]:
     return states
 
 
-async def _stream(plan: CompletionPlan, fan: Fanout) -> AsyncIterator[str]:
+async def _stream(plan: CompletionPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIterator[str]:
     count = len(plan.prompts) * plan.n
     states = [ChoiceState(i) for i in range(count)]
+    error: BaseException | None = None
+    response: dict[str, Any] | None = None
     offsets = [0] * count
     want_logprobs = plan.params.logprobs is not None
 
@@ -91,10 +102,13 @@ async def _stream(plan: CompletionPlan, fan: Fanout) -> AsyncIterator[str]:
                 yield choice(i, "", None, states[i].finish_reason or "stop")
         if plan.include_usage:
             yield sse_event(completion_chunk(plan, [], total_usage(states, completion_prompt_tokens(plan))))
+        response = completion_response(plan, states)
         yield SSE_DONE
-    except (asyncio.CancelledError, GeneratorExit):
+    except (asyncio.CancelledError, GeneratorExit) as exc:
+        error = exc
         raise
     except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
+        error, response = exc, None
         err = to_api_error(exc)
         if err.status >= 500:
             log.exception("completion stream %s failed", plan.request_id)
@@ -102,3 +116,4 @@ async def _stream(plan: CompletionPlan, fan: Fanout) -> AsyncIterator[str]:
         yield SSE_DONE
     finally:
         fan.close()
+        await hooks.finish(total_usage(states, completion_prompt_tokens(plan)), response, error)

@@ -5,8 +5,11 @@ queue, so the ``n`` choices of a request decode together and their deltas interl
 order. :meth:`Fanout.prime` waits until every choice has produced something (or failed), so that an
 engine error raised before the first output (queue full -> 429, bad parameters -> 400) becomes an HTTP
 status before any byte of a stream is sent. :meth:`Fanout.close` cancels what is still running; a
-cancelled task closes its engine iterator, which aborts the request and frees its KV cache. Also
-:func:`cancel_on_disconnect`, which stops a non-streamed request when its client goes away.
+cancelled task closes its engine iterator, which aborts the request and frees its KV cache. An optional
+``observer`` sees every output delta as it arrives (metrics, the access log). Also
+:func:`cancel_on_disconnect`, which stops a non-streamed request when its client goes away, and
+:class:`RequestHooks`, what the serving functions call around the engine so that the gateway (limits,
+usage, cache) can wrap a request without the serving code knowing it.
 
 Knows the engine protocol (``generate`` only); nothing about OpenAI shapes.
 """
@@ -14,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
 from autoglm.engine.io_struct import EngineRequest, RequestOutput
 
-__all__ = ["Fanout", "cancel_on_disconnect", "ClientDisconnected"]
+__all__ = ["Fanout", "cancel_on_disconnect", "ClientDisconnected", "RequestHooks", "NoHooks"]
 
 log = logging.getLogger("autoglm.api")
 T = TypeVar("T")
@@ -29,8 +32,40 @@ class ClientDisconnected(Exception):
     """The HTTP client went away before the response was complete."""
 
 
+class RequestHooks(Protocol):
+    """Called by the serving functions around one HTTP request's engine work.
+
+    ``admit`` runs once the prompt is tokenized and may refuse (raise); after it succeeded, ``finish``
+    runs exactly once: with the usage and the full (non-streamed) response on success, or with the
+    error (``None`` response) otherwise. ``on_output`` sees every engine output delta.
+    """
+
+    async def admit(self, prompt_tokens: int, max_new_tokens: int) -> None: ...
+
+    def on_output(self, out: RequestOutput) -> None: ...
+
+    async def finish(self, usage: dict[str, int] | None, response: dict[str, Any] | None,
+                     error: BaseException | None = None) -> None: ...
+
+
+class NoHooks:
+    """Hooks that do nothing (the default)."""
+
+    async def admit(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        return None
+
+    def on_output(self, out: RequestOutput) -> None:
+        return None
+
+    async def finish(self, usage: dict[str, int] | None, response: dict[str, Any] | None,
+                     error: BaseException | None = None) -> None:
+        return None
+
+
 class Fanout:
-    def __init__(self, engine: Any, requests: list[EngineRequest]):
+    def __init__(self, engine: Any, requests: list[EngineRequest],
+                 observer: Callable[[RequestOutput], None] | None = None):
+        self._observer = observer
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._pending: list[tuple[int, Any]] = []
         self._open = set(range(len(requests)))
@@ -42,6 +77,11 @@ class Fanout:
             stream = engine.generate(request)
             async for out in stream:
                 self._queue.put_nowait((index, out))
+                if self._observer is not None:
+                    try:
+                        self._observer(out)
+                    except Exception:  # noqa: BLE001 - metrics must never fail a request
+                        log.debug("output observer failed", exc_info=True)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the consumer, which maps it to an HTTP error

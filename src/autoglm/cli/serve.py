@@ -2,8 +2,11 @@
 
 Parses flags into :class:`~autoglm.config.EngineSettings` / :class:`~autoglm.config.ServerSettings`,
 builds the engine with :func:`~autoglm.engine.base.create_engine`, starts it (so a bad model name is
-one error line, not a traceback from inside the web server), then runs uvicorn programmatically on
-the same event loop with the app from :func:`~autoglm.api.app.build_app`. Ctrl-C stops cleanly.
+one error line, not a traceback from inside the web server), opens the gateway (keys, limits, usage,
+response cache: ``--cache``, ``--redis-url``, ``--state-url``, ``--admin-key``, ...; environment
+defaults via :meth:`~autoglm.gateway.GatewaySettings.from_env`), configures the JSON access log
+(``--access-log``), then runs uvicorn programmatically on the same event loop with the app from
+:func:`~autoglm.api.app.build_app`. Ctrl-C stops cleanly.
 Portable: no Linux-only calls. Heavy imports happen inside :func:`run`.
 """
 from __future__ import annotations
@@ -73,7 +76,31 @@ def register(subparsers: Any) -> None:
                    help="seconds per request before it is stopped (default: 600)")
     p.add_argument("--served-model-name", default=None, help="the name clients use (default: --model)")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer <key>' on every route but /health")
+                   help="a static key: require it (as 'Authorization: Bearer <key>' or 'x-api-key') on every route "
+                        "but /health, in addition to keys made with `autoglm keys create`")
+    g = p.add_argument_group("gateway", "keys, rate limits, response cache, usage, metrics")
+    g.add_argument("--admin-key", default=None,
+                   help="key for /admin/* and /metrics (default: $AUTOGLM_ADMIN_KEY; prefer the variable, "
+                        "command lines are visible to other users)")
+    g.add_argument("--state-url", default=None,
+                   help="state store for keys and usage: sqlite path/URL or postgresql://... "
+                        "(default: $AUTOGLM_STATE_URL, else <AUTOGLM_HOME>/state.db)")
+    g.add_argument("--cache", default=None, choices=("memory", "sqlite", "redis", "none"),
+                   help="response cache for deterministic requests (default: $AUTOGLM_CACHE, else memory)")
+    g.add_argument("--cache-url", default=None, help="sqlite file or redis URL of the cache (default: --redis-url)")
+    g.add_argument("--cache-ttl", type=_positive_float, default=None, help="seconds a cached response lives (3600)")
+    g.add_argument("--redis-url", default=None,
+                   help="Redis shared by replicas, e.g. redis://127.0.0.1:6379/0 (default: $AUTOGLM_REDIS_URL)")
+    g.add_argument("--redis-prefix", default=None, help="prefix of every Redis key (default: autoglm:)")
+    g.add_argument("--ratelimit", default=None, choices=("memory", "redis"),
+                   help="where rate-limit buckets live (default: redis when a Redis URL is set, else memory)")
+    g.add_argument("--max-concurrency", type=_positive_int, default=None,
+                   help="concurrent requests for the served model before 429 (default: no limit)")
+    g.add_argument("--metrics-public", action="store_true", help="serve /metrics without a key")
+    g.add_argument("--no-gateway", action="store_true",
+                   help="no key store, limits or cache: only --api-key protects the server")
+    g.add_argument("--access-log", default="-", metavar="PATH",
+                   help="JSON-lines access log: '-' for stderr (default), a file path, or 'off'")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default: info)")
     p.set_defaults(func=run)
 
@@ -91,8 +118,37 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EngineSettings, Server
         request_timeout=args.request_timeout,
     )
     server = ServerSettings(host=args.host, port=args.port,
-                            api_keys=[args.api_key] if args.api_key else [], log_level=args.log_level)
+                            api_keys=[args.api_key] if args.api_key else [], log_level=args.log_level,
+                            access_log=getattr(args, "access_log", "-"),
+                            gateway=None if getattr(args, "no_gateway", False) else _gateway_settings(args, engine))
     return engine, server
+
+
+def _gateway_settings(args: argparse.Namespace, engine: EngineSettings) -> Any:
+    from autoglm.gateway.facade import GatewaySettings
+
+    redis_url = getattr(args, "redis_url", None)
+    overrides: dict[str, Any] = {
+        "store_url": getattr(args, "state_url", None),
+        "admin_key": getattr(args, "admin_key", None),
+        "redis_url": redis_url,
+        "cache_backend": getattr(args, "cache", None),
+        "cache_url": getattr(args, "cache_url", None),
+        "cache_ttl": getattr(args, "cache_ttl", None),
+        "redis_prefix": getattr(args, "redis_prefix", None),
+        "ratelimit_backend": getattr(args, "ratelimit", None),
+    }
+    if getattr(args, "metrics_public", False):
+        overrides["metrics_public"] = True
+    if getattr(args, "max_concurrency", None):
+        overrides["model_concurrency"] = {engine.name: args.max_concurrency}
+    settings = GatewaySettings.from_env(**overrides)
+    if overrides["ratelimit_backend"] is None and settings.redis_url and settings.ratelimit_backend == "memory":
+        settings = GatewaySettings.from_env(**{**overrides, "ratelimit_backend": "redis"})
+    if settings.cache_backend == "redis" and not (settings.cache_url or settings.redis_url):
+        raise ConfigError("--cache redis needs a Redis URL: pass --redis-url redis://HOST:6379/0 "
+                          "(or set AUTOGLM_REDIS_URL)")
+    return settings
 
 
 def _is_loopback(host: str) -> bool:
@@ -135,7 +191,41 @@ def _is_demo(model: str) -> bool:
     return is_demo_model(model)
 
 
+async def _open_gateway(server: ServerSettings) -> Any:
+    if server.gateway is None:
+        return None
+    from autoglm.gateway.facade import Gateway
+
+    try:
+        gateway = Gateway.from_settings(server.gateway)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a store or Redis that cannot be reached: one line, not a traceback
+        raise ConfigError(f"cannot open the gateway ({type(exc).__name__}: {exc}); check --state-url, "
+                          "--redis-url and --cache, or pass --no-gateway") from None
+    if gateway.cache is not None and server.gateway.cache_backend == "redis":
+        try:
+            await gateway.cache.get("autoglm-startup-check")
+        except Exception as exc:  # noqa: BLE001 - any client error means the URL is unusable
+            await gateway.close()
+            raise ConfigError(f"cannot reach Redis at the configured URL ({type(exc).__name__}: {exc}); "
+                              "start Redis or fix --redis-url") from None
+    return gateway
+
+
 async def _serve(engine_settings: EngineSettings, server: ServerSettings) -> None:
+    from autoglm.monitoring.access_log import configure_access_log
+
+    configure_access_log(server.access_log)
+    gateway = await _open_gateway(server)
+    try:
+        await _run_server(engine_settings, server, gateway)
+    finally:
+        if gateway is not None:
+            await gateway.close()
+
+
+async def _run_server(engine_settings: EngineSettings, server: ServerSettings, gateway: Any) -> None:
     import uvicorn
 
     from autoglm.api.app import build_app
@@ -150,7 +240,7 @@ async def _serve(engine_settings: EngineSettings, server: ServerSettings) -> Non
         except Exception:  # noqa: BLE001 - report the start failure, not this one
             pass
         raise
-    app = build_app({engine.model_name: engine}, server)
+    app = build_app({engine.model_name: engine}, server, gateway=gateway)
     config = uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
                             lifespan="on", timeout_graceful_shutdown=5)
     url = _url(server.host, server.port)
@@ -166,9 +256,10 @@ def run(args: argparse.Namespace) -> int:
     engine_settings, server = settings_from_args(args)
     level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
     logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")
-    if not _is_loopback(server.host) and not server.api_keys:
-        print(f"autoglm: warning: listening on {server.host} without --api-key: anyone who can reach this "
-              "machine can use the model.", file=sys.stderr, flush=True)
+    if not _is_loopback(server.host) and not server.api_keys and not (server.gateway and server.gateway.admin_key):
+        print(f"autoglm: warning: listening on {server.host} without --api-key or an admin key: unless API keys "
+              "exist (`autoglm keys create`), anyone who can reach this machine can use the model.",
+              file=sys.stderr, flush=True)
     _check_port_free(server.host, server.port)
     try:
         asyncio.run(_serve(engine_settings, server))
