@@ -66,6 +66,7 @@ class Engine(ABC):
 # name -> "module:Class" (imported lazily so optional extras are only needed when used)
 _REGISTRY: dict[str, str | type[Engine]] = {
     "transformers": "autoglm.engine.backends.transformers:TransformersEngine",
+    "llamacpp": "autoglm.engine.backends.llamacpp:LlamaCppEngine",
 }
 
 

@@ -1,0 +1,405 @@
+"""The llama.cpp backend: GGUF models decoded by llama.cpp, several sequences per step.
+
+Only the forward pass is llama.cpp's. Scheduling, sampling, stop strings, guided decoding and
+detokenization are our own :class:`~autoglm.engine.core.EngineCore` — the same code the transformers
+backend runs — driven through :class:`LlamaCppRunner`, which has the duties of
+:class:`~autoglm.engine.runner.BatchRunner` (``prefill``, ``decode``, ``remove``, ``rows``,
+``cache_len``) on top of llama.cpp's low-level API:
+
+* one llama.cpp context with ``n_seq_max = max_num_seqs`` and a KV cache of ``max_model_len`` cells
+  per sequence (non-unified: each sequence attends only over its own cells);
+* every running sequence holds a slot, which is its llama.cpp ``seq_id``; a prefill puts the new
+  prompts into one ``llama_batch`` (split at ``n_batch`` tokens), a decode step puts one token per
+  running sequence into one batch, so requests join and leave the batch at every step;
+* a finished or aborted sequence's cells are freed with ``llama_memory_seq_rm`` and its slot reused.
+
+Prompts are tokenized with the source model's Hugging Face tokenizer (the same ids, chat template and
+stop-string behaviour as the transformers backend); llama.cpp's own tokenizer is never used.
+
+Loading: ``--model`` is a ``.gguf`` file (its tokenizer comes from the Hugging Face directory it was
+converted from, recorded by :mod:`autoglm.quantization.gguf`, or from tokenizer files beside it), or
+any model name, converted on first use and cached in the store (``--quantize``: fp32 → f32,
+fp16/bf16/auto → f16, int8 → q8_0, int4 → q4_k_m). Needs the ``llamacpp`` extra, imported lazily.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from autoglm.config import EngineSettings
+from autoglm.engine.base import register_engine
+from autoglm.engine.core import EngineCore
+from autoglm.engine.io_struct import EngineStats
+from autoglm.engine.loop import LoadedModel, LoopEngine
+from autoglm.engine.scheduler import Scheduler
+from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
+
+__all__ = ["LlamaCppEngine", "LlamaCppRunner", "LlamaCppCore", "load_llamacpp_model", "gguf_type_for"]
+
+log = logging.getLogger("autoglm.engine")
+
+# --quantize -> GGUF type
+_GGUF_TYPE = {"auto": "f16", "fp16": "f16", "bf16": "f16", "fp32": "f32", "int8": "q8_0", "int4": "q4_k_m"}
+_GGML_TYPE_F32 = 0
+_FLASH_ATTN_DISABLED = 0
+
+
+def gguf_type_for(quantize: str, source_dir: Path | None = None) -> str:
+    """The GGUF type a ``--quantize`` value asks for (``none``: the checkpoint's own precision)."""
+    if quantize == "none":
+        dtype = ""
+        if source_dir is not None and (source_dir / "config.json").is_file():
+            cfg = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
+            dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "")
+        return "f32" if dtype == "float32" else "f16"
+    if quantize not in _GGUF_TYPE:
+        raise ConfigError(f"--quantize {quantize!r} has no GGUF equivalent for the llamacpp engine; use one of "
+                          f"{', '.join(sorted([*_GGUF_TYPE, 'none']))}")
+    return _GGUF_TYPE[quantize]
+
+
+class _Batch:
+    """A ``llama_batch`` whose arrays are numpy buffers we own, so a step fills them with slice
+    assignments instead of one ctypes call per token. Each token belongs to exactly one sequence."""
+
+    def __init__(self, llama_cpp: Any, capacity: int):
+        import numpy as np
+
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq_id = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        base = self.seq_id.ctypes.data
+        # seq_id is int32** (a list of ids per token): point entry i at our seq_id[i]
+        self._seq_ptrs = (i32p * capacity)(*[ctypes.cast(base + 4 * i, i32p) for i in range(capacity)])
+        b = llama_cpp.llama_batch()
+        b.token = self.token.ctypes.data_as(i32p)
+        b.embd = ctypes.POINTER(ctypes.c_float)()
+        b.pos = self.pos.ctypes.data_as(i32p)
+        b.n_seq_id = self.n_seq_id.ctypes.data_as(i32p)
+        b.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(i32p))
+        b.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct = b
+
+    def fill(self, tokens: Any, pos: Any, seq: Any, want: Any) -> Any:
+        n = len(tokens)
+        self.token[:n] = tokens
+        self.pos[:n] = pos
+        self.seq_id[:n] = seq
+        self.logits[:n] = want
+        self.struct.n_tokens = n
+        return self.struct
+
+
+class LlamaCppRunner:
+    """A llama.cpp model and context holding the running batch's KV cache.
+
+    ``rows[i]`` is the key of batch row ``i`` (the engine core passes its sequences). Methods return
+    next-token logits as float32 torch tensors in row order. Not thread-safe: one engine thread calls it.
+    """
+
+    def __init__(self, gguf_path: str | Path, *, max_model_len: int, max_num_seqs: int,
+                 n_threads: int | None = None, n_batch: int = 2048, gpu_layers: int = 0,
+                 kv_f32: bool = False):
+        from autoglm.quantization.gguf import _quiet_llama_logs, require_llama_cpp
+
+        self.lc = lc = require_llama_cpp()
+        _quiet_llama_logs(lc)
+        lc.llama_backend_init()
+        self.path = Path(gguf_path)
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = gpu_layers
+        self.model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self.model:
+            raise ModelNotFoundError(f"llama.cpp could not load {self.path}; is it a GGUF file of a supported "
+                                     "architecture? (AUTOGLM_LLAMA_LOG=1 shows llama.cpp's log)")
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.model))
+        self.n_vocab = int(lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model)))
+        threads = n_threads or os.cpu_count() or 1
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = max_model_len * max_num_seqs
+        cparams.n_seq_max = max_num_seqs
+        cparams.kv_unified = False  # independent sequences: each attends over its own cells only
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(512, n_batch)
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        if kv_f32:
+            # f32 weights: keep the whole forward in f32 so greedy tokens match the f32 reference. The
+            # CPU flash-attention kernel works in f16 (logits off by ~1e-3), so it is off here.
+            cparams.type_k = _GGML_TYPE_F32
+            cparams.type_v = _GGML_TYPE_F32
+            cparams.flash_attn_type = _FLASH_ATTN_DISABLED
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise AutoGLMError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {self.path}; "
+                               "lower --max-model-len or --max-num-seqs")
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_batch = int(lc.llama_n_batch(self.ctx))  # llama.cpp caps it at n_ctx
+        self._batch = _Batch(lc, max(n_batch, max_num_seqs))
+        self.rows: list[Any] = []
+        self._slot: dict[Any, int] = {}  # key -> llama.cpp seq_id
+        self._pos: dict[Any, int] = {}  # key -> next position
+        self._free = list(range(max_num_seqs - 1, -1, -1))  # pop() hands out 0 first
+        self._lock = threading.Lock()  # close() vs a step still running
+
+    # -- queries ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def cache_len(self) -> int:
+        return max(self._pos.values(), default=0)
+
+    def cached_tokens(self) -> int:
+        return sum(self._pos.values())
+
+    def slot_of(self, key: Any) -> int | None:
+        return self._slot.get(key)
+
+    def seq_pos_max(self, slot: int) -> int:
+        """llama.cpp's own view of a slot: the last position it holds, -1 when empty."""
+        return int(self.lc.llama_memory_seq_pos_max(self.mem, slot))
+
+    # -- steps -------------------------------------------------------------------------------
+    def prefill(self, keys: list[Any], prompts: list[list[int]]) -> Any:
+        """Run ``prompts`` into free slots and add them to the batch; logits ``[b, V]``."""
+        import numpy as np
+
+        if len(keys) > len(self._free):
+            raise AutoGLMError(f"{len(keys)} new sequences but only {len(self._free)} free llama.cpp slots")
+        slots = [self._free.pop() for _ in keys]
+        lens = np.array([len(p) for p in prompts], dtype=np.int64)
+        tokens = np.concatenate([np.asarray(p, dtype=np.int32) for p in prompts])
+        pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
+        seq = np.repeat(np.asarray(slots, dtype=np.int32), lens)
+        want = np.zeros(len(tokens), dtype=np.int8)
+        want[np.cumsum(lens) - 1] = 1  # logits for each prompt's last token only
+        parts = []
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                end = min(start + self.n_batch, len(tokens))
+                self._decode(tokens[start:end], pos[start:end], seq[start:end], want[start:end])
+                n_out = int(want[start:end].sum())
+                if n_out:
+                    parts.append(self._logits(n_out))
+        except BaseException:
+            for s in slots:
+                self.lc.llama_memory_seq_rm(self.mem, s, -1, -1)
+                self._free.append(s)
+            raise
+        for key, slot, n in zip(keys, slots, lens):
+            self.rows.append(key)
+            self._slot[key] = slot
+            self._pos[key] = int(n)
+        import torch
+
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def decode(self, tokens: list[int]) -> Any:
+        """Feed one token per row (in row order); logits ``[B, V]``."""
+        import numpy as np
+
+        pos = np.fromiter((self._pos[k] for k in self.rows), dtype=np.int32, count=len(self.rows))
+        seq = np.fromiter((self._slot[k] for k in self.rows), dtype=np.int32, count=len(self.rows))
+        self._decode(np.asarray(tokens, dtype=np.int32), pos, seq, np.ones(len(tokens), dtype=np.int8))
+        for k in self.rows:
+            self._pos[k] += 1
+        return self._logits(len(tokens))
+
+    def remove(self, keys: list[Any]) -> None:
+        """Drop rows (finished or aborted sequences) and free their KV cells. Unknown keys are ignored."""
+        gone = [k for k in keys if k in self._slot]
+        if not gone:
+            return
+        for k in gone:
+            slot = self._slot.pop(k)
+            self._pos.pop(k)
+            self.lc.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            self._free.append(slot)
+        dropped = set(gone)
+        self.rows = [k for k in self.rows if k not in dropped]
+
+    def close(self) -> None:
+        with self._lock:
+            if getattr(self, "ctx", None):
+                self.lc.llama_free(self.ctx)
+                self.ctx = None
+            if getattr(self, "model", None):
+                self.lc.llama_model_free(self.model)
+                self.model = None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _decode(self, tokens: Any, pos: Any, seq: Any, want: Any) -> None:
+        with self._lock:
+            if not self.ctx:
+                raise AutoGLMError("the llama.cpp context is closed")
+            rc = self.lc.llama_decode(self.ctx, self._batch.fill(tokens, pos, seq, want))
+        if rc != 0:
+            raise AutoGLMError(f"llama_decode failed with code {rc} on a batch of {len(tokens)} tokens "
+                               "(1 means the KV cache is full: raise --max-model-len)")
+
+    def _logits(self, n_out: int) -> Any:
+        import numpy as np
+        import torch
+
+        ptr = self.lc.llama_get_logits(self.ctx)  # the outputs of the last decode, in batch order
+        arr = np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
+        return torch.from_numpy(arr.copy())  # [n_out, V]
+
+
+class LlamaCppCore(EngineCore):
+    """:class:`EngineCore` driving a :class:`LlamaCppRunner` instead of a transformers model.
+
+    Sets up exactly what :meth:`EngineCore.__init__` sets up, minus the transformers runner and its
+    KV-size arithmetic (llama.cpp reports its own use through the runner).
+    """
+
+    def __init__(self, runner: LlamaCppRunner, tokenizer: Any, *, max_model_len: int, max_num_seqs: int = 16,
+                 max_queue: int = 256, eos_token_ids: list[int] | None = None, max_prefill_tokens: int = 4096):
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.vocab_size = len(tokenizer)
+        self.eos_token_ids = set(eos_token_ids or [])
+        self.scheduler = Scheduler(max_num_seqs, max_queue, max_prefill_tokens)
+        self.runner = runner  # type: ignore[assignment]
+        self._kv_capacity_elems = max_model_len * max_num_seqs
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self._token_text: dict[int, str] = {}
+
+    def stats(self) -> EngineStats:
+        runner: LlamaCppRunner = self.runner  # type: ignore[assignment]
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=min(1.0, runner.cached_tokens() / self._kv_capacity_elems),
+            max_num_seqs=self.scheduler.max_num_seqs,
+            max_model_len=self.max_model_len,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+        )
+
+
+@register_engine("llamacpp")
+class LlamaCppEngine(LoopEngine):
+    def __init__(self, settings: EngineSettings):
+        super().__init__(settings.name, max_num_seqs=settings.max_num_seqs, max_queue=settings.max_queue,
+                         request_timeout=settings.request_timeout)
+        self.settings = settings
+
+    def _load(self) -> LoadedModel:
+        return load_llamacpp_model(self.settings)
+
+    def start_with(self, loaded: LoadedModel) -> None:
+        # as LoopEngine.start_with, with the llama.cpp core in place of the transformers one
+        self.tokenizer = loaded.tokenizer
+        self.max_model_len = loaded.max_model_len
+        self.eos_token_ids = list(loaded.eos_token_ids)
+        self.description = loaded.description
+        self.info = dict(loaded.info or {})
+        self.core = LlamaCppCore(loaded.model, loaded.tokenizer, max_model_len=loaded.max_model_len,
+                                 max_num_seqs=self.max_num_seqs, max_queue=self.max_queue,
+                                 eos_token_ids=loaded.eos_token_ids)
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="autoglm-engine-llamacpp", daemon=True)
+        self._thread.start()
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        if self.core is not None:
+            self.core.runner.close()  # type: ignore[attr-defined]
+
+
+def _tokenizer_dir(gguf_path: Path) -> Path:
+    """The Hugging Face directory whose tokenizer matches ``gguf_path``."""
+    side = gguf_path.with_name(gguf_path.name + ".json")
+    if side.is_file():
+        try:
+            source = Path(json.loads(side.read_text(encoding="utf-8"))["source"])
+            if (source / "tokenizer_config.json").is_file() or (source / "tokenizer.json").is_file():
+                return source
+        except (OSError, ValueError, KeyError):
+            pass
+    if (gguf_path.parent / "tokenizer.json").is_file():
+        return gguf_path.parent
+    raise ModelNotFoundError(
+        f"no tokenizer for {gguf_path}: put the source model's tokenizer.json, tokenizer_config.json and "
+        "config.json beside it, or pass the Hugging Face model (name or directory) as --model and let "
+        "the llamacpp engine convert it"
+    )
+
+
+def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
+    """Find or convert the GGUF, load it into llama.cpp, load the source tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from autoglm.engine.backends.transformers import _eos_ids
+    from autoglm.quantization.gguf import ensure_gguf, require_llama_cpp
+
+    lc = require_llama_cpp()  # before any conversion work
+    raw = Path(settings.model).expanduser()
+    spec = None
+    if settings.model.endswith(".gguf"):
+        if not raw.is_file():
+            raise ModelNotFoundError(f"GGUF file {settings.model!r} does not exist")
+        gguf_path, source = raw.resolve(), _tokenizer_dir(raw.resolve())
+        gguf_type = "file"
+    else:
+        from autoglm.hub.resolve import resolve_model
+
+        resolved = resolve_model(settings.model, settings)
+        spec = resolved.spec
+        gguf_type = gguf_type_for(settings.quantize, resolved.path)
+        converted = ensure_gguf(settings.model, settings, gguf_type)
+        gguf_path, source = converted.path, converted.source
+        log.info("llamacpp: %s (%s, %.1f MiB%s)", gguf_path, gguf_type, converted.size / 2**20,
+                 ", cached" if converted.cached else "")
+
+    config = AutoConfig.from_pretrained(source)
+    text_cfg = config.get_text_config()
+    limit = int(getattr(text_cfg, "max_position_embeddings", 4096) or 4096)
+    max_model_len = settings.max_model_len or min(limit, 4096)
+    if max_model_len > limit:
+        raise ConfigError(f"max_model_len {max_model_len} exceeds the model's limit of {limit} tokens")
+    gpu_layers = 0
+    if settings.device in ("auto", "cuda", "mps") and lc.llama_supports_gpu_offload():
+        gpu_layers = 10**6  # all of them
+    weights_f32 = gguf_type == "f32" or (gguf_type == "file" and _file_type(gguf_path) == 0)
+    runner = LlamaCppRunner(gguf_path, max_model_len=max_model_len, max_num_seqs=settings.max_num_seqs,
+                            n_threads=settings.num_threads, gpu_layers=gpu_layers, kv_f32=weights_f32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    description = getattr(spec, "description", "") or "" if spec is not None else ""
+    return LoadedModel(
+        model=runner,
+        tokenizer=tokenizer,
+        max_model_len=max_model_len,
+        eos_token_ids=_eos_ids(source, config, tokenizer),
+        device="cpu" if not gpu_layers else "gpu",
+        description=description,
+        info={"path": str(gguf_path), "gguf_type": gguf_type, "source": str(source),
+              "engine": "llamacpp", "gpu_layers": gpu_layers},
+    )
+
+
+def _file_type(path: Path) -> int | None:
+    try:
+        import gguf
+
+        field = gguf.GGUFReader(str(path)).fields.get("general.file_type")
+        return int(field.contents()) if field is not None else None
+    except Exception:  # an unreadable header is llama.cpp's to report
+        return None

@@ -1,0 +1,216 @@
+"""The llama.cpp engine end to end on the demo model converted to GGUF: exactness against the
+transformers backend, concurrency (every request complete), seeds, stop strings, aborts.
+
+Needs the ``llamacpp`` extra (``pip install 'autoglm[llamacpp]'``); skipped without it.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+pytest.importorskip("gguf", reason="needs the llamacpp extra: pip install 'autoglm[llamacpp]'")
+pytest.importorskip("llama_cpp", reason="needs the llamacpp extra: pip install 'autoglm[llamacpp]'")
+
+from autoglm.config import EngineSettings  # noqa: E402
+from autoglm.engine.backends.llamacpp import LlamaCppEngine, load_llamacpp_model  # noqa: E402
+from autoglm.engine.base import create_engine  # noqa: E402
+from autoglm.engine.io_struct import EngineRequest, SamplingParams  # noqa: E402
+from autoglm.engine.loop import LoadedModel, LoopEngine  # noqa: E402
+from autoglm.errors import ModelNotFoundError  # noqa: E402
+from autoglm.quantization.gguf import convert_dir  # noqa: E402
+
+PROMPT = list(range(100, 120))
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(demo_dir, tmp_path_factory):
+    return tmp_path_factory.mktemp("gguf")
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(demo_dir, gguf_dir):
+    return convert_dir(demo_dir, "f32", gguf_dir, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def loaded(f32_gguf):
+    """One llama.cpp model for the module (4 sequences, 256 tokens each)."""
+    loaded = load_llamacpp_model(EngineSettings(model=str(f32_gguf), max_model_len=256, max_num_seqs=4,
+                                                num_threads=2))
+    yield loaded
+    loaded.model.close()
+
+
+class _Ref(LoopEngine):
+    def _load(self):  # pragma: no cover - started with start_with()
+        raise AssertionError
+
+
+def _run(engine, loaded, body):
+    async def main():
+        engine.start_with(loaded)
+        try:
+            return await body(engine)
+        finally:
+            await LoopEngine.shutdown(engine)  # keep the module's llama.cpp model open
+
+    return asyncio.run(main())
+
+
+def _llama(loaded, body, **kw):
+    kw.setdefault("max_num_seqs", 4)
+    engine = LlamaCppEngine(EngineSettings(model="unused", **kw))
+    return _run(engine, loaded, body)
+
+
+async def _collect(engine, rid, prompt, **params):
+    return [o async for o in engine.generate(EngineRequest(rid, prompt, SamplingParams(**params)))]
+
+
+def _ids(outs):
+    return [t for o in outs for t in o.token_ids]
+
+
+def _hf_greedy(demo, prompt, n):
+    model, tok = demo
+
+    async def body(engine):
+        return _ids(await _collect(engine, "ref", prompt, max_tokens=n, temperature=0, ignore_eos=True))
+
+    return _run(_Ref("ref"), LoadedModel(model, tok, max_model_len=256, eos_token_ids=[]), body)
+
+
+def test_registered_and_created_by_name():
+    engine = create_engine(EngineSettings(model="x.gguf", engine="llamacpp"))
+    assert isinstance(engine, LlamaCppEngine)
+
+
+def test_greedy_tokens_equal_transformers_backend_f32(demo, loaded):
+    prompts = [PROMPT, list(range(3000, 3040)), [5, 6, 7]]
+    refs = [_hf_greedy(demo, p, 24) for p in prompts]
+
+    async def body(engine):
+        return [_ids(await _collect(engine, f"r{i}", p, max_tokens=24, temperature=0, ignore_eos=True))
+                for i, p in enumerate(prompts)]
+
+    assert _llama(loaded, body) == refs
+
+
+def test_f16_gguf_greedy_close_to_transformers(demo, demo_dir, gguf_dir):
+    """f16 weights (and KV cache): the first tokens agree with the f32 reference."""
+    path = convert_dir(demo_dir, "f16", gguf_dir, progress=False).path
+    f16 = load_llamacpp_model(EngineSettings(model=str(path), max_model_len=128, max_num_seqs=2, num_threads=2))
+    try:
+        ref = _hf_greedy(demo, PROMPT, 16)
+
+        async def body(engine):
+            return _ids(await _collect(engine, "a", PROMPT, max_tokens=16, temperature=0, ignore_eos=True))
+
+        got = _llama(f16, body, max_num_seqs=2)
+    finally:
+        f16.model.close()
+    agree = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), len(ref))
+    assert agree >= 8, f"f16 diverged from f32 at token {agree}: {got} vs {ref}"
+
+
+def test_many_concurrent_requests_all_complete_in_full(loaded):
+    """16 requests over 4 slots: every one comes back with exactly max_tokens tokens and its text,
+    and each matches what it produces alone (batching changes nothing)."""
+    prompts = [list(range(200 + 13 * i, 210 + 17 * i)) for i in range(16)]
+    lengths = [5 + (i * 7) % 23 for i in range(16)]
+
+    async def body(engine):
+        together = await asyncio.gather(*[
+            _collect(engine, f"c{i}", p, max_tokens=n, temperature=0, ignore_eos=True)
+            for i, (p, n) in enumerate(zip(prompts, lengths))
+        ])
+        solo = [_ids(await _collect(engine, "s3", prompts[3], max_tokens=lengths[3], temperature=0,
+                                    ignore_eos=True))]
+        return together, solo, engine.core.runner
+
+    together, solo, runner = _llama(loaded, body)
+    assert [len(_ids(o)) for o in together] == lengths
+    assert all(o[-1].finished and o[-1].finish_reason == "length" for o in together)
+    assert all("".join(x.text for x in o) for o in together)  # no empty completions
+    assert _ids(together[3]) == solo[0]
+    assert len(runner) == 0 and all(runner.seq_pos_max(s) == -1 for s in range(4))
+
+
+def test_seed_reproduces_and_differs_across_seeds(loaded):
+    async def body(engine):
+        a = _ids(await _collect(engine, "a", PROMPT, max_tokens=12, temperature=1.0, seed=7))
+        b, c = await asyncio.gather(
+            _collect(engine, "b", PROMPT, max_tokens=12, temperature=1.0, seed=7),
+            _collect(engine, "c", PROMPT, max_tokens=12, temperature=1.0, seed=8),
+        )
+        return a, _ids(b), _ids(c)
+
+    a, b, c = _llama(loaded, body)
+    assert a == b
+    assert a != c
+
+
+def test_stop_string_cuts_text(loaded):
+    tok = loaded.tokenizer
+
+    async def body(engine):
+        free = await _collect(engine, "free", PROMPT, max_tokens=20, temperature=0, ignore_eos=True)
+        text = "".join(o.text for o in free)
+        stop = text[5:8]
+        cut = await _collect(engine, "cut", PROMPT, max_tokens=20, temperature=0, ignore_eos=True, stop=[stop])
+        return text, stop, cut
+
+    text, stop, cut = _llama(loaded, body)
+    assert stop and tok is not None
+    out = "".join(o.text for o in cut)
+    assert out == text[: text.index(stop)]
+    assert cut[-1].finish_reason == "stop" and cut[-1].stop_reason == stop
+
+
+def test_abort_frees_the_sequence(loaded):
+    async def body(engine):
+        stream = engine.generate(EngineRequest("long", PROMPT, SamplingParams(max_tokens=200, temperature=0,
+                                                                            ignore_eos=True)))
+        got = 0
+        async for out in stream:
+            got += len(out.token_ids)
+            if got >= 3:
+                break
+        await stream.aclose()  # the client went away
+        runner = engine.core.runner
+        for _ in range(200):
+            if len(runner) == 0:
+                break
+            await asyncio.sleep(0.01)
+        after = _ids(await _collect(engine, "next", PROMPT, max_tokens=4, temperature=0, ignore_eos=True))
+        return runner, after, engine.stats()
+
+    runner, after, stats = _llama(loaded, body)
+    assert len(runner) == 0
+    assert all(runner.seq_pos_max(s) == -1 for s in range(4))  # llama.cpp holds no cells for it
+    assert len(after) == 4
+    assert stats.num_running == 0 and stats.kv_cache_usage == 0.0
+
+
+def test_gguf_without_tokenizer_is_a_clear_error(f32_gguf, tmp_path):
+    lonely = tmp_path / "lonely.gguf"
+    lonely.write_bytes(f32_gguf.read_bytes())
+    with pytest.raises(ModelNotFoundError, match="no tokenizer"):
+        load_llamacpp_model(EngineSettings(model=str(lonely), max_model_len=64, max_num_seqs=1))
+
+
+def test_demo_name_is_converted_on_the_fly(demo_dir):
+    store = demo_dir.parents[1]  # <store>/demo/autoglm-demo
+    settings = EngineSettings(model="autoglm-demo", store_dir=store, quantize="fp32", max_model_len=64,
+                              max_num_seqs=1, num_threads=2, offline=True)
+    loaded = load_llamacpp_model(settings)
+    try:
+        assert loaded.info["gguf_type"] == "f32"
+        assert (store / "gguf" / "autoglm-demo" / "f32.gguf").is_file()
+        assert torch.equal(torch.tensor(loaded.tokenizer("hello world")["input_ids"]),
+                           torch.tensor(loaded.tokenizer("hello world")["input_ids"]))
+        assert loaded.max_model_len == 64 and 0 in loaded.eos_token_ids
+    finally:
+        loaded.model.close()
