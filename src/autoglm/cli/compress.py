@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="hidden size of the built student (default: the teacher's, initialised from its layers)")
     di.add_argument("--text", default=None, metavar="FILE", help="training text (default: a sample shipped with autoglm)")
     di.add_argument("--steps", default="100", metavar="N", help="optimizer steps in total (default: 100)")
-    di.add_argument("--lr", default="1e-3", metavar="LR", help="learning rate (default: 1e-3)")
+    di.add_argument("--lr", default="3e-4", metavar="LR", help="peak learning rate (default: 3e-4)")
     di.add_argument("--batch-size", default="4", metavar="N", help="sequences per step (default: 4)")
     di.add_argument("--seq-len", default="64", metavar="N", help="tokens per sequence (default: 64)")
     di.add_argument("--temperature", default="2.0", metavar="T", help="softmax temperature (default: 2)")

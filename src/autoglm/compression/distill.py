@@ -3,7 +3,8 @@
 The loss is ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per token (Hinton et al.'s
 temperature scaling keeps gradient sizes comparable across ``T``). Training text is tokenized once into
 one stream; step ``s`` draws ``batch_size`` windows of ``seq_len`` tokens from a generator seeded with
-``seed + s``, so a resumed run sees exactly the batches an uninterrupted one would.
+``seed + s``, so a resumed run sees exactly the batches an uninterrupted one would. AdamW with a
+linear warm-up over the first tenth of the steps and gradient clipping at 1.0.
 
 Checkpoints go to ``out_dir/checkpoints/step-NNNNNN/`` every ``checkpoint_every`` steps (student
 weights, optimizer state, then ``state.json`` last -- a directory without it is ignored); the two newest
@@ -213,7 +214,7 @@ def _load_checkpoint(ckpt: Path, student: nn.Module, optim: Any) -> tuple[int, l
 
 
 def distill(teacher: nn.Module, student: nn.Module, texts: str | Sequence[str] | Sequence[Sequence[int]],
-            steps: int = 50, lr: float = 1e-3, batch_size: int = 4, seq_len: int = 64,
+            steps: int = 50, lr: float = 3e-4, batch_size: int = 4, seq_len: int = 64,
             out_dir: str | Path | None = None, *, tokenizer: Any | None = None, temperature: float = 2.0,
             checkpoint_every: int = 0, resume: bool = True, seed: int = 0, eval_batch_size: int = 4,
             progress: bool = True, init: str = "") -> DistillReport:
@@ -247,6 +248,7 @@ def distill(teacher: nn.Module, student: nn.Module, texts: str | Sequence[str] |
         start, losses = _load_checkpoint(ckpt, student, optim)
     eval_batch = _batch(stream, eval_batch_size, seq_len, seed=seed + 1_000_003)  # not a training seed
     kl_before = _kl(teacher, student, eval_batch, temperature)
+    warmup = max(1, steps // 10)
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="distill", unit="step",
                disable=not progress, file=sys.stderr)
@@ -257,6 +259,8 @@ def distill(teacher: nn.Module, student: nn.Module, texts: str | Sequence[str] |
         loss = distill_loss(student(input_ids=batch, use_cache=False).logits, t_logits, temperature)
         optim.zero_grad(set_to_none=True)
         loss.backward()
+        for group in optim.param_groups:  # linear warm-up, a function of the step so resuming needs no state
+            group["lr"] = lr * min(1.0, (step + 1) / warmup)
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optim.step()
         losses.append((step + 1, loss.item()))

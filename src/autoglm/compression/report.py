@@ -86,7 +86,8 @@ def model_size(model: nn.Module) -> tuple[int, int]:
 
 
 def disk_bytes(path: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
+    """Bytes of weight files directly in ``path`` (not in sub-directories such as checkpoints/)."""
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
 
 
 def decode_speed(model: nn.Module, batch_size: int = 1, new_tokens: int = 32, prompt_len: int = 16,
