@@ -99,20 +99,25 @@ def test_greedy_tokens_equal_transformers_backend_f32(demo, loaded):
 
 
 def test_f16_gguf_greedy_close_to_transformers(demo, demo_dir, gguf_dir):
-    """f16 weights (and KV cache): the first tokens agree with the f32 reference."""
+    """f16 weights and KV cache against the f32 reference: the random demo model has near-ties, so
+    sequences may part after a while; the first token of each prompt and most positions agree
+    (measured: 10, 16 and 16 of 16 leading tokens on the three prompts)."""
     path = convert_dir(demo_dir, "f16", gguf_dir, progress=False).path
     f16 = load_llamacpp_model(EngineSettings(model=str(path), max_model_len=128, max_num_seqs=2, num_threads=2))
+    prompts = [PROMPT, list(range(3000, 3040)), [5, 6, 7]]
     try:
-        ref = _hf_greedy(demo, PROMPT, 16)
+        refs = [_hf_greedy(demo, p, 16) for p in prompts]
 
         async def body(engine):
-            return _ids(await _collect(engine, "a", PROMPT, max_tokens=16, temperature=0, ignore_eos=True))
+            return [_ids(await _collect(engine, f"r{i}", p, max_tokens=16, temperature=0, ignore_eos=True))
+                    for i, p in enumerate(prompts)]
 
         got = _llama(f16, body, max_num_seqs=2)
     finally:
         f16.model.close()
-    agree = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), len(ref))
-    assert agree >= 8, f"f16 diverged from f32 at token {agree}: {got} vs {ref}"
+    assert [g[0] for g in got] == [r[0] for r in refs]
+    same = sum(a == b for g, r in zip(got, refs) for a, b in zip(g, r))
+    assert same >= 0.6 * 16 * len(prompts), (got, refs)
 
 
 def test_many_concurrent_requests_all_complete_in_full(loaded):
