@@ -109,7 +109,7 @@ def check_out_dir(out: Path, source: Path, force: bool, marker: str | None = Non
         raise ConfigError(f"--out {str(out)!r} is the source model's own directory; choose another directory")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()) and not force and not (marker and (out / marker).is_file()):
+    if out.is_dir() and any(out.iterdir()) and not force and not (marker and (out / marker).exists()):
         raise ConfigError(f"--out {str(out)!r} is not empty; choose another directory or pass --force")
 
 
