@@ -73,3 +73,11 @@ def test_router_from_config_has_replicas_and_upstreams():
     assert r.backends[0].upstream.model == "theirs" and r.fallback == "a"
     assert gateway_settings(cfg).model_concurrency == {"a": 4}
     assert any("health check every" in line for line in plan_lines(cfg))
+
+
+def test_serve_config_validates_the_same_way(tmp_path):
+    f = tmp_path / "autoglm.yaml"
+    f.write_text("models:\n- name: a\n  replicass: 2\n")
+    r = autoglm("serve", "--config", str(f))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: {f}:3 models[0].replicass: unknown key 'replicass'; did you mean 'replicas'?")

@@ -1,4 +1,4 @@
-"""The app factory: ``build_app(engines, server, gateway=None) -> FastAPI``.
+"""The app factory: ``build_app(engines, server, gateway=None, router=None) -> FastAPI``.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /health`` (200 with queue numbers when every engine is up, 503
@@ -12,6 +12,11 @@ access log). Keys come from the :class:`~autoglm.gateway.Gateway` (``Authorizati
 neither, the server is open. Completion routes go through :meth:`GatewayHTTP.serve` (model
 authorization, rate limits, per-model concurrency, usage, the response cache). The caller owns the
 gateway: build_app does not close it.
+
+Which backend serves a model is the :class:`~autoglm.gateway.router.Router`'s business: names and
+aliases, local replicas and remote upstreams, retries, fallback and health checks. Without a router,
+each engine is one single-replica model. ``/health`` reports each model's status (``ok``/``down``);
+it is 200 while at least one model is up (``degraded`` when some are down) and 503 otherwise.
 
 Nothing happens at import time; the app is built from its parts, so tests pass their own engines.
 """
@@ -27,11 +32,13 @@ from fastapi.responses import JSONResponse, Response
 
 from autoglm import __version__
 from autoglm.api.errors import APIError, install_error_handlers
-from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, ModelCard
 from autoglm.api.serving_chat import create_chat_completion
 from autoglm.api.serving_completions import create_completion
 from autoglm.config import ServerSettings
 from autoglm.gateway.http import GatewayHTTP, GatewayMiddleware, install_admin_routes, install_gateway_handlers
+from autoglm.gateway.router import Dispatched, Router
+from autoglm.gateway.upstream import UpstreamOverloaded, proxy
 
 __all__ = ["build_app"]
 
@@ -50,16 +57,41 @@ def _metrics(engines: dict[str, Any], enabled: bool) -> Any:
         return None
 
 
+def _hold_until_done(d: Dispatched[Response]) -> Response:
+    """Keep the replica's outstanding count until a streamed body has been sent (or abandoned)."""
+    response = d.result
+    body = getattr(response, "body_iterator", None)
+    if body is None:
+        d.release()
+        return response
+
+    async def counted() -> AsyncIterator[Any]:
+        try:
+            async for part in body:
+                yield part
+        finally:
+            d.release()
+
+    response.body_iterator = counted()
+    return response
+
+
 def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
-              manage_engines: bool = True, gateway: Any = None) -> FastAPI:
+              manage_engines: bool = True, gateway: Any = None, router: Router | None = None) -> FastAPI:
     """An OpenAI-compatible app serving ``engines`` (served name -> engine).
 
     ``manage_engines``: start engines in the lifespan and shut them down at exit (the default);
     False leaves both to the caller. ``gateway``: an :class:`autoglm.gateway.Gateway` for keys,
     limits, usage and the response cache; None keeps only ``server.api_keys`` as static keys.
+    ``router``: several models, replicas and remote upstreams behind one endpoint (then ``engines``
+    may be empty: the router's local engines are managed); its health checks run in the lifespan.
     """
-    if not engines:
-        raise ValueError("build_app needs at least one engine")
+    if router is None:
+        if not engines:
+            raise ValueError("build_app needs at least one engine (or a router)")
+        router = Router.from_engines(engines)
+    else:
+        engines = {b.label: b.engine for r in router.routes for b in r.backends if b.engine is not None}
     server = server or ServerSettings()
     state = {"ready": False}
 
@@ -68,11 +100,13 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
         if manage_engines:
             for engine in engines.values():
                 await engine.start()
+        await router.start()
         state["ready"] = True
         try:
             yield
         finally:
             state["ready"] = False
+            await router.close()
             if manage_engines:
                 for name, engine in engines.items():
                     try:
@@ -82,6 +116,7 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
 
     app = FastAPI(title="Open-AutoGLM", version=__version__, lifespan=lifespan)
     app.state.engines = engines
+    app.state.router = router
     install_error_handlers(app)
     install_gateway_handlers(app)
     metrics = _metrics(engines, server.metrics)
@@ -90,36 +125,41 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     app.add_middleware(GatewayMiddleware, owner=gw)
     install_admin_routes(app, gw)
 
-    def engine_for(model: str | None) -> Any:
-        if model is None:
-            return next(iter(engines.values()))
-        if model in engines:
-            return engines[model]
-        raise APIError(f"The model '{model}' does not exist. Available models: {', '.join(engines)}.",
-                       404, param="model", code="model_not_found")
+    def card(entry: dict[str, Any]) -> dict[str, Any]:
+        base = ModelCard(id=entry["id"], description=entry["description"] or "",
+                         max_model_len=entry["max_model_len"]).model_dump()
+        return {**base, "root": entry["root"]}
 
-    def card(name: str, engine: Any) -> ModelCard:
-        return ModelCard(id=name, description=getattr(engine, "description", "") or "",
-                         max_model_len=getattr(engine, "max_model_len", None))
+    async def routed(body: Any, request: Request, handler: Any, kind: str, path: str) -> Response:
+        async def local(engine: Any, route: Any) -> Response:
+            return await gw.serve(request, body, engine, route.name, handler, kind)
 
-    def served_name(model: str | None) -> str:
-        return model if model is not None else next(iter(engines))
+        async def remote(upstream: Any, route: Any) -> Response:
+            payload = await request.json()  # as the client sent it; starlette keeps the bytes
+
+            async def forward(up: Any, _body: Any, _raw: Request, hooks: Any) -> Response:
+                return await proxy(up, path, payload, route.name, hooks)
+
+            return await gw.serve(request, body, upstream, route.name, forward, kind)
+
+        try:
+            return _hold_until_done(await router.dispatch(body.model, local=local, remote=remote))
+        except UpstreamOverloaded as exc:  # saturated and no fallback left: the upstream's own 429
+            return JSONResponse(exc.reply.body, status_code=429, headers=exc.reply.headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        engine = engine_for(body.model)
-        return await gw.serve(request, body, engine, served_name(body.model), create_chat_completion, "chat")
+        return await routed(body, request, create_chat_completion, "chat", "/chat/completions")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        engine = engine_for(body.model)
-        return await gw.serve(request, body, engine, served_name(body.model), create_completion, "completion")
+        return await routed(body, request, create_completion, "completion", "/completions")
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         key = request.scope.get("state", {}).get("autoglm_key")
-        allowed = [(n, e) for n, e in engines.items() if key is None or key.allows_model(n)]
-        return ModelList(data=[card(n, e) for n, e in allowed]).model_dump()
+        cards = [card(c) for c in router.model_cards() if key is None or key.allows_model(c["root"])]
+        return {"object": "list", "data": cards}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -131,25 +171,30 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
-        return card(model_id, engine_for(model_id)).model_dump()
+        router.resolve(model_id)  # 404 listing the names when unknown
+        return card(next(c for c in router.model_cards() if c["id"] == model_id))
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        models: dict[str, Any] = {}
-        ok = state["ready"]
-        for name, engine in engines.items():
-            try:
-                models[name] = asdict(engine.stats())
-            except Exception as exc:  # noqa: BLE001 - an engine that cannot report is not healthy
-                ok = False
-                models[name] = {"error": type(exc).__name__}
-        body = {
-            "status": "ok" if ok else "unavailable",
-            "num_running": sum(m.get("num_running", 0) for m in models.values()),
-            "num_waiting": sum(m.get("num_waiting", 0) for m in models.values()),
-            "models": models,
-        }
-        return JSONResponse(body, status_code=200 if ok else 503)
+        routed_health = router.health()
+        models: dict[str, Any] = routed_health["models"]
+        running = waiting = 0
+        for route in router.routes:
+            entry = models[route.name]
+            for backend in route.backends:
+                if backend.engine is None:
+                    continue
+                try:
+                    stats = asdict(backend.engine.stats())
+                except Exception as exc:  # noqa: BLE001 - an engine that cannot report is not healthy
+                    stats = {"error": type(exc).__name__}
+                running += stats.get("num_running", 0)
+                waiting += stats.get("num_waiting", 0)
+                if len(route.backends) == 1:
+                    entry.update({k: v for k, v in stats.items() if k not in entry})
+        status = routed_health["status"] if state["ready"] else "unavailable"
+        body = {"status": status, "num_running": running, "num_waiting": waiting, "models": models}
+        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
     @app.get("/version")
     async def version() -> dict[str, str]:

@@ -60,6 +60,9 @@ def register(subparsers: Any) -> None:
         help="serve a model behind an OpenAI-compatible HTTP API",
         description="Load a model and serve /v1/chat/completions, /v1/completions and /v1/models.",
     )
+    p.add_argument("--config", metavar="FILE.yaml", default=None,
+                   help="serve the models of a deploy file instead (same as `autoglm deploy FILE`); "
+                        "--host/--port/--log-level override the file")
     p.add_argument("--model", default="autoglm-demo",
                    help="alias, Hugging Face repo id or local directory (default: autoglm-demo, random weights)")
     p.add_argument("--quantize", default="auto", choices=QUANTIZE_CHOICES, help="precision (default: auto)")
@@ -253,6 +256,12 @@ async def _run_server(engine_settings: EngineSettings, server: ServerSettings, g
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "config", None):
+        from autoglm.cli.deploy import run_config
+
+        changed = {k: getattr(args, k) for k, default in (("host", "127.0.0.1"), ("port", 8000), ("log_level", "info"))
+                   if getattr(args, k) != default}
+        return run_config(args.config, **changed)
     engine_settings, server = settings_from_args(args)
     level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
     logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")

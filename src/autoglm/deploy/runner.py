@@ -163,7 +163,7 @@ def ensure_keys(config: DeployConfig, settings: Any) -> list[tuple[str, str]]:
 
 def server_settings(config: DeployConfig) -> ServerSettings:
     s = config.server
-    return ServerSettings(host=s.host, port=s.port, log_level=s.log_level)
+    return ServerSettings(host=s.host, port=s.port, log_level=s.log_level, gateway=gateway_settings(config))
 
 
 def _url(host: str, port: int) -> str:
@@ -212,19 +212,32 @@ async def _wait_ready(router: Any, timeout: float, echo: Echo) -> None:
 async def serve(config: DeployConfig, *, base: EngineSettings | None = None, progress: bool = True,
                 echo: Echo = print) -> None:
     """Pull, start engines, build the app, run uvicorn until stopped (see the module docstring)."""
+    from autoglm.cli.serve import _open_gateway
+    from autoglm.monitoring.access_log import configure_access_log
+
+    server = server_settings(config)
+    await asyncio.to_thread(pull_models, config, base, progress=progress, echo=echo)
+    for name, plaintext in await asyncio.to_thread(ensure_keys, config, server.gateway):
+        echo(f"autoglm: created API key {name!r}: {plaintext}")
+        echo("autoglm:   save it now: it is shown only this once (the server keeps only its hash)")
+    configure_access_log(server.access_log)
+    gateway = await _open_gateway(server)
+    try:
+        await _serve_with(config, server, gateway, base, echo)
+    finally:
+        if gateway is not None:
+            await gateway.close()
+
+
+async def _serve_with(config: DeployConfig, server: ServerSettings, gateway: Any, base: EngineSettings | None,
+                      echo: Echo) -> None:
     import uvicorn
 
     from autoglm.api.app import build_app
 
-    await asyncio.to_thread(pull_models, config, base, progress=progress, echo=echo)
-    gw = gateway_settings(config)
-    for name, plaintext in await asyncio.to_thread(ensure_keys, config, gw):
-        echo(f"autoglm: created API key {name!r}: {plaintext}")
-        echo("autoglm:   save it now: it is shown only this once (the server keeps only its hash)")
     router = build_router(config, base)
     await _start_engines(router, echo)
-    server = server_settings(config)
-    app = build_app({}, server, router=router, gateway=gw)
+    app = build_app({}, server, router=router, gateway=gateway)
     uv = uvicorn.Server(uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
                                        lifespan="on", timeout_graceful_shutdown=5))
     task = asyncio.create_task(uv.serve())

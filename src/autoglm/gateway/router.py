@@ -128,7 +128,7 @@ class Router:
     @classmethod
     def from_engines(cls, engines: Mapping[str, Any], **kwargs: Any) -> Router:
         """One single-replica local route per engine (what ``autoglm serve --model`` needs)."""
-        return cls([Route(name, [Backend(engine=e, label=f"{name}#0")]) for name, e in engines.items()], **kwargs)
+        return cls([Route(name, [Backend(engine=e, label=name)]) for name, e in engines.items()], **kwargs)
 
     # -- names -----------------------------------------------------------------------------------
     def names(self) -> list[str]:

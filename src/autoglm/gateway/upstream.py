@@ -9,7 +9,9 @@ exceptions: :class:`UpstreamConnectionError` (could not connect, or 502/503/504:
 :class:`UpstreamOverloaded` (429: try the fallback). Any other 4xx/5xx is a reply passed through as an
 OpenAI error object. The upstream key is never logged and never shown in a repr.
 
-Knows HTTP and the OpenAI error shape; nothing about engines, FastAPI or which replica to pick.
+:func:`proxy` turns a reply into a Starlette response for the app (``model`` renamed to the served name,
+SSE relayed line by line as it arrives, usage reported to the gateway's request hooks).
+Knows HTTP and the OpenAI shapes; nothing about engines or which replica to pick.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ __all__ = [
     "UpstreamOverloaded",
     "normalize_base_url",
     "error_object",
+    "proxy",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,3 +195,72 @@ async def _relay(response: Any, base_url: str) -> AsyncIterator[bytes]:
         yield b"\n\ndata: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n"
     finally:
         await response.aclose()
+
+
+# -- as the HTTP layer needs it ---------------------------------------------------------------------
+async def proxy(upstream: Upstream, path: str, payload: Mapping[str, Any], served_name: str,
+                hooks: Any = None) -> Any:
+    """Forward ``payload`` and return a Starlette response (JSON, or SSE passed through event by event).
+
+    ``model`` in what comes back is rewritten to ``served_name`` (the name the client used). ``hooks``
+    (:class:`~autoglm.api.streams.RequestHooks`) are told the usage the upstream reported; the
+    router's exceptions (:class:`UpstreamConnectionError`, :class:`UpstreamOverloaded`) propagate.
+    """
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    if hooks is not None:
+        prompt_chars = len(json.dumps(payload.get("messages") or payload.get("prompt") or ""))
+        await hooks.admit(prompt_chars // 4, int(payload.get("max_tokens") or payload.get("max_completion_tokens")
+                                                 or 16) * int(payload.get("n") or 1))
+    try:
+        reply = await upstream.forward(path, payload)
+    except BaseException as exc:
+        if hooks is not None:
+            await hooks.finish(None, None, exc)
+        raise
+    if reply.chunks is None:
+        body = reply.body
+        if isinstance(body, dict) and "model" in body:
+            body["model"] = served_name
+        if hooks is not None:
+            ok = reply.status == 200 and isinstance(body, dict)
+            await hooks.finish(body.get("usage") if ok else {}, body if ok else None)
+        return JSONResponse(body, status_code=reply.status, headers=reply.headers)
+    return StreamingResponse(_rewrite_events(reply, served_name, hooks), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **reply.headers})
+
+
+async def _rewrite_events(reply: UpstreamReply, served_name: str, hooks: Any) -> AsyncIterator[bytes]:
+    """Each SSE line as soon as it is complete, with ``model`` renamed; the last usage goes to ``hooks``."""
+    pending = b""
+    usage: dict[str, Any] | None = None
+    error: BaseException | None = None
+    try:
+        async for chunk in reply.chunks:  # type: ignore[union-attr]
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            out = []
+            for line in lines:
+                if line.startswith(b"data: {"):
+                    try:
+                        event = json.loads(line[6:])
+                    except ValueError:
+                        event = None
+                    if isinstance(event, dict):
+                        if "model" in event:
+                            event["model"] = served_name
+                        if event.get("usage"):
+                            usage = event["usage"]
+                        line = b"data: " + json.dumps(event, separators=(",", ":")).encode()
+                out.append(line)
+            if out:
+                yield b"\n".join(out) + b"\n"
+        if pending:
+            yield pending
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        await reply.aclose()
+        if hooks is not None:
+            await hooks.finish(usage or {}, None, error)
