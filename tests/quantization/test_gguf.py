@@ -152,3 +152,16 @@ def test_convert_cli_bad_format_is_one_line(store, capsys):
     err = capsys.readouterr().err
     assert rc != 0
     assert err.strip().count("\n") == 0 and "--to gguf" in err
+
+
+def test_missing_llama_cpp_names_the_extra(demo_path, tmp_path, monkeypatch):
+    import sys
+
+    from autoglm.engine.backends.llamacpp import load_llamacpp_model
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if the extra were not installed
+    with pytest.raises(UnsupportedError, match=r"pip install 'autoglm\[llamacpp\]'"):
+        convert_dir(demo_path, "q4_k_m", tmp_path, progress=False)
+    with pytest.raises(UnsupportedError, match=r"pip install 'autoglm\[llamacpp\]'"):
+        load_llamacpp_model(EngineSettings(model="autoglm-demo", store_dir=tmp_path))
+    assert not list(tmp_path.glob("*.gguf"))  # failed before converting anything
