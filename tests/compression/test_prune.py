@@ -123,7 +123,7 @@ def test_cli_prune(cli, tmp_path):
     out = tmp_path / "pruned"
     t0 = time.perf_counter()
     res = cli("compress", "prune", "autoglm-demo", "--method", "structured", "--mlp-ratio", "0.5",
-              "--heads-ratio", "0.25", "--out", str(out), "--speed-tokens", "4", "--eval-tokens", "64")
+              "--heads-ratio", "0.25", "--out", str(out), "--speed-tokens", "2", "--eval-tokens", "32")
     assert res.returncode == 0, res.stderr[-2000:]
     print(res.stdout, f"({time.perf_counter() - t0:.1f}s)")
     assert "tok/s b=8" in res.stdout and "change" in res.stdout
