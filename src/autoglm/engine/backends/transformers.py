@@ -60,6 +60,7 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
 
     from autoglm.hub.resolve import resolve_model
     from autoglm.quantization import ModelArch, apply_precision, detect_device, load_kwargs, plan_precision
+    from autoglm.quantization.export import is_quantized_dir, load_quantized, read_manifest
 
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
@@ -68,20 +69,28 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
     config = AutoConfig.from_pretrained(path)
     device = detect_device(settings.device)
     text_cfg = config.get_text_config()
+    prequantized = is_quantized_dir(path)
+    requested = settings.quantize
+    if prequantized:
+        # a copy written by `autoglm quantize`: its precision is fixed; plan only the limits
+        requested = read_manifest(path).get("precision") or requested
     plan = plan_precision(
         ModelArch.from_config(text_cfg),
         device,
-        requested=settings.quantize,
+        requested=requested,
         max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_num_seqs,
     )
     for reason in plan.reasons:
         log.info("plan: %s", reason)
-    kwargs = load_kwargs(plan.precision, device)
-    kwargs.setdefault("dtype", _load_dtype(plan.precision, device.kind))
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.eval()
-    model = apply_precision(model, plan.precision, device)  # also places it on the device
+    if prequantized:
+        model = load_quantized(path, device=device.kind)
+    else:
+        kwargs = load_kwargs(plan.precision, device)
+        kwargs.setdefault("dtype", _load_dtype(plan.precision, device.kind))
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model.eval()
+        model = apply_precision(model, plan.precision, device)  # also places it on the device
     tokenizer = AutoTokenizer.from_pretrained(path)
     description = ""
     if resolved.spec is not None:
