@@ -17,7 +17,7 @@ import logging
 from typing import Any, AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
 from autoglm.api.convert import (
     ChatPlan,
@@ -32,16 +32,14 @@ from autoglm.api.convert import (
 )
 from autoglm.api.errors import error_body, to_api_error
 from autoglm.api.schemas import ChatCompletionRequest
-from autoglm.api.sse import SSE_DONE, SSE_HEADERS, sse_event
-from autoglm.api.streams import ClientDisconnected, Fanout, NoHooks, RequestHooks, cancel_on_disconnect
+from autoglm.api.sse import SSE_DONE, sse_event
+from autoglm.api.respond import respond
+from autoglm.api.streams import Fanout, NoHooks, RequestHooks
 from autoglm.api.tool_parser import StreamingToolParser, ToolEvent
 
 __all__ = ["create_chat_completion"]
 
 log = logging.getLogger("autoglm.api")
-
-CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
-
 
 async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request,
                                  hooks: RequestHooks | None = None) -> Response:
@@ -49,35 +47,9 @@ async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: 
     plan = build_chat_plan(engine, body)
     await hooks.admit(len(plan.prompt_token_ids), plan.params.max_tokens * plan.n)
     fan = Fanout(engine, plan.requests(), observer=hooks.on_output)
-    try:
-        await cancel_on_disconnect(raw, fan.prime())
-    except BaseException as exc:
-        fan.close()
-        await hooks.finish(None, None, exc)
-        if isinstance(exc, ClientDisconnected):
-            return Response(status_code=CLIENT_CLOSED)
-        raise
-    if body.stream:
-        return StreamingResponse(_stream(plan, fan, hooks), media_type="text/event-stream", headers=SSE_HEADERS)
-    try:
-        states = await cancel_on_disconnect(raw, _collect(fan, plan.n))
-    except BaseException as exc:
-        await hooks.finish(None, None, exc)
-        if isinstance(exc, ClientDisconnected):
-            return Response(status_code=CLIENT_CLOSED)
-        raise
-    finally:
-        fan.close()
-    response = chat_response(plan, states)
-    await hooks.finish(response["usage"], response)
-    return JSONResponse(response)
-
-
-async def _collect(fan: Fanout, n: int) -> list[ChoiceState]:
-    states = [ChoiceState(i) for i in range(n)]
-    async for index, out in fan.events():
-        states[index].add(out)
-    return states
+    return await respond(raw, fan, hooks, stream=bool(body.stream), num_choices=plan.n,
+                         make_stream=lambda: _stream(plan, fan, hooks),
+                         make_response=lambda states: chat_response(plan, states))
 
 
 def _tool_delta(ev: ToolEvent, ids: dict[int, str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 from typing import Any, AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
 from autoglm.api.convert import (
     ChoiceState,
@@ -26,9 +26,9 @@ from autoglm.api.convert import (
 )
 from autoglm.api.errors import error_body, to_api_error
 from autoglm.api.schemas import CompletionRequest
-from autoglm.api.serving_chat import CLIENT_CLOSED
-from autoglm.api.sse import SSE_DONE, SSE_HEADERS, sse_event
-from autoglm.api.streams import ClientDisconnected, Fanout, NoHooks, RequestHooks, cancel_on_disconnect
+from autoglm.api.respond import respond
+from autoglm.api.sse import SSE_DONE, sse_event
+from autoglm.api.streams import Fanout, NoHooks, RequestHooks
 
 __all__ = ["create_completion"]
 
@@ -41,35 +41,9 @@ async def create_completion(engine: Any, body: CompletionRequest, raw: Request,
     plan = build_completion_plan(engine, body)
     await hooks.admit(completion_prompt_tokens(plan), plan.params.max_tokens * len(plan.prompts) * plan.n)
     fan = Fanout(engine, plan.requests(), observer=hooks.on_output)
-    try:
-        await cancel_on_disconnect(raw, fan.prime())
-    except BaseException as exc:
-        fan.close()
-        await hooks.finish(None, None, exc)
-        if isinstance(exc, ClientDisconnected):
-            return Response(status_code=CLIENT_CLOSED)
-        raise
-    if body.stream:
-        return StreamingResponse(_stream(plan, fan, hooks), media_type="text/event-stream", headers=SSE_HEADERS)
-    try:
-        states = await cancel_on_disconnect(raw, _collect(fan, len(plan.prompts) * plan.n))
-    except BaseException as exc:
-        await hooks.finish(None, None, exc)
-        if isinstance(exc, ClientDisconnected):
-            return Response(status_code=CLIENT_CLOSED)
-        raise
-    finally:
-        fan.close()
-    response = completion_response(plan, states)
-    await hooks.finish(response["usage"], response)
-    return JSONResponse(response)
-
-
-async def _collect(fan: Fanout, count: int) -> list[ChoiceState]:
-    states = [ChoiceState(i) for i in range(count)]
-    async for index, out in fan.events():
-        states[index].add(out)
-    return states
+    return await respond(raw, fan, hooks, stream=bool(body.stream), num_choices=len(plan.prompts) * plan.n,
+                         make_stream=lambda: _stream(plan, fan, hooks),
+                         make_response=lambda states: completion_response(plan, states))
 
 
 async def _stream(plan: CompletionPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIterator[str]:
