@@ -69,7 +69,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def llama_server_command(binary: str, gguf: Path, port: int, args: argparse.Namespace) -> list[str]:
     return [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--alias", SERVED_NAME,
             "-np", str(args.parallel), "-c", str(args.max_model_len * args.parallel),
-            "-t", str(args.threads), "-tb", str(args.threads), "--no-webui"]
+            "-t", str(args.threads), "-tb", str(args.threads), "--no-kv-unified", "--no-webui"]
 
 
 def autoglm_command(gguf: Path, port: int, args: argparse.Namespace) -> list[str]:

@@ -181,7 +181,8 @@ class LlamaCppRunner:
 
         if len(keys) > len(self._free):
             raise AutoGLMError(f"{len(keys)} new sequences but only {len(self._free)} free llama.cpp slots")
-        slots = [self._free.pop() for _ in keys]
+        self._free.sort(reverse=True)
+        slots = [self._free.pop() for _ in keys]  # the lowest free ids, ascending
         lens = np.array([len(p) for p in prompts], dtype=np.int64)
         tokens = np.concatenate([np.asarray(p, dtype=np.int32) for p in prompts])
         pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
@@ -213,12 +214,22 @@ class LlamaCppRunner:
         """Feed one token per row (in row order); logits ``[B, V]``."""
         import numpy as np
 
-        pos = np.fromiter((self._pos[k] for k in self.rows), dtype=np.int32, count=len(self.rows))
-        seq = np.fromiter((self._slot[k] for k in self.rows), dtype=np.int32, count=len(self.rows))
-        self._decode(np.asarray(tokens, dtype=np.int32), pos, seq, np.ones(len(tokens), dtype=np.int8))
+        import torch
+
+        n = len(self.rows)
+        pos = np.fromiter((self._pos[k] for k in self.rows), dtype=np.int32, count=n)
+        seq = np.fromiter((self._slot[k] for k in self.rows), dtype=np.int32, count=n)
+        # llama.cpp splits a batch whose seq_ids are out of order into several ubatches (3x slower
+        # at 16 sequences): feed it sorted by seq_id and put the logits back in row order
+        order = np.argsort(seq, kind="stable")
+        toks = np.asarray(tokens, dtype=np.int32)[order]
+        self._decode(toks, pos[order], seq[order], np.ones(n, dtype=np.int8))
         for k in self.rows:
             self._pos[k] += 1
-        return self._logits(len(tokens))
+        logits = self._logits(n)  # [B, V] in seq_id order
+        out = torch.empty_like(logits)
+        out[torch.from_numpy(order)] = logits
+        return out
 
     def remove(self, keys: list[Any]) -> None:
         """Drop rows (finished or aborted sequences) and free their KV cells. Unknown keys are ignored."""
@@ -232,6 +243,27 @@ class LlamaCppRunner:
             self._free.append(slot)
         dropped = set(gone)
         self.rows = [k for k in self.rows if k not in dropped]
+        self._compact()
+
+    def _compact(self) -> None:
+        """Keep the running sequences in slots ``0..B-1``.
+
+        With a non-unified cache a batch costs as much as the span of its seq_ids (sequences 0, 2, 4
+        ... 14 decode at the price of 16), so when a sequence leaves a hole below a running one, the
+        highest running sequence moves down into it: ``llama_memory_seq_cp`` across streams copies
+        its cells (once, at the next decode), then its old slot is cleared.
+        """
+        by_slot = {slot: key for key, slot in self._slot.items()}
+        n = len(by_slot)
+        holes = sorted(s for s in self._free if s < n)
+        movers = sorted((s for s in by_slot if s >= n), reverse=True)
+        for hole, src in zip(holes, movers):
+            key = by_slot[src]
+            self.lc.llama_memory_seq_cp(self.mem, src, hole, -1, -1)
+            self.lc.llama_memory_seq_rm(self.mem, src, -1, -1)
+            self._slot[key] = hole
+            self._free.remove(hole)
+            self._free.append(src)
 
     def close(self) -> None:
         with self._lock:
