@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import torch
 
 pytest.importorskip("gguf", reason="needs the llamacpp extra: pip install 'autoglm[llamacpp]'")
 pytest.importorskip("llama_cpp", reason="needs the llamacpp extra: pip install 'autoglm[llamacpp]'")
@@ -215,8 +214,11 @@ def test_demo_name_is_converted_on_the_fly(demo_dir):
     try:
         assert loaded.info["gguf_type"] == "f32"
         assert (store / "gguf" / "autoglm-demo" / "f32.gguf").is_file()
-        assert torch.equal(torch.tensor(loaded.tokenizer("hello world")["input_ids"]),
-                           torch.tensor(loaded.tokenizer("hello world")["input_ids"]))
+        from transformers import AutoTokenizer
+
+        text = "hello world, 你好 123"
+        assert loaded.tokenizer(text)["input_ids"] == AutoTokenizer.from_pretrained(demo_dir)(text)["input_ids"]
+        assert loaded.info["source"] == str(demo_dir.resolve())
         assert loaded.max_model_len == 64 and 0 in loaded.eos_token_ids
     finally:
         loaded.model.close()

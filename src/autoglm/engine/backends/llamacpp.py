@@ -11,7 +11,9 @@ backend runs — driven through :class:`LlamaCppRunner`, which has the duties of
 * every running sequence holds a slot, which is its llama.cpp ``seq_id``; a prefill puts the new
   prompts into one ``llama_batch`` (split at ``n_batch`` tokens), a decode step puts one token per
   running sequence into one batch, so requests join and leave the batch at every step;
-* a finished or aborted sequence's cells are freed with ``llama_memory_seq_rm`` and its slot reused.
+* a finished or aborted sequence's cells are freed with ``llama_memory_seq_rm``; running sequences
+  are then moved down into freed slots so they always hold slots ``0..B-1``, and decode batches are
+  fed in seq_id order (llama.cpp prices a batch by the span of its seq_ids and splits unordered ones).
 
 Prompts are tokenized with the source model's Hugging Face tokenizer (the same ids, chat template and
 stop-string behaviour as the transformers backend); llama.cpp's own tokenizer is never used.
