@@ -14,7 +14,6 @@ import torch
 
 from autoglm.engine.detokenizer import IncrementalDetokenizer
 from autoglm.engine.io_struct import EngineRequest, EngineStats, RequestOutput, TokenLogprob, TopLogprob
-from autoglm.engine.runner import BatchRunner
 from autoglm.engine.sampling import RowState, sample
 from autoglm.engine.scheduler import Scheduler, Sequence
 from autoglm.errors import InvalidRequestError
@@ -45,16 +44,19 @@ def validate_request(request: EngineRequest, max_model_len: int, vocab_size: int
 
 
 class EngineCore:
+    """``runner`` is anything with :class:`~autoglm.engine.runner.BatchRunner`'s duties:
+    ``prefill(keys, prompts)`` and ``decode(tokens)`` returning next-token logits ``[b, V]`` in row
+    order, ``remove(keys)``, ``rows``, ``__len__`` and ``cached_tokens()`` (KV cells in use)."""
+
     def __init__(
         self,
-        model: torch.nn.Module,
+        runner: Any,
         tokenizer: Any,
         *,
         max_model_len: int,
         max_num_seqs: int = 16,
         max_queue: int = 256,
         eos_token_ids: list[int] | None = None,
-        device: torch.device | str = "cpu",
         max_prefill_tokens: int = 4096,
     ):
         self.tokenizer = tokenizer
@@ -62,12 +64,8 @@ class EngineCore:
         self.vocab_size = len(tokenizer)
         self.eos_token_ids = set(eos_token_ids or [])
         self.scheduler = Scheduler(max_num_seqs, max_queue, max_prefill_tokens)
-        self.runner = BatchRunner(model, device)
-        cfg = model.config.get_text_config()
-        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * getattr(
-            cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads
-        )
-        self._kv_capacity_elems = per_token * max_model_len * max_num_seqs
+        self.runner = runner
+        self._kv_capacity = max_model_len * max_num_seqs  # token cells
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self._token_text: dict[int, str] = {}
@@ -194,17 +192,11 @@ class EngineCore:
         return text
 
     def stats(self) -> EngineStats:
-        used = 0
-        if self.runner.cache is not None and len(self.runner):
-            cfg = self.runner.model.config.get_text_config()
-            per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * getattr(
-                cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads
-            )
-            used = per_token * len(self.runner) * self.runner.cache_len
+        used = self.runner.cached_tokens() if len(self.runner) else 0
         return EngineStats(
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
-            kv_cache_usage=min(1.0, used / self._kv_capacity_elems) if self._kv_capacity_elems else 0.0,
+            kv_cache_usage=min(1.0, used / self._kv_capacity) if self._kv_capacity else 0.0,
             max_num_seqs=self.scheduler.max_num_seqs,
             max_model_len=self.max_model_len,
             prompt_tokens_total=self.prompt_tokens_total,

@@ -76,17 +76,22 @@ class LoopEngine(Engine):
         self.description = loaded.description
         self.info = dict(loaded.info or {})
         self.core = EngineCore(
-            loaded.model,
+            self._make_runner(loaded),
             loaded.tokenizer,
             max_model_len=loaded.max_model_len,
             max_num_seqs=self.max_num_seqs,
             max_queue=self.max_queue,
             eos_token_ids=loaded.eos_token_ids,
-            device=loaded.device,
         )
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="autoglm-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"autoglm-engine-{self.model_name}", daemon=True)
         self._thread.start()
+
+    def _make_runner(self, loaded: LoadedModel) -> Any:
+        """The batch runner for ``loaded`` (a transformers model by default; backends override)."""
+        from autoglm.engine.runner import BatchRunner
+
+        return BatchRunner(loaded.model, loaded.device)
 
     async def shutdown(self) -> None:
         self._stop = True

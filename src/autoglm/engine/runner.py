@@ -107,6 +107,10 @@ class BatchRunner:
     def cache_len(self) -> int:
         return 0 if self.mask is None else self.mask.shape[1]
 
+    def cached_tokens(self) -> int:
+        """KV cells held, left padding included (what the memory actually pays for)."""
+        return len(self.rows) * self.cache_len
+
     def cache_bytes(self) -> int:
         if self.cache is None:
             return 0

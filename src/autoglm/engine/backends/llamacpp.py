@@ -25,7 +25,6 @@ fp16/bf16/auto → f16, int8 → q8_0, int4 → q4_k_m). Needs the ``llamacpp`` 
 """
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import json
 import logging
@@ -36,13 +35,10 @@ from typing import Any
 
 from autoglm.config import EngineSettings
 from autoglm.engine.base import register_engine
-from autoglm.engine.core import EngineCore
-from autoglm.engine.io_struct import EngineStats
 from autoglm.engine.loop import LoadedModel, LoopEngine
-from autoglm.engine.scheduler import Scheduler
 from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
 
-__all__ = ["LlamaCppEngine", "LlamaCppRunner", "LlamaCppCore", "load_llamacpp_model", "gguf_type_for"]
+__all__ = ["LlamaCppEngine", "LlamaCppRunner", "load_llamacpp_model", "gguf_type_for"]
 
 log = logging.getLogger("autoglm.engine")
 
@@ -295,39 +291,6 @@ class LlamaCppRunner:
         return torch.from_numpy(arr.copy())  # [n_out, V]
 
 
-class LlamaCppCore(EngineCore):
-    """:class:`EngineCore` driving a :class:`LlamaCppRunner` instead of a transformers model.
-
-    Sets up exactly what :meth:`EngineCore.__init__` sets up, minus the transformers runner and its
-    KV-size arithmetic (llama.cpp reports its own use through the runner).
-    """
-
-    def __init__(self, runner: LlamaCppRunner, tokenizer: Any, *, max_model_len: int, max_num_seqs: int = 16,
-                 max_queue: int = 256, eos_token_ids: list[int] | None = None, max_prefill_tokens: int = 4096):
-        self.tokenizer = tokenizer
-        self.max_model_len = max_model_len
-        self.vocab_size = len(tokenizer)
-        self.eos_token_ids = set(eos_token_ids or [])
-        self.scheduler = Scheduler(max_num_seqs, max_queue, max_prefill_tokens)
-        self.runner = runner  # type: ignore[assignment]
-        self._kv_capacity_elems = max_model_len * max_num_seqs
-        self.prompt_tokens_total = 0
-        self.generation_tokens_total = 0
-        self._token_text: dict[int, str] = {}
-
-    def stats(self) -> EngineStats:
-        runner: LlamaCppRunner = self.runner  # type: ignore[assignment]
-        return EngineStats(
-            num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
-            kv_cache_usage=min(1.0, runner.cached_tokens() / self._kv_capacity_elems),
-            max_num_seqs=self.scheduler.max_num_seqs,
-            max_model_len=self.max_model_len,
-            prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total,
-        )
-
-
 @register_engine("llamacpp")
 class LlamaCppEngine(LoopEngine):
     def __init__(self, settings: EngineSettings):
@@ -338,24 +301,13 @@ class LlamaCppEngine(LoopEngine):
     def _load(self) -> LoadedModel:
         return load_llamacpp_model(self.settings)
 
-    def start_with(self, loaded: LoadedModel) -> None:
-        # as LoopEngine.start_with, with the llama.cpp core in place of the transformers one
-        self.tokenizer = loaded.tokenizer
-        self.max_model_len = loaded.max_model_len
-        self.eos_token_ids = list(loaded.eos_token_ids)
-        self.description = loaded.description
-        self.info = dict(loaded.info or {})
-        self.core = LlamaCppCore(loaded.model, loaded.tokenizer, max_model_len=loaded.max_model_len,
-                                 max_num_seqs=self.max_num_seqs, max_queue=self.max_queue,
-                                 eos_token_ids=loaded.eos_token_ids)
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="autoglm-engine-llamacpp", daemon=True)
-        self._thread.start()
+    def _make_runner(self, loaded: LoadedModel) -> Any:
+        return loaded.model  # the loader already built the LlamaCppRunner
 
     async def shutdown(self) -> None:
         await super().shutdown()
         if self.core is not None:
-            self.core.runner.close()  # type: ignore[attr-defined]
+            self.core.runner.close()
 
 
 def _tokenizer_dir(gguf_path: Path) -> Path:
@@ -381,7 +333,7 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
     """Find or convert the GGUF, load it into llama.cpp, load the source tokenizer."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from autoglm.engine.backends.transformers import _eos_ids
+    from autoglm.engine.backends.transformers import eos_token_ids
     from autoglm.quantization.gguf import ensure_gguf, require_llama_cpp
 
     lc = require_llama_cpp()  # before any conversion work
@@ -421,7 +373,7 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
         model=runner,
         tokenizer=tokenizer,
         max_model_len=max_model_len,
-        eos_token_ids=_eos_ids(source, config, tokenizer),
+        eos_token_ids=eos_token_ids(source, config, tokenizer),
         device="cpu" if not gpu_layers else "gpu",
         description=description,
         info={"path": str(gguf_path), "gguf_type": gguf_type, "source": str(source),

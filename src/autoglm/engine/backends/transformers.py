@@ -14,7 +14,7 @@ from autoglm.config import EngineSettings
 from autoglm.engine.base import register_engine
 from autoglm.engine.loop import LoadedModel, LoopEngine
 
-__all__ = ["TransformersEngine", "load_transformers_model"]
+__all__ = ["TransformersEngine", "load_transformers_model", "eos_token_ids"]
 
 log = logging.getLogger("autoglm.engine")
 
@@ -36,7 +36,7 @@ class TransformersEngine(LoopEngine):
         return load_transformers_model(self.settings)
 
 
-def _eos_ids(path: Any, config: Any, tokenizer: Any) -> list[int]:
+def eos_token_ids(path: Any, config: Any, tokenizer: Any) -> list[int]:
     from transformers import GenerationConfig
 
     ids: list[int] = []
@@ -105,7 +105,7 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         max_model_len=plan.max_model_len,
-        eos_token_ids=_eos_ids(path, config, tokenizer),
+        eos_token_ids=eos_token_ids(path, config, tokenizer),
         device=device.torch_device,
         description=description,
         info=info,
