@@ -7,10 +7,11 @@ over to :func:`autoglm.deploy.runner.serve`. ``autoglm serve --config FILE`` cal
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import Any
+
+from autoglm._runtime import run_async
 
 __all__ = ["register", "run", "run_config"]
 
@@ -61,7 +62,7 @@ def run_config(path: str, *, dry_run: bool = False, host: str | None = None, por
               "can reach this machine can use the models.", file=sys.stderr, flush=True)
     _check_port_free(config.server.host, config.server.port)
     try:
-        asyncio.run(serve(config, echo=lambda s: print(s, flush=True)))
+        run_async(serve(config, echo=lambda s: print(s, flush=True)))
     except KeyboardInterrupt:
         pass
     print("autoglm: stopped", file=sys.stderr)

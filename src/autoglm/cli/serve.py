@@ -12,13 +12,13 @@ Portable: no Linux-only calls. Heavy imports happen inside :func:`run`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import logging
 import socket
 import sys
 from typing import Any
 
+from autoglm._runtime import run_async
 from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES, EngineSettings, ServerSettings
 from autoglm.errors import ConfigError
 
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     _check_port_free(server.host, server.port)
     try:
-        asyncio.run(_serve(engine_settings, server))
+        run_async(_serve(engine_settings, server))
     except KeyboardInterrupt:
         pass  # uvicorn already shut down; Ctrl-C is how a server is meant to stop
     print("autoglm: stopped", file=sys.stderr)
