@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             cmd = autoglm_serve_command(str(model_dir), port, extra=[
                 "--quantize", q, "--device", args.device, "--served-model-name", SERVED_NAME,
-                "--log-level", "warning", *args.autoglm_arg])
+                # no response cache: the peer has none, and the same prompts repeat across concurrencies
+                "--cache", "none", "--access-log", "off", "--log-level", "warning", *args.autoglm_arg])
             rows += bench_server("autoglm serve", q, cmd, port, SERVED_NAME, prompts, concurrencies, args)
     if "transformers" not in args.skip:
         port = free_port()
