@@ -120,3 +120,21 @@ async def test_redis_limiter_is_shared_between_instances(redis_prefix):
     assert await b.acquire_slot("m", 1)
     await a.close()
     await b.close()
+
+
+def test_unreachable_redis_is_a_clear_unavailable_error():
+    import asyncio
+
+    from autoglm.gateway.ratelimit import LimiterUnavailable, RedisRateLimiter
+    from autoglm.bench.servers import free_port
+
+    limiter = RedisRateLimiter(url=f"redis://127.0.0.1:{free_port()}/0", prefix="t-unreachable:")
+
+    async def go():
+        try:
+            await limiter.acquire("k", rpm=10, tpm=None)
+        finally:
+            await limiter.close()
+
+    with pytest.raises(LimiterUnavailable, match="unreachable"):
+        asyncio.run(go())

@@ -45,6 +45,7 @@ from autoglm.api.sse import SSE_DONE, SSE_HEADERS, sse_event
 from autoglm.api.streams import ClientDisconnected
 from autoglm.errors import AutoGLMError, OverloadedError
 from autoglm.gateway.facade import ADMIN_KEY_INFO, Gateway, GatewayError, extract_api_key
+from autoglm.gateway.ratelimit import LimiterUnavailable
 from autoglm.gateway.keys import KeyInfo
 from autoglm.gateway.ratelimit import RateDecision
 from autoglm.monitoring.access_log import AccessRecord, emit
@@ -134,6 +135,11 @@ class GatewayHTTP:
             if self.metrics is not None:
                 self.metrics.rate_limited.labels(model, _key_label(key)).inc()
             raise
+        except LimiterUnavailable as exc:
+            # the limiter's store (Redis) is unreachable: a clean 503, not a server error
+            log.error("rate limiter unavailable: %s", exc)
+            raise GatewayError(503, "rate_limiter_unavailable", "the rate limiter's store is unreachable; retry "
+                               "shortly", type="server_error", headers={"retry-after": "5"}) from None
 
     async def serve(
         self,

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from autoglm.errors import ConfigError
+from autoglm.errors import AutoGLMError, ConfigError
 
 __all__ = [
+    "LimiterUnavailable",
     "LimitState",
     "RateDecision",
     "RateLimiter",
@@ -50,6 +51,10 @@ def format_reset(seconds: float) -> str:
     minutes, secs = divmod(round(seconds, 3), 60)
     secs_txt = f"{secs:.3f}".rstrip("0").rstrip(".")
     return f"{int(minutes)}m{secs_txt}s" if minutes else f"{secs_txt}s"
+
+
+class LimiterUnavailable(AutoGLMError):
+    """The limiter's shared store cannot be reached; the HTTP layer answers 503."""
 
 
 @dataclass(frozen=True)
@@ -286,11 +291,16 @@ class RedisRateLimiter(RateLimiter):
         return self._client
 
     async def _take(self, key_id: str, rpm: int | None, tpm: int | None, cost: int) -> tuple[bool, float | None, float | None]:
-        self._redis()
-        ok, r, k = await self._take_script(
-            keys=[f"{self.prefix}rl:req:{key_id}", f"{self.prefix}rl:tok:{key_id}"],
-            args=[rpm or 0, tpm or 0, cost, PERIOD_S],
-        )
+        import redis.exceptions
+
+        try:
+            self._redis()
+            ok, r, k = await self._take_script(
+                keys=[f"{self.prefix}rl:req:{key_id}", f"{self.prefix}rl:tok:{key_id}"],
+                args=[rpm or 0, tpm or 0, cost, PERIOD_S],
+            )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise LimiterUnavailable(f"the Redis server for rate limits is unreachable ({type(exc).__name__})") from None
         return bool(int(ok)), (float(r) if rpm else None), (float(k) if tpm else None)
 
     async def _adjust_tokens(self, key_id: str, tpm: int, delta: int) -> None:
