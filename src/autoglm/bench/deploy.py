@@ -42,6 +42,7 @@ __all__ = [
     "plan_combos",
     "run_deploy_bench",
     "format_markdown",
+    "default_json_path",
 ]
 
 ENGINES = ("transformers", "llamacpp")
@@ -187,6 +188,7 @@ class DeployReport:
     config: dict[str, Any]
     rows: list[DeployRow]
     is_demo: bool = False
+    host: dict[str, Any] = field(default_factory=dict)  # CPU count, Python: what the numbers depend on
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -329,7 +331,7 @@ def run_deploy_bench(cfg: DeployBenchConfig, log: Log = _stderr) -> DeployReport
     """Measure every runnable pair of ``cfg`` one after the other and return the report."""
     cfg.validate()
     try:
-        import psutil  # noqa: F401
+        import psutil  # noqa: F401 - fail before any server starts
     except ImportError:
         raise BenchError("`autoglm bench deploy` measures memory with psutil: pip install psutil") from None
     from autoglm.config import EngineSettings
@@ -359,7 +361,7 @@ def run_deploy_bench(cfg: DeployBenchConfig, log: Log = _stderr) -> DeployReport
         rows.append(measure_combo(cfg, combo, settings.store_dir, log, source_dir))
     config = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     return DeployReport(model=cfg.model, device=f"{device.kind} ({device.name})", config=config, rows=rows,
-                        is_demo=is_demo_model(cfg.model))
+                        is_demo=is_demo_model(cfg.model), host=_host_summary())
 
 
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:
@@ -403,5 +405,7 @@ def default_json_path(model: str) -> Path:
     return Path(f"bench-deploy-{safe}.json")
 
 
-def env_summary() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
+def _host_summary() -> dict[str, Any]:
+    import platform
+
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}

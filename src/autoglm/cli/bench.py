@@ -132,8 +132,9 @@ def run_deploy(args: argparse.Namespace) -> int:
     except ValueError:
         raise BenchError(f"--startup-timeout must be a number of seconds, got {args.startup_timeout!r}") from None
     out = Path(args.json_out).expanduser() if args.json_out else default_json_path(args.model)
-    if not out.resolve().parent.is_dir():
-        raise BenchError(f"--json {str(out)!r}: directory {str(out.resolve().parent)!r} does not exist; create it first")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise BenchError(f"--json {str(out)!r}: directory {str(parent)!r} does not exist; create it first")
     cfg = DeployBenchConfig(
         model=args.model,
         engines=parse_list("--engines", args.engines),
