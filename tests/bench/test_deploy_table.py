@@ -56,9 +56,24 @@ def test_deploy_table_on_demo(autoglm_home, monkeypatch, capsys, tmp_path):
         assert 0 < row["startup_s"] < 300
         assert row["rss_warm_mib"] > 50 and row["rss_loaded_mib"] > 50  # a python + torch/llama.cpp process
         assert set(row["tok_s"]) == {"1", "4"} and all(v > 0 for v in row["tok_s"].values())
-        assert row["failed_requests"] == 0
+        assert row["failed_requests"] == 0 and row["log_path"] == ""  # a good run leaves no log behind
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {row['engine']} | int8 |"))
         assert f"{row['tok_s']['4']:.1f}" in line and f"{row['startup_s']:.1f}" in line
+
+
+def test_server_that_does_not_start_is_a_failed_row(autoglm_home, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("AUTOGLM_HOME", str(autoglm_home))
+    out = tmp_path / "deploy.json"
+    rc = main(["bench", "deploy", "autoglm-demo", "--engines", "transformers", "--precisions", "fp32",
+               "--max-model-len", "100000000", "--device", "cpu", "--quiet", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 1
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["status"] == "failed" and row["startup_s"] is None and row["tok_s"] == {}
+    assert "server did not start: error: max_model_len 100000000 exceeds" in row["reason"]
+    assert Path(row["log_path"]).is_file()  # kept, because it failed
+    Path(row["log_path"]).unlink()
+    assert "| transformers | fp32 | — |" in text and "failed: server did not start" in text
 
 
 # --------------------------------------------------------------------------------------------------

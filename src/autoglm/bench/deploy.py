@@ -303,10 +303,16 @@ def measure_combo(cfg: DeployBenchConfig, combo: Combo, store_dir: Path, log: Lo
         if row.failed_requests:
             row.reason = f"{row.failed_requests} request(s) failed"
     except BenchError as exc:
-        row.reason = str(exc)
+        row.reason = f"{exc} (log {srv.log_path})"
+        log(f"  failed: {row.reason}")
+    except Exception as exc:  # noqa: BLE001 - e.g. the server died mid-run: one failed row, the table goes on
+        row.reason = f"{type(exc).__name__}: {exc} (log {srv.log_path})"
         log(f"  failed: {row.reason}")
     finally:
         srv.stop()
+    if row.status == "ok":  # keep the server's log only when something went wrong
+        srv.log_path.unlink(missing_ok=True)
+        row.log_path = ""
     return row
 
 
