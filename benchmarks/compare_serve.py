@@ -15,7 +15,6 @@ This script knows the two servers' command lines and nothing of their internals.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,8 +24,9 @@ from typing import Any
 from autoglm.bench.client import BenchConfig, run_benchmark
 from autoglm.bench.metrics import BenchmarkMetrics
 from autoglm.bench.prompts import make_prompts
+from autoglm.bench.scripts import script_main, write_record
 from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port, transformers_serve_command
-from autoglm.errors import AutoGLMError, ConfigError
+from autoglm.errors import ConfigError
 
 DEMO = "autoglm-demo-100m"
 SERVED_NAME = "bench-model"
@@ -211,18 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                      "processor": platform.processor()},
         "generate_reference": reference, "runs": rows, "markdown": table, "ratios": notes,
     }
-    out = Path(args.json_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out}")
+    write_record(args.json_out, record)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AutoGLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    script_main(main)

@@ -18,7 +18,6 @@ Both servers get the same thread count and per-sequence context. Our server runs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,8 +27,9 @@ from typing import Any
 
 from autoglm.bench.client import BenchConfig, run_benchmark
 from autoglm.bench.prompts import make_prompts
+from autoglm.bench.scripts import script_main, write_record
 from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port
-from autoglm.errors import AutoGLMError, ConfigError
+from autoglm.errors import ConfigError
 
 DEMO = "autoglm-demo-100m"
 SERVED_NAME = "bench-model"
@@ -162,18 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
         "runs": rows, "markdown": table, "ratios": notes,
     }
-    out = Path(args.json_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out}")
+    write_record(args.json_out, record)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AutoGLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    script_main(main)
