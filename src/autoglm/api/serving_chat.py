@@ -32,14 +32,15 @@ from autoglm.api.convert import (
 )
 from autoglm.api.errors import error_body, to_api_error
 from autoglm.api.schemas import ChatCompletionRequest
-from autoglm.api.sse import SSE_DONE, sse_event
 from autoglm.api.respond import respond
+from autoglm.api.sse import SSE_DONE, sse_event
 from autoglm.api.streams import Fanout, NoHooks, RequestHooks
 from autoglm.api.tool_parser import StreamingToolParser, ToolEvent
 
 __all__ = ["create_chat_completion"]
 
 log = logging.getLogger("autoglm.api")
+
 
 async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request,
                                  hooks: RequestHooks | None = None) -> Response:

@@ -72,11 +72,6 @@ class SlabLayer(DynamicLayer):
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
 
-    def nbytes(self) -> int:
-        if not self.is_initialized:
-            return 0
-        return self.kbuf.numel() * self.kbuf.element_size() * 2
-
 
 def _new_cache(num_layers: int, layers: list[SlabLayer] | None = None) -> Cache:
     return Cache(layers=layers if layers is not None else [SlabLayer() for _ in range(num_layers)])
@@ -110,11 +105,6 @@ class BatchRunner:
     def cached_tokens(self) -> int:
         """KV cells held, left padding included (what the memory actually pays for)."""
         return len(self.rows) * self.cache_len
-
-    def cache_bytes(self) -> int:
-        if self.cache is None:
-            return 0
-        return sum(layer.nbytes() for layer in self.cache.layers)
 
     # -- steps -------------------------------------------------------------------------------
     @torch.inference_mode()

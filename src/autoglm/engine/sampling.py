@@ -10,7 +10,7 @@ Knows nothing about the scheduler or HTTP; works on tensors and :class:`Sampling
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -32,7 +32,6 @@ class RowState:
     # tokens seen (prompt + output), for the repetition penalty
     seen: torch.Tensor | None = None
     allowed_mask: torch.Tensor | None = None  # set per step by guided decoding: bool [V]
-    banned_ids: list[int] = field(default_factory=list)  # e.g. EOS while a JSON value is open
 
     def __post_init__(self) -> None:
         p = self.params
@@ -55,8 +54,8 @@ class RowState:
 
     @property
     def plain(self) -> bool:
-        """No penalties, masks or bans: the row can go through the batched paths."""
-        return self.output_counts is None and self.seen is None and self.allowed_mask is None and not self.banned_ids
+        """No penalties or masks: the row can go through the batched paths."""
+        return self.output_counts is None and self.seen is None and self.allowed_mask is None
 
     @property
     def plain_greedy(self) -> bool:
@@ -149,8 +148,6 @@ def _sample_row(row_logits: torch.Tensor, row: RowState) -> int:
         x[:v] -= counts * p.frequency_penalty + (counts > 0).float() * p.presence_penalty
     if row.allowed_mask is not None:
         x[:v][~row.allowed_mask] = float("-inf")
-    if row.banned_ids:
-        x[row.banned_ids] = float("-inf")
     if p.greedy:
         return int(x.argmax())
 
