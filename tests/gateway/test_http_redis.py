@@ -13,28 +13,14 @@ import openai
 import pytest
 
 from tests.conftest import _stop
-from tests.gateway.conftest import REDIS_PORT, REDIS_URL, _port_open, _unavailable
+from tests.gateway.conftest import REDIS_URL, unique_redis_prefix
 from tests.gateway.test_http_live import MODEL, GatewayServer, client, create_key, launch, wait_healthy
 
 
 @pytest.fixture(scope="module")
 def shared_redis_prefix() -> Iterator[str]:
-    if not _port_open("127.0.0.1", REDIS_PORT):
-        _unavailable("Redis", f"nothing listens on 127.0.0.1:{REDIS_PORT}")
-    try:
-        import redis
-    except ImportError:
-        _unavailable("Redis", "redis-py is not installed: pip install 'autoglm[gateway]'")
-    r = redis.Redis.from_url(REDIS_URL)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        _unavailable("Redis", str(exc))
-    prefix = f"autoglm-test:{secrets.token_hex(6)}:"
-    yield prefix
-    for name in r.scan_iter(match=f"{prefix}*", count=500):
-        r.delete(name)
-    r.close()
+    with unique_redis_prefix(check_clean=False) as prefix:
+        yield prefix
 
 
 @pytest.fixture(scope="module")
