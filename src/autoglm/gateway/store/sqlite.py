@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,20 @@ def sqlite_path(url: str) -> Path:
     return Path(path).expanduser()
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. Changing the journal mode does not wait on the busy handler, so two processes
+    opening a fresh store at once can see "database is locked": retry for the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 @register_store("sqlite")
 class SQLiteStore(StateStore):
     def __init__(self, url: str):
@@ -47,7 +62,7 @@ class SQLiteStore(StateStore):
             self._conn = sqlite3.connect(
                 str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(self._conn)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open the SQLite state store {str(self.path)!r}: {exc}; "
