@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from autoglm._runtime import run_async
+from autoglm._runtime import run_async, tune_allocator
 
 __all__ = ["register", "run", "run_config"]
 
@@ -62,6 +62,7 @@ def run_config(path: str, *, dry_run: bool = False, host: str | None = None, por
               "can reach this machine can use the models.", file=sys.stderr, flush=True)
     _check_port_free(config.server.host, config.server.port)
     try:
+        tune_allocator()
         run_async(serve(config, echo=lambda s: print(s, flush=True)))
     except KeyboardInterrupt:
         pass

@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Any
 
-from autoglm._runtime import run_async
+from autoglm._runtime import run_async, tune_allocator
 from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES, EngineSettings, ServerSettings
 from autoglm.errors import ConfigError
 
@@ -271,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     _check_port_free(server.host, server.port)
     try:
+        tune_allocator()
         run_async(_serve(engine_settings, server))
     except KeyboardInterrupt:
         pass  # uvicorn already shut down; Ctrl-C is how a server is meant to stop

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from autoglm.engine.attention import use_fast_attention
+
 __all__ = ["SlabLayer", "BatchRunner"]
 
 
@@ -84,8 +86,10 @@ class BatchRunner:
     next-token logits in row order; the caller samples and feeds tokens back with :meth:`decode`.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", spare: int = 64):
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", spare: int = 64, fast_attention: bool = True):
         self.model = model
+        if fast_attention:
+            use_fast_attention(model)  # decode steps without SDPA's overhead (engine/attention.py)
         self.device = torch.device(device)
         self.num_layers = model.config.get_text_config().num_hidden_layers
         self.spare = spare  # extra columns allocated on merge, so decode rarely regrows
