@@ -58,6 +58,7 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from autoglm.engine.fused import fuse_qkv
     from autoglm.hub.resolve import resolve_model
     from autoglm.quantization import ModelArch, apply_precision, detect_device, load_kwargs, plan_precision
     from autoglm.quantization.export import is_quantized_dir, load_quantized, read_manifest
@@ -90,6 +91,9 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
         kwargs.setdefault("dtype", _load_dtype(plan.precision, device.kind))
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         model.eval()
+        fused = fuse_qkv(model)  # before quantizing: the quantizer then sees one larger linear
+        if fused:
+            log.info("fused the Q/K/V projections of %d attention layers", fused)
         model = apply_precision(model, plan.precision, device)  # also places it on the device
     tokenizer = AutoTokenizer.from_pretrained(path)
     description = ""
