@@ -140,7 +140,32 @@ def test_many_concurrent_requests_all_complete_in_full(loaded):
     assert all(o[-1].finished and o[-1].finish_reason == "length" for o in together)
     assert all("".join(x.text for x in o) for o in together)  # no empty completions
     assert [_ids(o) for o in together] == solo  # also after sequences moved slots (compaction)
-    assert len(runner) == 0 and all(runner.seq_pos_max(s) == -1 for s in range(4))
+    assert len(runner) == 0 and _cells_match_records(runner)
+
+
+def _cells_match_records(runner, slots=4):
+    """Every idle slot holds exactly the cells its prefix-cache record says (none when empty)."""
+    return all(runner.seq_pos_max(s) == len(runner.cached_prefix(s)) - 1 for s in range(slots))
+
+
+def test_prefix_cache_skips_the_shared_prefix_and_keeps_greedy_exact(demo, loaded):
+    """A follow-up turn (the first prompt + its answer + more) reuses the first one's cells: only the
+    new tokens are evaluated and the greedy tokens still equal the transformers backend's."""
+    first = list(range(300, 340))
+
+    async def body(engine):
+        runner = engine.core.runner
+        a = _ids(await _collect(engine, "t1", first, max_tokens=6, temperature=0, ignore_eos=True))
+        follow = first + a + list(range(400, 410))
+        before = runner.reused_tokens
+        b = _ids(await _collect(engine, "t2", follow, max_tokens=6, temperature=0, ignore_eos=True))
+        return a, follow, b, runner.reused_tokens - before, runner
+
+    a, follow, b, reused, runner = _llama(loaded, body)
+    # the first turn's prompt and the answer tokens it fed back (all but the last) were cached
+    assert reused == len(first) + len(a) - 1
+    assert b == _hf_greedy(demo, follow, 6)
+    assert _cells_match_records(runner)
 
 
 def test_seed_reproduces_and_differs_across_seeds(loaded):
@@ -194,7 +219,7 @@ def test_abort_frees_the_sequence(loaded):
 
     runner, after, stats = _llama(loaded, body)
     assert len(runner) == 0
-    assert all(runner.seq_pos_max(s) == -1 for s in range(4))  # llama.cpp holds no cells for it
+    assert _cells_match_records(runner)  # llama.cpp holds only what the prefix cache records
     assert len(after) == 4
     assert stats.num_running == 0 and stats.kv_cache_usage == 0.0
 

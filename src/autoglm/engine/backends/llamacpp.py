@@ -11,9 +11,14 @@ backend runs — driven through :class:`LlamaCppRunner`, which has the duties of
 * every running sequence holds a slot, which is its llama.cpp ``seq_id``; a prefill puts the new
   prompts into one ``llama_batch`` (split at ``n_batch`` tokens), a decode step puts one token per
   running sequence into one batch, so requests join and leave the batch at every step;
-* a finished or aborted sequence's cells are freed with ``llama_memory_seq_rm``; running sequences
-  are then moved down into freed slots so they always hold slots ``0..B-1``, and decode batches are
-  fed in seq_id order (llama.cpp prices a batch by the span of its seq_ids and splits unordered ones).
+* a finished or aborted sequence leaves its cells in its slot as a **prefix cache**: the slot records
+  the tokens its cells hold, and a later prompt that starts with (at least ``min_reuse`` of) those
+  tokens takes that slot and evaluates only the rest. A follow-up turn of a chat, or the same prompt
+  sent again, skips its prefill. Slots hold ``max_model_len`` cells each whether used or not, so the
+  cache costs no memory; an unmatched prompt takes an empty slot, else the least recently used one;
+* running sequences are moved down into freed slots so they always hold slots ``0..B-1`` (that
+  discards the cache of the slot they move into), and decode batches are fed in seq_id order
+  (llama.cpp prices a batch by the span of its seq_ids and splits unordered ones).
 
 Prompts are tokenized with the source model's Hugging Face tokenizer (the same ids, chat template and
 stop-string behaviour as the transformers backend); llama.cpp's own tokenizer is never used.
@@ -107,7 +112,7 @@ class LlamaCppRunner:
 
     def __init__(self, gguf_path: str | Path, *, max_model_len: int, max_num_seqs: int,
                  n_threads: int | None = None, n_batch: int = 2048, gpu_layers: int = 0,
-                 kv_f32: bool = False):
+                 kv_f32: bool = False, min_reuse: int = 16):
         from autoglm.quantization.gguf import _quiet_llama_logs, require_llama_cpp
 
         self.lc = lc = require_llama_cpp()
@@ -152,6 +157,12 @@ class LlamaCppRunner:
         self._slot: dict[Any, int] = {}  # key -> llama.cpp seq_id
         self._pos: dict[Any, int] = {}  # key -> next position
         self._free = list(range(max_num_seqs - 1, -1, -1))  # pop() hands out 0 first
+        self._tokens: dict[Any, list[int]] = {}  # key -> the tokens its cells hold (prompt + fed tokens)
+        self._cached: dict[int, list[int]] = {}  # free slot -> the tokens its cells still hold
+        self._last_used: dict[int, int] = {}  # free slot -> when its cache was last written (a tick)
+        self._tick = 0
+        self.min_reuse = min_reuse
+        self.reused_tokens = 0  # prompt tokens served from the prefix cache, since start
         self._lock = threading.Lock()  # close() vs a step still running
 
     # -- queries ---------------------------------------------------------------------------
@@ -172,6 +183,47 @@ class LlamaCppRunner:
         """llama.cpp's own view of a slot: the last position it holds, -1 when empty."""
         return int(self.lc.llama_memory_seq_pos_max(self.mem, slot))
 
+    def cached_prefix(self, slot: int) -> list[int]:
+        """The tokens a free slot's cells hold for reuse (empty when none)."""
+        return list(self._cached.get(slot, ()))
+
+    # -- slots and the prefix cache ----------------------------------------------------------
+    def _take_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """A free slot for ``prompt`` and how many of its leading tokens the slot's cells already
+        hold (the cells after those are dropped here)."""
+        best, best_n = None, 0
+        for slot in self._free:
+            cached = self._cached.get(slot)
+            if cached:
+                n = _common_prefix(cached, prompt)
+                if n > best_n:
+                    best, best_n = slot, n
+        if best is not None and best_n >= min(self.min_reuse, len(prompt)):
+            reuse = min(best_n, len(prompt) - 1)  # evaluate at least one token: its logits start decoding
+            slot = best
+        else:
+            empty = [s for s in self._free if s not in self._cached]
+            if empty:
+                slot = min(empty)
+            else:  # every free slot caches something: give up the least recently used
+                slot = min(self._free, key=lambda s: (self._last_used.get(s, 0), s))
+            reuse = 0
+        self._free.remove(slot)
+        self._cached.pop(slot, None)
+        self._last_used.pop(slot, None)
+        self.lc.llama_memory_seq_rm(self.mem, slot, reuse if reuse else -1, -1)
+        return slot, reuse
+
+    def _release(self, slot: int, tokens: list[int] | None) -> None:
+        """Give ``slot`` back; its cells stay as a prefix cache of ``tokens`` (None: clear them)."""
+        if tokens:
+            self._tick += 1
+            self._cached[slot] = tokens
+            self._last_used[slot] = self._tick
+        else:
+            self.lc.llama_memory_seq_rm(self.mem, slot, -1, -1)
+        self._free.append(slot)
+
     # -- steps -------------------------------------------------------------------------------
     def prefill(self, keys: list[Any], prompts: list[list[int]]) -> Any:
         """Run ``prompts`` into free slots and add them to the batch; logits ``[b, V]``."""
@@ -179,14 +231,18 @@ class LlamaCppRunner:
 
         if len(keys) > len(self._free):
             raise AutoGLMError(f"{len(keys)} new sequences but only {len(self._free)} free llama.cpp slots")
-        self._free.sort(reverse=True)
-        slots = [self._free.pop() for _ in keys]  # the lowest free ids, ascending
-        lens = np.array([len(p) for p in prompts], dtype=np.int64)
-        tokens = np.concatenate([np.asarray(p, dtype=np.int32) for p in prompts])
-        pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
-        seq = np.repeat(np.asarray(slots, dtype=np.int32), lens)
+        taken = [self._take_slot(p) for p in prompts]
+        slots = [slot for slot, _ in taken]
+        # the batch goes in seq_id order (see decode); logits come back in that order
+        order = sorted(range(len(prompts)), key=lambda i: slots[i])
+        reuse = np.array([taken[i][1] for i in order], dtype=np.int64)
+        lens = np.array([len(prompts[i]) for i in order], dtype=np.int64)
+        todo = lens - reuse  # tokens to evaluate per prompt (>= 1)
+        tokens = np.concatenate([np.asarray(prompts[i][r:], dtype=np.int32) for i, r in zip(order, reuse)])
+        pos = np.concatenate([np.arange(r, n, dtype=np.int32) for r, n in zip(reuse, lens)])
+        seq = np.repeat(np.asarray([slots[i] for i in order], dtype=np.int32), todo)
         want = np.zeros(len(tokens), dtype=np.int8)
-        want[np.cumsum(lens) - 1] = 1  # logits for each prompt's last token only
+        want[np.cumsum(todo) - 1] = 1  # logits for each prompt's last token only
         parts = []
         try:
             for start in range(0, len(tokens), self.n_batch):
@@ -197,16 +253,22 @@ class LlamaCppRunner:
                     parts.append(self._logits(n_out))
         except BaseException:
             for s in slots:
-                self.lc.llama_memory_seq_rm(self.mem, s, -1, -1)
-                self._free.append(s)
+                self._release(s, None)
             raise
-        for key, slot, n in zip(keys, slots, lens):
+        self.reused_tokens += int(reuse.sum())
+        for key, slot, prompt in zip(keys, slots, prompts):
             self.rows.append(key)
             self._slot[key] = slot
-            self._pos[key] = int(n)
+            self._pos[key] = len(prompt)
+            self._tokens[key] = list(prompt)
         import torch
 
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts)  # [b, V] in seq_id order
+        if order == sorted(order):
+            return logits
+        out = torch.empty_like(logits)
+        out[torch.tensor(order)] = logits
+        return out
 
     def decode(self, tokens: list[int]) -> Any:
         """Feed one token per row (in row order); logits ``[B, V]``."""
@@ -222,23 +284,24 @@ class LlamaCppRunner:
         order = np.argsort(seq, kind="stable")
         toks = np.asarray(tokens, dtype=np.int32)[order]
         self._decode(toks, pos[order], seq[order], np.ones(n, dtype=np.int8))
-        for k in self.rows:
+        for k, t in zip(self.rows, tokens):
             self._pos[k] += 1
+            self._tokens[k].append(int(t))
         logits = self._logits(n)  # [B, V] in seq_id order
         out = torch.empty_like(logits)
         out[torch.from_numpy(order)] = logits
         return out
 
     def remove(self, keys: list[Any]) -> None:
-        """Drop rows (finished or aborted sequences) and free their KV cells. Unknown keys are ignored."""
+        """Drop rows (finished or aborted sequences); their cells stay as prefix caches of their
+        slots. Unknown keys are ignored."""
         gone = [k for k in keys if k in self._slot]
         if not gone:
             return
         for k in gone:
             slot = self._slot.pop(k)
             self._pos.pop(k)
-            self.lc.llama_memory_seq_rm(self.mem, slot, -1, -1)
-            self._free.append(slot)
+            self._release(slot, self._tokens.pop(k, None))
         dropped = set(gone)
         self.rows = [k for k in self.rows if k not in dropped]
         self._compact()
@@ -248,8 +311,9 @@ class LlamaCppRunner:
 
         With a non-unified cache a batch costs as much as the span of its seq_ids (sequences 0, 2, 4
         ... 14 decode at the price of 16), so when a sequence leaves a hole below a running one, the
-        highest running sequence moves down into it: ``llama_memory_seq_cp`` across streams copies
-        its cells (once, at the next decode), then its old slot is cleared.
+        highest running sequence moves down into it: the hole's cached cells are dropped,
+        ``llama_memory_seq_cp`` across streams copies the mover's cells (once, at the next decode),
+        then its old slot is cleared.
         """
         by_slot = {slot: key for key, slot in self._slot.items()}
         n = len(by_slot)
@@ -257,10 +321,13 @@ class LlamaCppRunner:
         movers = sorted((s for s in by_slot if s >= n), reverse=True)
         for hole, src in zip(holes, movers):
             key = by_slot[src]
+            self._free.remove(hole)
+            self._cached.pop(hole, None)
+            self._last_used.pop(hole, None)
+            self.lc.llama_memory_seq_rm(self.mem, hole, -1, -1)
             self.lc.llama_memory_seq_cp(self.mem, src, hole, -1, -1)
             self.lc.llama_memory_seq_rm(self.mem, src, -1, -1)
             self._slot[key] = hole
-            self._free.remove(hole)
             self._free.append(src)
 
     def close(self) -> None:
@@ -289,6 +356,14 @@ class LlamaCppRunner:
         ptr = self.lc.llama_get_logits(self.ctx)  # the outputs of the last decode, in batch order
         arr = np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
         return torch.from_numpy(arr.copy())  # [n_out, V]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 @register_engine("llamacpp")
