@@ -181,3 +181,36 @@ def test_request_timeout(demo):
     outs, elapsed = _run(demo, body, request_timeout=0.3)
     assert outs[-1].finish_reason == "timeout"
     assert outs[-1].num_output_tokens < 450
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_others_stream(demo):
+    """With an 8-token chunk, a 60-token prompt takes 8 steps to prefill; a short request that is
+    already running gets a token in each of them, and the long one's greedy output is unchanged."""
+    model, _ = demo
+    long = list(range(300, 360))
+    ref = model.generate(torch.tensor([long]), max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)[0, len(long):].tolist()
+
+    async def body(engine):
+        events: list[str] = []
+
+        async def track(rid, prompt, n):
+            outs = []
+            async for o in engine.generate(EngineRequest(rid, prompt, SamplingParams(max_tokens=n, temperature=0,
+                                                                                    ignore_eos=True))):
+                events.append(rid)
+                outs.append(o)
+            return outs
+
+        short_task = asyncio.create_task(track("short", PROMPT, 40))
+        while "short" not in events:
+            await asyncio.sleep(0.001)
+        long_outs = await track("long", long, 6)
+        await short_task
+        return events, long_outs
+
+    events, long_outs = _run(demo, body, prefill_chunk=8)
+    assert _ids(long_outs) == ref
+    first_long = events.index("long")
+    # 60 tokens / 8 per step = 8 steps of prefill, each with a decode step of the short request
+    assert events[:first_long].count("short") >= 8

@@ -68,3 +68,44 @@ def test_remove_trims_left_padding(demo):
     runner.remove(["long"])
     assert runner.cache_len == 5 and runner.rows == ["short"]
     assert runner.cache.layers[0].keys.shape[2] == 5
+
+
+def test_chunked_prefill_beside_a_decoding_batch_matches_generate(demo):
+    """A long prompt prefilled 7 tokens at a time in its own cache while another sequence keeps
+    decoding; merged with its last chunk, both continue exactly as generate() does."""
+    model, tok = demo
+    short, long = _prompts(tok)[0], _prompts(tok)[2]
+    assert len(long) > 3 * 7
+    ref_short, ref_long = _reference(model, short), _reference(model, long)
+    runner = BatchRunner(model)
+    logits = runner.prefill(["s"], [short])
+    outs = {"s": [int(logits[0].argmax())], "l": []}
+    start = 0
+    while start < len(long):
+        end = min(start + 7, len(long))
+        first = runner.prefill_chunk("l", long, start, end)
+        assert (first is None) == (end < len(long))
+        if end < len(long):
+            assert runner.rows == ["s"] and runner.cached_tokens() > len(short)  # pending cells count
+        else:
+            outs["l"].append(int(first[0].argmax()))
+        start = end
+        # the batch keeps decoding between chunks
+        logits = runner.decode([outs[k][-1] for k in runner.rows])
+        for k, t in zip(runner.rows, logits.argmax(-1).tolist()):
+            outs[k].append(t)
+    while len(outs["l"]) < N:
+        logits = runner.decode([outs[k][-1] for k in runner.rows])
+        for k, t in zip(runner.rows, logits.argmax(-1).tolist()):
+            outs[k].append(t)
+    assert outs["l"][:N] == ref_long
+    assert outs["s"][:N] == ref_short
+
+
+def test_removing_a_half_prefilled_prompt_frees_it(demo):
+    model, tok = demo
+    long = _prompts(tok)[2]
+    runner = BatchRunner(model)
+    assert runner.prefill_chunk("l", long, 0, 5) is None and runner.cached_tokens() == 5
+    runner.remove(["l"])
+    assert runner.cached_tokens() == 0 and runner.rows == []

@@ -37,6 +37,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -75,6 +85,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-num-seqs", type=_positive_int, default=16, help="sequences decoded together (default: 16)")
     p.add_argument("--max-queue", type=_positive_int, default=256,
                    help="waiting requests before answering 429 (default: 256)")
+    p.add_argument("--prefill-chunk", type=_non_negative_int, default=512,
+                   help="prefill a longer prompt this many tokens per step, so running streams keep going "
+                        "(0: whole prompts at once; default: 512)")
     p.add_argument("--request-timeout", type=_positive_float, default=600.0,
                    help="seconds per request before it is stopped (default: 600)")
     p.add_argument("--served-model-name", default=None, help="the name clients use (default: --model)")
@@ -118,6 +131,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EngineSettings, Server
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         max_queue=args.max_queue,
+        prefill_chunk=args.prefill_chunk,
         request_timeout=args.request_timeout,
     )
     server = ServerSettings(host=args.host, port=args.port,

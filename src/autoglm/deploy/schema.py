@@ -14,7 +14,17 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES
 
@@ -96,6 +106,7 @@ class ModelConfig(_Strict):
     max_model_len: Optional[PositiveInt] = None
     max_num_seqs: PositiveInt = 16
     max_queue: PositiveInt = 256
+    prefill_chunk: NonNegativeInt = 512  # long prompts are prefilled this many tokens per step (0: whole)
     request_timeout: PositiveFloat = 600.0
     revision: Optional[str] = None
     replicas: PositiveInt = 1

@@ -46,7 +46,13 @@ def validate_request(request: EngineRequest, max_model_len: int, vocab_size: int
 class EngineCore:
     """``runner`` is anything with :class:`~autoglm.engine.runner.BatchRunner`'s duties:
     ``prefill(keys, prompts)`` and ``decode(tokens)`` returning next-token logits ``[b, V]`` in row
-    order, ``remove(keys)``, ``rows``, ``__len__`` and ``cached_tokens()`` (KV cells in use)."""
+    order, ``remove(keys)``, ``rows``, ``__len__`` and ``cached_tokens()`` (KV cells in use).
+
+    Chunked prefill: when ``prefill_chunk`` > 0 and the runner has ``prefill_chunk(key, prompt,
+    start, end)``, a prompt longer than the chunk is prefilled one chunk per step (oldest first)
+    beside the running batch, which keeps decoding; the sequence joins the batch with its last chunk.
+    A long prompt then delays the running streams by one chunk per step instead of its whole prefill.
+    """
 
     def __init__(
         self,
@@ -58,6 +64,7 @@ class EngineCore:
         max_queue: int = 256,
         eos_token_ids: list[int] | None = None,
         max_prefill_tokens: int = 4096,
+        prefill_chunk: int = 0,
     ):
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
@@ -69,6 +76,8 @@ class EngineCore:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self._token_text: dict[int, str] = {}
+        self.prefill_chunk = prefill_chunk if hasattr(runner, "prefill_chunk") else 0
+        self._chunking: list[Sequence] = []  # admitted, prompt longer than a chunk, not prefilled yet
 
     # -- requests ----------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
@@ -89,6 +98,8 @@ class EngineCore:
             return None
         self.scheduler.finish(seq, "abort")
         self.runner.remove([seq])
+        if seq in self._chunking:
+            self._chunking.remove(seq)
         return self._output(seq, [], "", None)
 
     def has_work(self) -> bool:
@@ -102,20 +113,41 @@ class EngineCore:
         outputs: list[RequestOutput] = []
         if sched.expired:
             self.runner.remove(sched.expired)
+            self._chunking = [s for s in self._chunking if s not in sched.expired]
             outputs += [self._output(s, [], s.extra["detok"].flush(), None) for s in sched.expired]
-        if sched.prefill:
-            prompts = [s.request.prompt_token_ids for s in sched.prefill]
+        whole = sched.prefill
+        if self.prefill_chunk:
+            whole = [s for s in sched.prefill if s.num_prompt_tokens <= self.prefill_chunk]
+            self._chunking += [s for s in sched.prefill if s.num_prompt_tokens > self.prefill_chunk]
+        if whole:
+            prompts = [s.request.prompt_token_ids for s in whole]
             self.prompt_tokens_total += sum(len(p) for p in prompts)
-            logits = self.runner.prefill(sched.prefill, prompts)
-            outputs += self._sample_and_update(list(sched.prefill), logits)
+            logits = self.runner.prefill(whole, prompts)
+            outputs += self._sample_and_update(list(whole), logits)
             emit(outputs)
             outputs = []
+        if self._chunking:
+            outputs += self._prefill_next_chunk()
         if len(self.runner):
             seqs: list[Sequence] = list(self.runner.rows)
             logits = self.runner.decode([s.output_token_ids[-1] for s in seqs])
             outputs += self._sample_and_update(seqs, logits)
         if outputs:
             emit(outputs)
+
+    def _prefill_next_chunk(self) -> list[RequestOutput]:
+        """One chunk of the oldest long prompt; its first token when that was the last chunk."""
+        seq = self._chunking[0]
+        prompt = seq.request.prompt_token_ids
+        start = seq.extra.get("prefilled", 0)
+        end = min(start + self.prefill_chunk, len(prompt))
+        logits = self.runner.prefill_chunk(seq, prompt, start, end)
+        seq.extra["prefilled"] = end
+        self.prompt_tokens_total += end - start
+        if end < len(prompt):
+            return []
+        self._chunking.pop(0)
+        return self._sample_and_update([seq], logits)
 
     def _sample_and_update(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
         rows: list[RowState] = []

@@ -45,8 +45,10 @@ class LoadedModel:
 
 
 class LoopEngine(Engine):
-    def __init__(self, model_name: str, *, max_num_seqs: int = 16, max_queue: int = 256, request_timeout: float | None = None):
+    def __init__(self, model_name: str, *, max_num_seqs: int = 16, max_queue: int = 256,
+                 request_timeout: float | None = None, prefill_chunk: int = 0):
         self.model_name = model_name
+        self.prefill_chunk = prefill_chunk
         self.max_num_seqs = max_num_seqs
         self.max_queue = max_queue
         self.request_timeout = request_timeout
@@ -124,6 +126,7 @@ class LoopEngine(Engine):
             max_model_len=loaded.max_model_len,
             max_num_seqs=self.max_num_seqs,
             max_queue=self.max_queue,
+            prefill_chunk=self.prefill_chunk,
             eos_token_ids=loaded.eos_token_ids,
         )
 

@@ -4,7 +4,9 @@ The running batch shares one KV cache laid out left-padded: row ``i`` holds sequ
 right-aligned in ``[B, H_kv, L, D]`` buffers, with a ``[B, L]`` attention mask marking real
 positions and explicit ``position_ids`` per row, so every sequence sees exactly the keys and
 positions it would see alone. New sequences are prefilled (batched, left-padded) in a fresh cache
-and merged in; finished ones are dropped and all-padding columns on the left are trimmed.
+and merged in; finished ones are dropped and all-padding columns on the left are trimmed. A long
+prompt can instead be prefilled a chunk at a time (:meth:`BatchRunner.prefill_chunk`) in a cache of
+its own, between decode steps of the batch, and merged in with its last chunk.
 
 The buffers are pre-allocated with spare capacity (:class:`SlabLayer`) so a decode step writes one
 column in place instead of re-concatenating the whole cache. Knows torch and transformers' cache
@@ -97,6 +99,7 @@ class BatchRunner:
         self.cache: Cache | None = None
         self.mask: torch.Tensor | None = None  # [B, L] long: 1 = real token
         self.positions: torch.Tensor | None = None  # [B] long: next position id per row
+        self._pending: dict[Any, tuple[Cache, int]] = {}  # key -> (its own cache, tokens in it) while chunking
 
     # -- queries ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -108,7 +111,7 @@ class BatchRunner:
 
     def cached_tokens(self) -> int:
         """KV cells held, left padding included (what the memory actually pays for)."""
-        return len(self.rows) * self.cache_len
+        return len(self.rows) * self.cache_len + sum(n for _, n in self._pending.values())
 
     # -- steps -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -137,6 +140,31 @@ class BatchRunner:
         return logits
 
     @torch.inference_mode()
+    def prefill_chunk(self, key: Any, prompt: list[int], start: int, end: int) -> torch.Tensor | None:
+        """Run ``prompt[start:end]`` for ``key`` (chunks in order, ``start`` = what ran before) in
+        its own cache; with the last chunk (``end == len(prompt)``) merge it into the batch and
+        return its logits ``[1, V]``, else None."""
+        cache, done = self._pending.pop(key, (None, 0))
+        if start != done:
+            raise ValueError(f"chunk starts at {start} but {done} tokens of this prompt ran so far")
+        if cache is None:
+            cache = _new_cache(self.num_layers)
+        mask = torch.ones((1, end), dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=torch.tensor([prompt[start:end]], dtype=torch.long, device=self.device),
+            attention_mask=mask,
+            position_ids=torch.arange(start, end, dtype=torch.long, device=self.device).view(1, -1),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if end < len(prompt):
+            self._pending[key] = (cache, end)
+            return None
+        self._merge([key], cache, mask, torch.tensor([end], dtype=torch.long, device=self.device))
+        return out.logits[:, -1, :]
+
+    @torch.inference_mode()
     def decode(self, tokens: list[int]) -> torch.Tensor:
         """Feed one token per row (in row order); logits ``[B, V]``."""
         assert self.cache is not None and self.mask is not None and self.positions is not None
@@ -155,7 +183,9 @@ class BatchRunner:
         return out.logits[:, -1, :]
 
     def remove(self, keys: list[Any]) -> None:
-        """Drop rows (finished or aborted sequences) and free their cache."""
+        """Drop rows (finished or aborted sequences), or half-prefilled prompts, and free their cache."""
+        for k in keys:
+            self._pending.pop(k, None)
         gone = set(keys)
         keep = [i for i, k in enumerate(self.rows) if k not in gone]
         if len(keep) == len(self.rows):

@@ -29,6 +29,7 @@ class TransformersEngine(LoopEngine):
             max_num_seqs=settings.max_num_seqs,
             max_queue=settings.max_queue,
             request_timeout=settings.request_timeout,
+            prefill_chunk=settings.prefill_chunk,
         )
         self.settings = settings
 
