@@ -39,6 +39,7 @@ class EngineSettings:
     max_num_seqs: int = 16  # sequences decoded together
     max_queue: int = 256  # waiting requests before 429
     prefill_chunk: int = 512  # a longer prompt is prefilled this many tokens per step (0: whole)
+    prefix_cache_tokens: int = 8192  # KV cells of finished sequences kept for reuse (0: off)
     request_timeout: float = 600.0  # seconds, per request
     seed: int = 0
     store_dir: Path = field(default_factory=default_store_dir)

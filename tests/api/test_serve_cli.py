@@ -13,12 +13,12 @@ def test_flags_build_settings():
     args = build_parser().parse_args([
         "serve", "--model", "m", "--quantize", "int8", "--device", "cpu", "--engine", "transformers",
         "--host", "0.0.0.0", "--port", "9001", "--max-model-len", "512", "--max-num-seqs", "4",
-        "--max-queue", "7", "--prefill-chunk", "64", "--request-timeout", "3.5", "--served-model-name", "alias", "--api-key", "k",
+        "--max-queue", "7", "--prefill-chunk", "64", "--prefix-cache-tokens", "0", "--request-timeout", "3.5", "--served-model-name", "alias", "--api-key", "k",
         "--log-level", "warning"])
     engine, server = settings_from_args(args)
     assert (engine.model, engine.quantize, engine.device, engine.engine) == ("m", "int8", "cpu", "transformers")
     assert (engine.max_model_len, engine.max_num_seqs, engine.max_queue, engine.request_timeout) == (512, 4, 7, 3.5)
-    assert engine.name == "alias" and engine.prefill_chunk == 64
+    assert engine.name == "alias" and engine.prefill_chunk == 64 and engine.prefix_cache_tokens == 0
     assert (server.host, server.port, server.api_keys, server.log_level) == ("0.0.0.0", 9001, ["k"], "warning")
 
 

@@ -109,3 +109,77 @@ def test_removing_a_half_prefilled_prompt_frees_it(demo):
     assert runner.prefill_chunk("l", long, 0, 5) is None and runner.cached_tokens() == 5
     runner.remove(["l"])
     assert runner.cached_tokens() == 0 and runner.rows == []
+
+
+def test_prefix_cache_next_turn_starts_from_the_previous_cells(demo):
+    """A sequence leaves; the next prompt is its prompt + answer + more. It runs only the new tokens
+    and continues exactly as generate() does on the whole prompt."""
+    from autoglm.engine.runner import PrefixCache
+
+    model, tok = demo
+    first = _prompts(tok)[2]
+    runner = BatchRunner(model, prefix_cache=PrefixCache(capacity=4096, min_reuse=8))
+    logits = runner.prefill(["t1"], [first])
+    answer = [int(logits[0].argmax())]
+    for _ in range(5):
+        answer.append(int(runner.decode([answer[-1]])[0].argmax()))
+    runner.remove(["t1"])
+    assert runner.prefix_stats() == (0, 0) and len(runner.prefix_cache) == 1
+    # the cache holds the prompt and the 5 tokens fed back (the 6th was never fed)
+    assert runner.prefix_cache.held == len(first) + 5
+
+    follow = first + answer + tok.encode(" and then?", add_special_tokens=False)
+    other = _prompts(tok)[0]  # a miss, prefilled in the same call
+    logits = runner.prefill(["t2", "x"], [follow, other])
+    hits, reused = runner.prefix_stats()
+    assert hits == 1 and reused == len(first) + 5
+    outs = {"t2": [int(logits[0].argmax())], "x": [int(logits[1].argmax())]}
+    for _ in range(N - 1):
+        logits = runner.decode([outs[k][-1] for k in runner.rows])
+        for k, t in zip(runner.rows, logits.argmax(-1).tolist()):
+            outs[k].append(t)
+    assert outs["t2"] == _reference(model, follow)
+    assert outs["x"] == _reference(model, other)
+
+
+def test_prefix_cache_bounds_and_replacement():
+    import torch as t
+
+    from autoglm.engine.runner import PrefixCache
+
+    def cells(n):
+        return [(t.zeros(1, n, 2), t.zeros(1, n, 2))]
+
+    pc = PrefixCache(capacity=10, min_reuse=3)
+    pc.put([1, 2], cells(2))  # below min_reuse: not kept
+    assert len(pc) == 0
+    pc.put([1, 2, 3, 4], cells(4))
+    pc.put([1, 2, 3, 4, 5, 6], cells(6))  # extends the first: replaces it
+    assert len(pc) == 1 and pc.held == 6
+    pc.put([7, 8, 9, 10], cells(4))  # 6 + 4 = 10 fits
+    pc.put([11, 12, 13], cells(3))  # over capacity: the least recently used goes
+    assert pc.held <= 10 and pc.match([1, 2, 3, 4, 5, 6, 0]) is None
+    n, _ = pc.match([7, 8, 9, 10])  # a full match still leaves one token to run
+    assert n == 3 and pc.hits == 1 and pc.reused_tokens == 3
+    assert pc.match([11, 12, 0], use=False) is None  # 2 shared tokens < min_reuse
+
+
+def test_chunked_prefill_skips_the_chunks_a_cached_prefix_covers(demo):
+    from autoglm.engine.runner import PrefixCache
+
+    model, tok = demo
+    first = _prompts(tok)[2]
+    runner = BatchRunner(model, prefix_cache=PrefixCache(capacity=4096, min_reuse=8))
+    runner.prefill(["t1"], [first])
+    runner.remove(["t1"])
+    follow = first + tok.encode(" a question that follows", add_special_tokens=False)
+    logits, start = None, 0
+    while start < len(follow):
+        end = min(start + 7, len(follow))
+        logits = runner.prefill_chunk("t2", follow, start, end)
+        start = end
+    assert runner.prefix_stats() == (1, len(first))
+    out = [int(logits[0].argmax())]
+    for _ in range(N - 1):
+        out.append(int(runner.decode([out[-1]])[0].argmax()))
+    assert out == _reference(model, follow)

@@ -24,9 +24,12 @@ def samples(m: ServerMetrics) -> dict[tuple[str, frozenset], float]:
 
 
 def test_gauges_are_read_at_scrape_time_and_a_broken_engine_is_skipped():
-    engine = StatsEngine(EngineStats(num_running=2, num_waiting=5, kv_cache_usage=0.25))
+    engine = StatsEngine(EngineStats(num_running=2, num_waiting=5, kv_cache_usage=0.25, prefix_cache_hits=3,
+                                     prefix_cache_tokens=420))
     m = ServerMetrics({"good": engine, "broken": StatsEngine(RuntimeError("down"))})
     s = samples(m)
+    assert s[("autoglm:prefix_cache_hits_total", frozenset({("model_name", "good")}))] == 3
+    assert s[("autoglm:prefix_cache_tokens_total", frozenset({("model_name", "good")}))] == 420
     assert s[("autoglm:num_requests_running", frozenset({("model_name", "good")}))] == 2
     assert s[("autoglm:num_requests_waiting", frozenset({("model_name", "good")}))] == 5
     assert s[("autoglm:kv_cache_usage_perc", frozenset({("model_name", "good")}))] == 0.25

@@ -87,6 +87,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prefill-chunk", type=_non_negative_int, default=512,
                    help="prefill a longer prompt this many tokens per step, so running streams keep going "
                         "(0: whole prompts at once; default: 512)")
+    p.add_argument("--prefix-cache-tokens", type=_non_negative_int, default=8192,
+                   help="KV cells of finished requests kept so a prompt that starts the same way (a chat's next "
+                        "turn) skips re-reading them; transformers engine (0: off; default: 8192)")
     p.add_argument("--request-timeout", type=_positive_float, default=600.0,
                    help="seconds per request before it is stopped (default: 600)")
     p.add_argument("--served-model-name", default=None, help="the name clients use (default: --model)")
@@ -131,6 +134,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EngineSettings, Server
         max_num_seqs=args.max_num_seqs,
         max_queue=args.max_queue,
         prefill_chunk=args.prefill_chunk,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         request_timeout=args.request_timeout,
     )
     server = ServerSettings(host=args.host, port=args.port,

@@ -86,7 +86,8 @@ def engine_settings_for(model: ModelConfig, base: EngineSettings | None = None) 
         base or EngineSettings(),
         model=model.model_source, served_model_name=model.name, engine=model.engine, quantize=model.quantize,
         device=model.device, max_model_len=model.max_model_len, max_num_seqs=model.max_num_seqs,
-        max_queue=model.max_queue, prefill_chunk=model.prefill_chunk, request_timeout=model.request_timeout,
+        max_queue=model.max_queue, prefill_chunk=model.prefill_chunk, prefix_cache_tokens=model.prefix_cache_tokens,
+        request_timeout=model.request_timeout,
         revision=model.revision,
     )
 

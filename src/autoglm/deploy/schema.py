@@ -107,6 +107,7 @@ class ModelConfig(_Strict):
     max_num_seqs: PositiveInt = 16
     max_queue: PositiveInt = 256
     prefill_chunk: NonNegativeInt = 512  # long prompts are prefilled this many tokens per step (0: whole)
+    prefix_cache_tokens: NonNegativeInt = 8192  # finished requests' KV cells kept for reuse (0: off)
     request_timeout: PositiveFloat = 600.0
     revision: Optional[str] = None
     replicas: PositiveInt = 1

@@ -225,6 +225,7 @@ class EngineCore:
 
     def stats(self) -> EngineStats:
         used = self.runner.cached_tokens() if len(self.runner) else 0
+        hits, reused = self.runner.prefix_stats() if hasattr(self.runner, "prefix_stats") else (0, 0)
         return EngineStats(
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
@@ -233,4 +234,6 @@ class EngineCore:
             max_model_len=self.max_model_len,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
+            prefix_cache_hits=hits,
+            prefix_cache_tokens=reused,
         )

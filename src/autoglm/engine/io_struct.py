@@ -130,3 +130,5 @@ class EngineStats:
     max_model_len: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
+    prefix_cache_hits: int = 0  # prompts that started from cached cells
+    prefix_cache_tokens: int = 0  # prompt tokens those hits did not have to run

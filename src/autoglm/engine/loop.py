@@ -46,9 +46,10 @@ class LoadedModel:
 
 class LoopEngine(Engine):
     def __init__(self, model_name: str, *, max_num_seqs: int = 16, max_queue: int = 256,
-                 request_timeout: float | None = None, prefill_chunk: int = 0):
+                 request_timeout: float | None = None, prefill_chunk: int = 0, prefix_cache_tokens: int = 0):
         self.model_name = model_name
         self.prefill_chunk = prefill_chunk
+        self.prefix_cache_tokens = prefix_cache_tokens
         self.max_num_seqs = max_num_seqs
         self.max_queue = max_queue
         self.request_timeout = request_timeout
@@ -132,9 +133,10 @@ class LoopEngine(Engine):
 
     def _make_runner(self, loaded: LoadedModel) -> Any:
         """The batch runner for ``loaded`` (a transformers model by default; backends override)."""
-        from autoglm.engine.runner import BatchRunner
+        from autoglm.engine.runner import BatchRunner, PrefixCache
 
-        return BatchRunner(loaded.model, loaded.device)
+        prefix = PrefixCache(self.prefix_cache_tokens) if self.prefix_cache_tokens > 0 else None
+        return BatchRunner(loaded.model, loaded.device, prefix_cache=prefix)
 
     async def shutdown(self) -> None:
         self._stop = True

@@ -8,12 +8,17 @@ and merged in; finished ones are dropped and all-padding columns on the left are
 prompt can instead be prefilled a chunk at a time (:meth:`BatchRunner.prefill_chunk`) in a cache of
 its own, between decode steps of the batch, and merged in with its last chunk.
 
+With a :class:`PrefixCache`, a sequence that leaves keeps a copy of its cells (prompt and the tokens
+it fed back), and a new prompt that starts with at least ``min_reuse`` of those tokens begins from
+that copy and runs only the rest: a chat's next turn skips re-reading its history.
+
 The buffers are pre-allocated with spare capacity (:class:`SlabLayer`) so a decode step writes one
 column in place instead of re-concatenating the whole cache. Knows torch and transformers' cache
 API; knows nothing about sampling, requests or HTTP.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -21,7 +26,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from autoglm.engine.attention import use_fast_attention
 
-__all__ = ["SlabLayer", "BatchRunner"]
+__all__ = ["SlabLayer", "BatchRunner", "PrefixCache"]
 
 
 class SlabLayer(DynamicLayer):
@@ -77,6 +82,68 @@ class SlabLayer(DynamicLayer):
         return self.get_seq_length() + query_length, 0
 
 
+class PrefixCache:
+    """Copies of finished sequences' KV cells, keyed by the tokens they hold; least recently used
+    entries go first once ``capacity`` tokens are held. Tensors are per layer ``(k, v)`` of shape
+    ``[H_kv, n, D]``."""
+
+    def __init__(self, capacity: int, min_reuse: int = 32):
+        self.capacity = capacity
+        self.min_reuse = min_reuse
+        self._entries: OrderedDict[int, tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
+        self._next = 0
+        self.held = 0  # tokens held
+        self.hits = 0
+        self.reused_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, tokens: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        n = len(tokens)
+        if n < self.min_reuse or n > self.capacity:
+            return
+        for key, (held, _) in list(self._entries.items()):  # a longer copy replaces its own prefixes
+            if len(held) <= n and tokens[: len(held)] == held:
+                self._drop(key)
+        while self._entries and self.held + n > self.capacity:
+            self._drop(next(iter(self._entries)))
+        self._entries[self._next] = (list(tokens), layers)
+        self._next += 1
+        self.held += n
+
+    def match(self, prompt: list[int], use: bool = True) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """The longest usable cached prefix of ``prompt`` (at most ``len(prompt) - 1`` tokens, so
+        at least one token runs and yields logits) and its cells; None below ``min_reuse``.
+        ``use=False`` only looks (no hit counted, no recency change)."""
+        best, best_n = None, 0
+        for key, (held, _) in self._entries.items():
+            n = _common_prefix(held, prompt)
+            if n > best_n:
+                best, best_n = key, n
+        best_n = min(best_n, len(prompt) - 1)
+        if best is None or best_n < self.min_reuse:
+            return None
+        if not use:
+            return best_n, self._entries[best][1]
+        self._entries.move_to_end(best)
+        self.hits += 1
+        self.reused_tokens += best_n
+        return best_n, self._entries[best][1]
+
+    def _drop(self, key: int) -> None:
+        tokens, _ = self._entries.pop(key)
+        self.held -= len(tokens)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def _new_cache(num_layers: int, layers: list[SlabLayer] | None = None) -> Cache:
     return Cache(layers=layers if layers is not None else [SlabLayer() for _ in range(num_layers)])
 
@@ -88,7 +155,8 @@ class BatchRunner:
     next-token logits in row order; the caller samples and feeds tokens back with :meth:`decode`.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", spare: int = 64, fast_attention: bool = True):
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", spare: int = 64,
+                 fast_attention: bool = True, prefix_cache: PrefixCache | None = None):
         self.model = model
         if fast_attention:
             use_fast_attention(model)  # decode steps without SDPA's overhead (engine/attention.py)
@@ -100,6 +168,8 @@ class BatchRunner:
         self.mask: torch.Tensor | None = None  # [B, L] long: 1 = real token
         self.positions: torch.Tensor | None = None  # [B] long: next position id per row
         self._pending: dict[Any, tuple[Cache, int]] = {}  # key -> (its own cache, tokens in it) while chunking
+        self.prefix_cache = prefix_cache
+        self._tokens: dict[Any, list[int]] = {}  # key -> tokens its cells hold (only with a prefix cache)
 
     # -- queries ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -109,6 +179,11 @@ class BatchRunner:
     def cache_len(self) -> int:
         return 0 if self.mask is None else self.mask.shape[1]
 
+    def prefix_stats(self) -> tuple[int, int]:
+        """(prompts that started from a cached prefix, prompt tokens they skipped), since start."""
+        pc = self.prefix_cache
+        return (pc.hits, pc.reused_tokens) if pc is not None else (0, 0)
+
     def cached_tokens(self) -> int:
         """KV cells held, left padding included (what the memory actually pays for)."""
         return len(self.rows) * self.cache_len + sum(n for _, n in self._pending.values())
@@ -116,7 +191,23 @@ class BatchRunner:
     # -- steps -------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, keys: list[Any], prompts: list[list[int]]) -> torch.Tensor:
-        """Run ``prompts`` (left-padded together), merge them into the batch; logits ``[b, V]``."""
+        """Run ``prompts`` (left-padded together), merge them into the batch; logits ``[b, V]``.
+
+        Prompts with a cached prefix run one by one from their copy; the rest run together."""
+        if self.prefix_cache is not None and len(self.prefix_cache):
+            hits = [i for i, p in enumerate(prompts) if self.prefix_cache.match(p, use=False) is not None]
+            if hits:
+                rows: dict[int, torch.Tensor] = {}
+                misses = [i for i in range(len(prompts)) if i not in hits]
+                if misses:
+                    got = self._prefill_batch([keys[i] for i in misses], [prompts[i] for i in misses])
+                    rows.update({i: got[j] for j, i in enumerate(misses)})
+                for i in hits:
+                    rows[i] = self.prefill_chunk(keys[i], prompts[i], 0, len(prompts[i]))[0]
+                return torch.stack([rows[i] for i in range(len(prompts))])
+        return self._prefill_batch(keys, prompts)
+
+    def _prefill_batch(self, keys: list[Any], prompts: list[list[int]]) -> torch.Tensor:
         b = len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.zeros((b, width), dtype=torch.long)
@@ -137,18 +228,33 @@ class BatchRunner:
         logits = out.logits[:, -1, :]  # [b, V]
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         self._merge(keys, cache, mask.to(self.device), lengths.to(self.device))
+        if self.prefix_cache is not None:
+            self._tokens.update({k: list(p) for k, p in zip(keys, prompts)})
         return logits
 
     @torch.inference_mode()
     def prefill_chunk(self, key: Any, prompt: list[int], start: int, end: int) -> torch.Tensor | None:
         """Run ``prompt[start:end]`` for ``key`` (chunks in order, ``start`` = what ran before) in
         its own cache; with the last chunk (``end == len(prompt)``) merge it into the batch and
-        return its logits ``[1, V]``, else None."""
+        return its logits ``[1, V]``, else None. The first chunk starts from a cached prefix when the
+        prefix cache has one; chunks that fall inside it run nothing."""
         cache, done = self._pending.pop(key, (None, 0))
+        if cache is None and start == 0 and self.prefix_cache is not None:
+            hit = self.prefix_cache.match(prompt)
+            if hit is not None:
+                done, layers = hit
+                cache = _new_cache(self.num_layers, [
+                    SlabLayer(k[None, :, :done].clone(), v[None, :, :done].clone(), done) for k, v in layers])
+                start = done
+        if start < done:  # already in the cache (from a prefix)
+            start = done
         if start != done:
             raise ValueError(f"chunk starts at {start} but {done} tokens of this prompt ran so far")
         if cache is None:
             cache = _new_cache(self.num_layers)
+        if start >= end:  # the whole chunk came from the prefix cache
+            self._pending[key] = (cache, done)
+            return None
         mask = torch.ones((1, end), dtype=torch.long, device=self.device)
         out = self.model(
             input_ids=torch.tensor([prompt[start:end]], dtype=torch.long, device=self.device),
@@ -162,6 +268,8 @@ class BatchRunner:
             self._pending[key] = (cache, end)
             return None
         self._merge([key], cache, mask, torch.tensor([end], dtype=torch.long, device=self.device))
+        if self.prefix_cache is not None:
+            self._tokens[key] = list(prompt)
         return out.logits[:, -1, :]
 
     @torch.inference_mode()
@@ -180,6 +288,9 @@ class BatchRunner:
             logits_to_keep=1,
         )
         self.positions = self.positions + 1
+        if self.prefix_cache is not None:
+            for k, t in zip(self.rows, tokens):
+                self._tokens[k].append(int(t))
         return out.logits[:, -1, :]
 
     def remove(self, keys: list[Any]) -> None:
@@ -190,6 +301,8 @@ class BatchRunner:
         keep = [i for i, k in enumerate(self.rows) if k not in gone]
         if len(keep) == len(self.rows):
             return
+        if self.prefix_cache is not None:
+            self._keep_prefixes([i for i, k in enumerate(self.rows) if k in gone])
         if not keep:
             self.rows, self.cache, self.mask, self.positions = [], None, None, None
             return
@@ -210,6 +323,21 @@ class BatchRunner:
         self.cache = _new_cache(self.num_layers, layers)
 
     # -- internals ---------------------------------------------------------------------------
+    def _keep_prefixes(self, leaving: list[int]) -> None:
+        """Copy the cells of rows ``leaving`` into the prefix cache (their real columns only)."""
+        assert self.prefix_cache is not None and self.mask is not None and self.cache is not None
+        for i in leaving:
+            tokens = self._tokens.pop(self.rows[i], None)
+            if not tokens or len(tokens) < self.prefix_cache.min_reuse:
+                continue
+            n = int(self.mask[i].sum())
+            if n != len(tokens):  # bookkeeping out of step with the cells: keep nothing rather than wrong cells
+                continue
+            end = self.cache_len
+            layers = [(layer.kbuf[i, :, end - n : end].clone(), layer.vbuf[i, :, end - n : end].clone())
+                      for layer in self.cache.layers]
+            self.prefix_cache.put(tokens, layers)
+
     def _merge(self, keys: list[Any], cache: Cache, mask: torch.Tensor, lengths: torch.Tensor) -> None:
         if self.cache is None:
             new_len = mask.shape[1]

@@ -58,13 +58,17 @@ class _EngineCollector:
         return []  # unchecked collector: families are only known at scrape time
 
     def collect(self) -> Iterable[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         running = GaugeMetricFamily(PREFIX + "num_requests_running", "Requests being decoded.", labels=["model_name"])
         waiting = GaugeMetricFamily(PREFIX + "num_requests_waiting", "Requests waiting to be scheduled.",
                                     labels=["model_name"])
         kv = GaugeMetricFamily(PREFIX + "kv_cache_usage_perc", "Fraction of the KV cache in use (0-1).",
                                labels=["model_name"])
+        hits = CounterMetricFamily(PREFIX + "prefix_cache_hits", "Prompts that started from cached KV cells.",
+                                   labels=["model_name"])
+        reused = CounterMetricFamily(PREFIX + "prefix_cache_tokens", "Prompt tokens the prefix cache saved from running.",
+                                     labels=["model_name"])
         for name, engine in self._engines().items():
             try:
                 s = engine.stats()
@@ -74,7 +78,9 @@ class _EngineCollector:
             running.add_metric([name], float(s.num_running))
             waiting.add_metric([name], float(s.num_waiting))
             kv.add_metric([name], float(s.kv_cache_usage))
-        return [running, waiting, kv]
+            hits.add_metric([name], float(getattr(s, "prefix_cache_hits", 0)))
+            reused.add_metric([name], float(getattr(s, "prefix_cache_tokens", 0)))
+        return [running, waiting, kv, hits, reused]
 
 
 class ServerMetrics:

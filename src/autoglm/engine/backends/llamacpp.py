@@ -163,6 +163,7 @@ class LlamaCppRunner:
         self._tick = 0
         self.min_reuse = min_reuse
         self.reused_tokens = 0  # prompt tokens served from the prefix cache, since start
+        self.prefix_hits = 0
         self._lock = threading.Lock()  # close() vs a step still running
 
     # -- queries ---------------------------------------------------------------------------
@@ -182,6 +183,10 @@ class LlamaCppRunner:
     def seq_pos_max(self, slot: int) -> int:
         """llama.cpp's own view of a slot: the last position it holds, -1 when empty."""
         return int(self.lc.llama_memory_seq_pos_max(self.mem, slot))
+
+    def prefix_stats(self) -> tuple[int, int]:
+        """(prompts that started from a cached prefix, prompt tokens they skipped), since start."""
+        return self.prefix_hits, self.reused_tokens
 
     def cached_prefix(self, slot: int) -> list[int]:
         """The tokens a free slot's cells hold for reuse (empty when none)."""
@@ -256,6 +261,7 @@ class LlamaCppRunner:
                 self._release(s, None)
             raise
         self.reused_tokens += int(reuse.sum())
+        self.prefix_hits += int((reuse > 0).sum())
         for key, slot, prompt in zip(keys, slots, prompts):
             self.rows.append(key)
             self._slot[key] = slot

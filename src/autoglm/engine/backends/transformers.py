@@ -30,6 +30,7 @@ class TransformersEngine(LoopEngine):
             max_queue=settings.max_queue,
             request_timeout=settings.request_timeout,
             prefill_chunk=settings.prefill_chunk,
+            prefix_cache_tokens=settings.prefix_cache_tokens,
         )
         self.settings = settings
 
