@@ -191,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             cmd = autoglm_serve_command(str(model_dir), port, extra=[
                 "--quantize", q, "--device", args.device, "--served-model-name", SERVED_NAME,
-                # no response cache: the peer has none, and the same prompts repeat across concurrencies
-                "--cache", "none", "--access-log", "off", "--log-level", "warning", *args.autoglm_arg])
+                # no response cache and no prefix cache: the same prompts repeat across concurrencies, and
+                # every request must be computed in full, as the peer computes it
+                "--cache", "none", "--prefix-cache-tokens", "0", "--access-log", "off", "--log-level", "warning",
+                *args.autoglm_arg])
             rows += bench_server("autoglm serve", q, cmd, port, SERVED_NAME, prompts, concurrencies, args)
     if "transformers" not in args.skip:
         port = free_port()
