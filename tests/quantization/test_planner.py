@@ -181,3 +181,12 @@ def test_glm4_9b_estimates_within_2_percent():
 def test_from_config_missing_numbers_is_a_clear_error():
     with pytest.raises(ConfigError, match="hidden_size"):
         ModelArch.from_config({"model_type": "mystery"})
+
+
+def test_prefix_cache_cells_are_counted_beside_the_batch():
+    arch = glm9b()
+    base = plan_precision(arch, dev("cuda", 80), "bf16", max_model_len=4096, max_num_seqs=16)
+    more = plan_precision(arch, dev("cuda", 80), "bf16", max_model_len=4096, max_num_seqs=16, extra_kv_tokens=8192)
+    assert more.chosen.kv_bytes - base.chosen.kv_bytes == arch.kv_bytes_per_token * 2 * 8192
+    # on a 12 GB GPU GLM-4-9B still plans at int4 with the default prefix cache
+    assert plan_precision(arch, dev("cuda", 12), max_model_len=4096, extra_kv_tokens=8192).precision == "int4"

@@ -42,21 +42,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", default=None, metavar="N",
                    help="prompt + output tokens per sequence (default: min(model limit, 4096))")
     p.add_argument("--max-num-seqs", default="16", metavar="N", help="sequences decoded together (default: 16)")
+    p.add_argument("--prefix-cache-tokens", default="8192", metavar="N",
+                   help="KV cells the prefix cache keeps beside the batch, as `serve` (default: 8192; 0: off)")
     p.add_argument("--free-gb", default=None, metavar="X",
                    help="pretend the device has X GiB free (e.g. --device cuda --free-gb 12 for a 12 GB GPU)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
-def _int_flag(value: str | None, flag: str) -> int | None:
+def _int_flag(value: str | None, flag: str, minimum: int = 1) -> int | None:
     if value is None:
         return None
     try:
         n = int(value)
     except ValueError:
         raise ConfigError(f"{flag} must be a whole number, got {value!r}") from None
-    if n < 1:
-        raise ConfigError(f"{flag} must be at least 1, got {n}")
+    if n < minimum:
+        raise ConfigError(f"{flag} must be at least {minimum}, got {n}")
     return n
 
 
@@ -199,13 +201,15 @@ def run(args: argparse.Namespace) -> int:
     max_model_len = _int_flag(args.max_model_len, "--max-model-len")
     max_num_seqs = _int_flag(args.max_num_seqs, "--max-num-seqs")
     free_gb = _float_flag(args.free_gb, "--free-gb")
+    prefix_tokens = _int_flag(args.prefix_cache_tokens, "--prefix-cache-tokens", minimum=0) or 0
 
     arch, notes = load_arch(args.model)
     try:
         device = _device(device_req, free_gb)
     except UnsupportedError as exc:
         raise UnsupportedError(f"{exc} (to plan for a device that is not here, add --free-gb X)") from None
-    plan = plan_precision(arch, device, quantize, max_model_len=max_model_len, max_num_seqs=max_num_seqs or 16)
+    plan = plan_precision(arch, device, quantize, max_model_len=max_model_len, max_num_seqs=max_num_seqs or 16,
+                          extra_kv_tokens=prefix_tokens)
 
     if args.json:
         out = plan.to_dict()

@@ -254,11 +254,12 @@ def _compute_bytes(precision: str, kind: str) -> int:
 
 
 def estimate_row(arch: ModelArch, precision: str, device: DeviceInfo, max_model_len: int, max_num_seqs: int,
-                 kv_dtype_bytes: int | None = None, budget: float | None = None) -> PlanRow:
-    """Memory of one precision at these settings; ``fits`` compares with ``budget`` bytes."""
+                 kv_dtype_bytes: int | None = None, budget: float | None = None, extra_kv_tokens: int = 0) -> PlanRow:
+    """Memory of one precision at these settings; ``fits`` compares with ``budget`` bytes.
+    ``extra_kv_tokens``: KV cells held beyond the running batch (the engine's prefix cache)."""
     act = _compute_bytes(precision, device.kind)
     weights = _weights_bytes(arch, precision, device.kind)
-    kv = arch.kv_bytes_per_token * (kv_dtype_bytes or act) * max_model_len * max_num_seqs
+    kv = arch.kv_bytes_per_token * (kv_dtype_bytes or act) * (max_model_len * max_num_seqs + extra_kv_tokens)
     activations = max_model_len * (4 * arch.hidden_size + 3 * arch.intermediate_size) * act
     overhead = _RUNTIME_BASE.get(device.kind, GiB) + activations + max_num_seqs * arch.vocab_size * 8
     peak = 0
@@ -318,7 +319,7 @@ class Plan:
 
 
 def plan_precision(arch: ModelArch, device: DeviceInfo, requested: str = "auto", max_model_len: int | None = None,
-                   max_num_seqs: int = 16, kv_dtype_bytes: int | None = None) -> Plan:
+                   max_num_seqs: int = 16, kv_dtype_bytes: int | None = None, extra_kv_tokens: int = 0) -> Plan:
     """Choose a precision (and, if needed, a smaller batch/context) that fits ``device``.
 
     ``requested``: "auto" (the best that fits, see the module docstring), "none" (the checkpoint's
@@ -380,7 +381,7 @@ def plan_precision(arch: ModelArch, device: DeviceInfo, requested: str = "auto",
                 note = ""
             except UnsupportedError:
                 note = "needs CUDA" if device.kind != "cuda" else "n/a"
-            r = estimate_row(arch, p, device, n, s, kv_dtype_bytes, budget)
+            r = estimate_row(arch, p, device, n, s, kv_dtype_bytes, budget, extra_kv_tokens)
             r.note = note
             r.fits = r.fits and not note
             rows.append(r)

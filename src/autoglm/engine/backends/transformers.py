@@ -83,6 +83,7 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
         requested=requested,
         max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_num_seqs,
+        extra_kv_tokens=settings.prefix_cache_tokens,  # the prefix cache's copies live beside the batch
     )
     for reason in plan.reasons:
         log.info("plan: %s", reason)
