@@ -214,3 +214,36 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_stream(demo):
     first_long = events.index("long")
     # 60 tokens / 8 per step = 8 steps of prefill, each with a decode step of the short request
     assert events[:first_long].count("short") >= 8
+
+
+def test_start_loads_in_the_engine_thread_and_reraises_load_errors(demo):
+    import threading
+
+    from autoglm.errors import ModelNotFoundError
+
+    model, tok = demo
+
+    class Flaky(LoopEngine):
+        attempts = 0
+        load_thread = None
+
+        def _load(self):
+            Flaky.attempts += 1
+            Flaky.load_thread = threading.current_thread()
+            if Flaky.attempts == 1:
+                raise ModelNotFoundError("no such model")
+            return LoadedModel(model, tok, max_model_len=512, eos_token_ids=[])
+
+    async def main():
+        engine = Flaky("demo")
+        with pytest.raises(ModelNotFoundError, match="no such model"):
+            await engine.start()
+        assert not engine.ready
+        await engine.start()  # a second start after a failed one works
+        try:
+            assert engine.ready and Flaky.load_thread is engine._thread  # loaded where it runs
+            return _ids(await _collect(engine, "a", PROMPT, max_tokens=3, temperature=0))
+        finally:
+            await engine.shutdown()
+
+    assert len(asyncio.run(main())) == 3

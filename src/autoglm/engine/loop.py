@@ -74,6 +74,7 @@ class LoopEngine(Engine):
         """Load the model in the engine thread and start its loop; raises what loading raised."""
         if self._thread is not None:
             return
+        self._stop = False
         self._loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(
@@ -93,20 +94,27 @@ class LoopEngine(Engine):
         assert loop is not None
 
         def settle(exc: BaseException | None) -> None:
-            if started.done():
+            if started.done():  # start() was cancelled meanwhile
                 return
             if exc is None:
                 started.set_result(None)
             else:
                 started.set_exception(exc)
 
+        def report(exc: BaseException | None) -> bool:
+            try:
+                loop.call_soon_threadsafe(settle, exc)
+                return True
+            except RuntimeError:  # the event loop is gone: nobody waits for this engine any more
+                return False
+
         try:
             self._setup(self._load())
         except BaseException as exc:  # handed to start(), which re-raises it in the event loop
-            loop.call_soon_threadsafe(settle, exc)
+            report(exc)
             return
-        loop.call_soon_threadsafe(settle, None)
-        self._run()
+        if report(None):
+            self._run()
 
     def start_with(self, loaded: LoadedModel) -> None:
         """Start the loop on an already loaded model (tests and embedding use this)."""
