@@ -25,6 +25,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from autoglm.engine.attention import use_fast_attention
+from autoglm.engine.scheduler import common_prefix_len
 
 __all__ = ["SlabLayer", "BatchRunner", "PrefixCache"]
 
@@ -118,7 +119,7 @@ class PrefixCache:
         ``use=False`` only looks (no hit counted, no recency change)."""
         best, best_n = None, 0
         for key, (held, _) in self._entries.items():
-            n = _common_prefix(held, prompt)
+            n = common_prefix_len(held, prompt)
             if n > best_n:
                 best, best_n = key, n
         best_n = min(best_n, len(prompt) - 1)
@@ -134,14 +135,6 @@ class PrefixCache:
     def _drop(self, key: int) -> None:
         tokens, _ = self._entries.pop(key)
         self.held -= len(tokens)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _new_cache(num_layers: int, layers: list[SlabLayer] | None = None) -> Cache:

@@ -15,7 +15,7 @@ from typing import Any
 
 from autoglm.engine.io_struct import EngineRequest, FinishReason
 
-__all__ = ["Sequence", "SchedulerOutput", "Scheduler"]
+__all__ = ["Sequence", "SchedulerOutput", "Scheduler", "common_prefix_len"]
 
 
 @dataclass(eq=False)
@@ -120,6 +120,15 @@ class Scheduler:
             except ValueError:
                 pass
         self._by_id.pop(seq.request_id, None)
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """How many leading token ids ``a`` and ``b`` share (what a prefix cache can reuse)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _expired(seq: Sequence, now: float) -> bool:

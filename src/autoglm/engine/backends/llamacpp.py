@@ -41,6 +41,7 @@ from typing import Any
 from autoglm.config import EngineSettings
 from autoglm.engine.base import register_engine
 from autoglm.engine.loop import LoadedModel, LoopEngine
+from autoglm.engine.scheduler import common_prefix_len
 from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
 
 __all__ = ["LlamaCppEngine", "LlamaCppRunner", "load_llamacpp_model", "gguf_type_for"]
@@ -200,7 +201,7 @@ class LlamaCppRunner:
         for slot in self._free:
             cached = self._cached.get(slot)
             if cached:
-                n = _common_prefix(cached, prompt)
+                n = common_prefix_len(cached, prompt)
                 if n > best_n:
                     best, best_n = slot, n
         if best is not None and best_n >= min(self.min_reuse, len(prompt)):
@@ -362,14 +363,6 @@ class LlamaCppRunner:
         ptr = self.lc.llama_get_logits(self.ctx)  # the outputs of the last decode, in batch order
         arr = np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
         return torch.from_numpy(arr.copy())  # [n_out, V]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @register_engine("llamacpp")
