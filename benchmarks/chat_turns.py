@@ -17,21 +17,16 @@ import time
 from typing import Any
 
 from autoglm.bench.prompts import make_prompts
-from autoglm.bench.scripts import script_main, write_record
-from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port
-
-SERVED = "bench-model"
+from autoglm.bench.scripts import SERVED_NAME as SERVED
+from autoglm.bench.scripts import script_main, serve_per_value, variant_parser, write_record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="autoglm-demo-100m")
-    p.add_argument("--quantize", default="auto")
+    p = variant_parser(__doc__, "benchmarks/results/chat_turns.json")
     p.add_argument("--caches", default="0,8192", help="comma-separated --prefix-cache-tokens values (0: off)")
     p.add_argument("--turns", type=int, default=5)
     p.add_argument("--words", type=int, default=300, help="words in each user message")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens in each answer")
-    p.add_argument("--json", dest="json_out", default="benchmarks/results/chat_turns.json")
     return p.parse_args(argv)
 
 
@@ -61,16 +56,9 @@ def _conversation(base_url: str, args: argparse.Namespace) -> list[dict[str, Any
 
 def main() -> int:
     args = parse_args()
-    runs = []
-    for tokens in [int(c) for c in args.caches.split(",")]:
-        port = free_port()
-        cmd = autoglm_serve_command(args.model, port, extra=[
-            "--quantize", args.quantize, "--served-model-name", SERVED, "--prefix-cache-tokens", str(tokens),
-            "--max-model-len", "4096", "--cache", "none", "--access-log", "off", "--log-level", "warning"])
-        with ServerProcess(cmd, port, name=f"prefix cache {tokens}") as srv:
-            turns = _conversation(srv.base_url, args)
-        print(f"[--prefix-cache-tokens {tokens}] {turns}", flush=True)
-        runs.append({"prefix_cache_tokens": tokens, "turns": turns})
+    values = [int(c) for c in args.caches.split(",")]
+    runs = [{"prefix_cache_tokens": tokens, "turns": turns} for tokens, turns in
+            serve_per_value(args, "--prefix-cache-tokens", values, lambda url: _conversation(url, args))]
     header = "| turn | prompt tokens | " + " | ".join(
         f"TTFT ms, cache {r['prefix_cache_tokens'] or 'off'}" for r in runs) + " |"
     lines = [header, "|" + "---:|" * (2 + len(runs))]

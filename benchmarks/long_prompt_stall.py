@@ -20,21 +20,16 @@ import time
 from typing import Any
 
 from autoglm.bench.prompts import make_prompts
-from autoglm.bench.scripts import script_main, write_record
-from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port
-
-SERVED = "bench-model"
+from autoglm.bench.scripts import SERVED_NAME as SERVED
+from autoglm.bench.scripts import script_main, serve_per_value, variant_parser, write_record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="autoglm-demo-100m")
-    p.add_argument("--quantize", default="auto")
+    p = variant_parser(__doc__, "benchmarks/results/long_prompt_stall.json")
     p.add_argument("--chunks", default="0,512", help="comma-separated --prefill-chunk values (0: off)")
     p.add_argument("--streams", type=int, default=4, help="streams running when the long prompt arrives")
     p.add_argument("--stream-tokens", type=int, default=160, help="tokens each running stream generates")
     p.add_argument("--long-words", type=int, default=2000, help="words in the long prompt (~1.3 tokens each)")
-    p.add_argument("--json", dest="json_out", default="benchmarks/results/long_prompt_stall.json")
     return p.parse_args(argv)
 
 
@@ -73,16 +68,9 @@ async def _measure(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     args = parse_args()
-    rows = []
-    for chunk in [int(c) for c in args.chunks.split(",")]:
-        port = free_port()
-        cmd = autoglm_serve_command(args.model, port, extra=[
-            "--quantize", args.quantize, "--served-model-name", SERVED, "--prefill-chunk", str(chunk),
-            "--max-model-len", "4096", "--cache", "none", "--access-log", "off", "--log-level", "warning"])
-        with ServerProcess(cmd, port, name=f"chunk {chunk}") as srv:
-            row = {"prefill_chunk": chunk, **asyncio.run(_measure(srv.base_url, args))}
-        print(f"[--prefill-chunk {chunk}] {row}", flush=True)
-        rows.append(row)
+    values = [int(c) for c in args.chunks.split(",")]
+    rows = [{"prefill_chunk": chunk, **result} for chunk, result in
+            serve_per_value(args, "--prefill-chunk", values, lambda url: asyncio.run(_measure(url, args)))]
     lines = ["| --prefill-chunk | longest gap in running streams (ms) | p50 gap (ms) | long prompt TTFT (ms) |",
              "|---:|---:|---:|---:|"]
     lines += [f"| {r['prefill_chunk'] or 'off'} | {r['max_gap_ms']} | {r['p50_gap_ms']} | {r['long_ttft_ms']} |"

@@ -1,7 +1,9 @@
-"""Shared tail of the benchmark scripts under ``benchmarks/``: write the JSON record, and run
-``main`` the way the CLI does (an :class:`~autoglm.errors.AutoGLMError` is one line and its exit code)."""
+"""Shared parts of the benchmark scripts under ``benchmarks/``: write the JSON record, run ``main``
+the way the CLI does (an :class:`~autoglm.errors.AutoGLMError` is one line and its exit code), and
+measure ``autoglm serve`` once per value of one flag (:func:`serve_per_value`)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -9,7 +11,38 @@ from typing import Any, Callable
 
 from autoglm.errors import AutoGLMError
 
-__all__ = ["write_record", "script_main"]
+__all__ = ["write_record", "script_main", "serve_per_value", "variant_parser", "SERVED_NAME"]
+
+SERVED_NAME = "bench-model"
+
+
+def variant_parser(doc: str, json_default: str) -> argparse.ArgumentParser:
+    """The flags every :func:`serve_per_value` script has: ``--model``, ``--quantize``, ``--json``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--model", default="autoglm-demo-100m")
+    p.add_argument("--quantize", default="auto")
+    p.add_argument("--json", dest="json_out", default=json_default)
+    return p
+
+
+def serve_per_value(args: argparse.Namespace, flag: str, values: list[int],
+                    measure: Callable[[str], Any]) -> list[tuple[int, Any]]:
+    """For each value: start ``autoglm serve --model args.model --quantize args.quantize FLAG VALUE``
+    (served as :data:`SERVED_NAME`, 4096-token context, no response cache, no access log), call
+    ``measure(base_url)`` while it is healthy, stop it. Returns ``[(value, result), ...]``."""
+    from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port
+
+    results = []
+    for value in values:
+        port = free_port()
+        cmd = autoglm_serve_command(args.model, port, extra=[
+            "--quantize", args.quantize, "--served-model-name", SERVED_NAME, flag, str(value),
+            "--max-model-len", "4096", "--cache", "none", "--access-log", "off", "--log-level", "warning"])
+        with ServerProcess(cmd, port, name=f"{flag} {value}") as srv:
+            result = measure(srv.base_url)
+        print(f"[{flag} {value}] {result}", flush=True)
+        results.append((value, result))
+    return results
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
