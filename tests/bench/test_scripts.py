@@ -7,7 +7,8 @@ from autoglm.bench.scripts import SERVED_NAME, serve_per_value, variant_parser
 
 
 def test_serve_per_value_starts_one_server_per_value_with_that_flag(tiny_glm4_dir):
-    args = variant_parser("doc", "/tmp/unused.json").parse_args(["--model", str(tiny_glm4_dir), "--quantize", "none"])
+    args = variant_parser("doc", "/tmp/unused.json").parse_args(["--model", str(tiny_glm4_dir), "--quantize", "none",
+                                                             "--max-model-len", "512"])
 
     def measure(base_url):
         models = httpx.get(base_url + "/models", timeout=10).json()["data"]

@@ -21,6 +21,7 @@ def variant_parser(doc: str, json_default: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", default="autoglm-demo-100m")
     p.add_argument("--quantize", default="auto")
+    p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--json", dest="json_out", default=json_default)
     return p
 
@@ -28,7 +29,7 @@ def variant_parser(doc: str, json_default: str) -> argparse.ArgumentParser:
 def serve_per_value(args: argparse.Namespace, flag: str, values: list[int],
                     measure: Callable[[str], Any]) -> list[tuple[int, Any]]:
     """For each value: start ``autoglm serve --model args.model --quantize args.quantize FLAG VALUE``
-    (served as :data:`SERVED_NAME`, 4096-token context, no response cache, no access log), call
+    (served as :data:`SERVED_NAME`, ``args.max_model_len`` context, no response cache, no access log), call
     ``measure(base_url)`` while it is healthy, stop it. Returns ``[(value, result), ...]``."""
     from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port
 
@@ -37,7 +38,7 @@ def serve_per_value(args: argparse.Namespace, flag: str, values: list[int],
         port = free_port()
         cmd = autoglm_serve_command(args.model, port, extra=[
             "--quantize", args.quantize, "--served-model-name", SERVED_NAME, flag, str(value),
-            "--max-model-len", "4096", "--cache", "none", "--access-log", "off", "--log-level", "warning"])
+            "--max-model-len", str(args.max_model_len), "--cache", "none", "--access-log", "off", "--log-level", "warning"])
         with ServerProcess(cmd, port, name=f"{flag} {value}") as srv:
             result = measure(srv.base_url)
         print(f"[{flag} {value}] {result}", flush=True)
