@@ -123,3 +123,20 @@ def test_vllm_engine_serves_the_demo_model(tmp_path):
 
     outs = asyncio.run(run())
     assert outs[-1].finished and sum(len(o.token_ids) for o in outs) >= 1
+
+
+def test_quantization_follows_what_the_installed_vllm_knows():
+    from autoglm.engine.backends.vllm import quantization_for
+
+    # vLLM 0.33 dropped bitsandbytes and names int8 weight-only differently
+    v033 = ["awq", "gptq", "fp8", "int8_per_channel_weight_only", "torchao"]
+    assert quantization_for("int8", v033) == "fp8"
+    assert quantization_for("int8", ["gptq", "int8_per_channel_weight_only"]) == "int8_per_channel_weight_only"
+    assert quantization_for("int4", ["awq", "bitsandbytes"]) == "bitsandbytes"
+    assert quantization_for("bf16", v033) is None
+    with pytest.raises(UnsupportedError, match="GPTQ/AWQ"):
+        quantization_for("int4", v033)
+    plan = plan_precision(glm9b(), gpu(12), max_num_seqs=16, max_model_len=4096)
+    with pytest.raises(UnsupportedError, match="int4"):
+        engine_args("/m", plan, EngineSettings(model="m"), methods=v033)
+    assert "quantization" not in engine_args("/m", plan, EngineSettings(model="m"), prequantized=True, methods=v033)

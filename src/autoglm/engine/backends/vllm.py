@@ -4,9 +4,10 @@
 precision planner (:mod:`autoglm.quantization.planner`) choose the precision for the GPU's free
 memory, and then hands vLLM three numbers it would otherwise guess:
 
-- ``quantization``: int4 -> in-flight bitsandbytes 4-bit, int8 -> FP8 weights (1 byte per weight,
-  Ada/Hopper and newer), 16-bit -> none; a checkpoint that ships GPTQ/AWQ/FP8 weights keeps them
-  (vLLM reads its ``quantization_config``);
+- ``quantization``: the first in-flight method the installed vLLM knows — int8: FP8 weights (1 byte
+  per weight), else int8 weight-only, else bitsandbytes; int4: bitsandbytes 4-bit (vLLM releases that
+  dropped it refuse int4 with a clear error: serve a GPTQ/AWQ checkpoint instead); 16-bit: none. A
+  checkpoint that ships GPTQ/AWQ/FP8 weights keeps them (vLLM reads its ``quantization_config``);
 - ``gpu_memory_utilization``: the planner's total (weights + KV cache for max-model-len x
   max-num-seqs + overhead) as a fraction of the GPU, plus a margin, so a model planned at INT4
   really leaves the rest of the GPU free instead of vLLM filling 90% of it with KV cache;
@@ -39,12 +40,12 @@ from autoglm.engine.io_struct import (
 )
 from autoglm.errors import AutoGLMError, OverloadedError, UnsupportedError
 
-__all__ = ["VllmEngine", "engine_args", "sampling_kwargs", "DeltaConverter", "require_vllm"]
+__all__ = ["VllmEngine", "engine_args", "quantization_for", "sampling_kwargs", "DeltaConverter", "require_vllm"]
 
 log = logging.getLogger("autoglm.engine")
 
-# planner precision -> vLLM's quantization argument (None: weights as the checkpoint has them)
-_QUANTIZATION = {"int4": "bitsandbytes", "int8": "fp8", "fp16": None, "bf16": None, "fp32": None, "none": None}
+# planner precision -> vLLM in-flight quantization methods, most preferred first (names change across releases)
+_QUANTIZATION = {"int4": ("bitsandbytes",), "int8": ("fp8", "int8_per_channel_weight_only", "bitsandbytes")}
 _DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 _MEMORY_MARGIN = 1.15  # vLLM's activations and CUDA graphs on top of the planner's overhead
 _MIN_UTILIZATION, _MAX_UTILIZATION = 0.05, 0.95
@@ -61,9 +62,25 @@ def require_vllm() -> Any:
     return vllm
 
 
-def engine_args(model_path: str, plan: Any, settings: EngineSettings, *, prequantized: bool = False) -> dict[str, Any]:
+def quantization_for(precision: str, methods: list[str] | None = None) -> str | None:
+    """vLLM's ``quantization`` value for a planner precision; ``methods``: what the installed vLLM
+    knows (``QUANTIZATION_METHODS``; None: assume the first choice exists)."""
+    prefs = _QUANTIZATION.get(precision)
+    if prefs is None:
+        return None
+    for method in prefs:
+        if methods is None or method in methods:
+            return method
+    raise UnsupportedError(
+        f"this vLLM cannot quantize to {precision} while loading (none of {', '.join(prefs)} among its methods): "
+        "serve a pre-quantized GPTQ/AWQ checkpoint, pass --quantize bf16 on a larger GPU, or use --engine transformers"
+    )
+
+
+def engine_args(model_path: str, plan: Any, settings: EngineSettings, *, prequantized: bool = False,
+                methods: list[str] | None = None) -> dict[str, Any]:
     """The ``AsyncEngineArgs`` keyword arguments for ``plan`` (a :class:`~autoglm.quantization.planner.Plan`
-    on a CUDA device)."""
+    on a CUDA device); ``methods``: the installed vLLM's quantization methods (see :func:`quantization_for`)."""
     row = plan.chosen
     device = plan.device
     if device.kind != "cuda":
@@ -85,7 +102,7 @@ def engine_args(model_path: str, plan: Any, settings: EngineSettings, *, prequan
         "enable_prefix_caching": True,
     }
     if not prequantized:
-        quant = _QUANTIZATION.get(row.precision)
+        quant = quantization_for(row.precision, methods)
         if quant is not None:
             args["quantization"] = quant
     dtype = _DTYPE.get(row.precision)
@@ -105,7 +122,7 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "max_tokens": params.max_tokens,
         "temperature": 0.0 if params.greedy else params.temperature,
         "top_p": params.top_p,
-        "top_k": params.top_k if params.top_k > 0 else -1,
+        "top_k": params.top_k if params.top_k > 0 else -1,  # -1: off in every vLLM (0 is refused by old ones)
         "min_p": params.min_p,
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
@@ -238,7 +255,12 @@ class VllmEngine(Engine):
         plan = plan_precision(ModelArch.from_config(config.get_text_config()), device,
                               requested="none" if prequantized else self.settings.quantize,
                               max_model_len=self.settings.max_model_len, max_num_seqs=self.settings.max_num_seqs)
-        kwargs = engine_args(str(resolved.path), plan, self.settings, prequantized=prequantized)
+        try:
+            from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS as methods
+        except ImportError:  # an older layout: trust the first choice
+            methods = None
+        kwargs = engine_args(str(resolved.path), plan, self.settings, prequantized=prequantized,
+                             methods=list(methods) if methods is not None else None)
         description = getattr(resolved.spec, "description", "") or "" if resolved.spec is not None else ""
         return kwargs, AutoTokenizer.from_pretrained(resolved.path), plan, description
 
