@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -128,6 +129,9 @@ def test_stop_string(client):
     assert r.choices[0].finish_reason == "stop"
 
 
+SPECIAL = re.compile(r"<\|[a-z_0-9]+\|>|\[[gs]?MASK\]|<sop>|<eop>")
+
+
 def test_logprobs_shapes(client):
     r = _chat(client, max_tokens=5, logprobs=True, top_logprobs=3, extra_body=NO_EOS)
     content = r.choices[0].logprobs.content
@@ -142,7 +146,8 @@ def test_logprobs_shapes(client):
     assert all(len(t) <= 2 for t in lp.top_logprobs) and lp.text_offset[0] == 0
     assert lp.text_offset == sorted(lp.text_offset)
     if not any("\ufffd" in t for t in lp.tokens):  # tokens that split a character do not join back
-        assert "".join(lp.tokens) == c.choices[0].text
+        # special tokens (<|user|>, [gMASK], ...) have logprobs but no text: the model may sample them
+        assert "".join(t for t in lp.tokens if not SPECIAL.fullmatch(t)) == c.choices[0].text
 
 
 def test_json_mode(client):
