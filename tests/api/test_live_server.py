@@ -140,6 +140,9 @@ def test_logprobs_shapes(client):
         assert isinstance(item.token, str) and item.logprob <= 0 and isinstance(item.bytes, list)
         assert len(item.top_logprobs) == 3
         assert item.top_logprobs[0].logprob >= item.top_logprobs[-1].logprob
+    # the exact bytes of the tokens, joined, are the content (special tokens are not in the text)
+    joined = b"".join(bytes(i.bytes) for i in content if not SPECIAL.fullmatch(i.token))
+    assert joined.decode("utf-8", errors="replace") == r.choices[0].message.content
     c = client.completions.create(model=MODEL, prompt="Hi", max_tokens=4, logprobs=2, extra_body=NO_EOS)
     lp = c.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4

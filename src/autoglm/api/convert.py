@@ -22,6 +22,7 @@ from autoglm.engine.io_struct import (
     RequestOutput,
     SamplingParams,
     TokenLogprob,
+    TopLogprob,
 )
 
 __all__ = [
@@ -366,13 +367,13 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _lp(token: str, logprob: float) -> dict[str, Any]:
-    return {"token": token, "logprob": max(float(logprob), _MIN_LOGPROB), "bytes": list(token.encode("utf-8"))}
+def _lp(item: TokenLogprob | TopLogprob) -> dict[str, Any]:
+    raw = item.bytes if item.bytes is not None else list(item.token.encode("utf-8"))
+    return {"token": item.token, "logprob": max(float(item.logprob), _MIN_LOGPROB), "bytes": raw}
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
-    return {"content": [{**_lp(t.token, t.logprob), "top_logprobs": [_lp(a.token, a.logprob) for a in t.top]}
-                        for t in items]}
+    return {"content": [{**_lp(t), "top_logprobs": [_lp(a) for a in t.top]} for t in items]}
 
 
 def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from autoglm.engine.detokenizer import IncrementalDetokenizer
 from autoglm.engine.io_struct import EngineRequest, EngineStats, RequestOutput, TokenLogprob, TopLogprob
 from autoglm.engine.sampling import RowState, sample
 from autoglm.engine.scheduler import Scheduler, Sequence
+from autoglm.engine.token_bytes import TokenBytes
 from autoglm.errors import InvalidRequestError
 
 __all__ = ["EngineCore", "validate_request"]
@@ -76,6 +77,7 @@ class EngineCore:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self._token_text: dict[int, str] = {}
+        self._token_bytes: TokenBytes | None = None  # built on the first logprobs request
         self.prefill_chunk = prefill_chunk if hasattr(runner, "prefill_chunk") else 0
         self._chunking: list[Sequence] = []  # admitted, prompt longer than a chunk, not prefilled yet
 
@@ -190,11 +192,8 @@ class EngineCore:
             logprobs = None
             if lp is not None:
                 chosen, top = lp
-                logprobs = [
-                    TokenLogprob(
-                        token, self._text_of(token), chosen, [TopLogprob(t, self._text_of(t), v) for t, v in top]
-                    )
-                ]
+                alternatives = [TopLogprob(t, self._text_of(t), v, self._bytes_of(t)) for t, v in top]
+                logprobs = [TokenLogprob(token, self._text_of(token), chosen, alternatives, self._bytes_of(token))]
             outputs.append(self._output(seq, [token], text, logprobs, stop_reason))
         if finished:
             self.runner.remove(finished)
@@ -215,6 +214,11 @@ class EngineCore:
             first_token_time=seq.first_token_time,
             stop_reason=stop_reason,
         )
+
+    def _bytes_of(self, token_id: int) -> list[int]:
+        if self._token_bytes is None:
+            self._token_bytes = TokenBytes(self.tokenizer)
+        return self._token_bytes(token_id)
 
     def _text_of(self, token_id: int) -> str:
         text = self._token_text.get(token_id)

@@ -56,17 +56,27 @@ class IncrementalDetokenizer:
         return out, False
 
     def flush(self) -> str:
-        """Release whatever is held back (the sequence ended for another reason)."""
+        """Release whatever is held back (the sequence ended for another reason), including tokens
+        whose bytes never completed a character: they are decoded as they are (U+FFFD for the
+        incomplete bytes), so the text holds every token, and a stop string inside them still cuts."""
+        if self._read_offset < len(self.token_ids):
+            self._decode_step(final=True)
+            if self.stop:
+                start = max(0, self.emitted - self.holdback)
+                hits = [(pos, s) for s in self.stop if (pos := self.text.find(s, start)) != -1]
+                if hits:
+                    pos, self.stopped_by = min(hits)
+                    self.text = self.text[: pos + len(self.stopped_by) if self.include_stop else pos]
         out = self.text[self.emitted :]
         self.emitted = len(self.text)
         return out
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, final: bool = False) -> None:
         ids = self.token_ids
         decode = self.tokenizer.decode
         prefix = decode(ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
         full = decode(ids[self._prefix_offset :], skip_special_tokens=True)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+        if len(full) > len(prefix) and (final or not full.endswith("\ufffd")):
             self.text += full[len(prefix) :]
             self._prefix_offset = self._read_offset
             self._read_offset = len(ids)

@@ -86,6 +86,7 @@ class TopLogprob:
     token_id: int
     token: str
     logprob: float
+    bytes: list[int] | None = None  # the token's exact bytes (None: the UTF-8 of ``token``)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[TopLogprob] = field(default_factory=list)
+    bytes: list[int] | None = None  # the token's exact bytes (None: the UTF-8 of ``token``)
 
 
 @dataclass
