@@ -81,7 +81,7 @@ def _lp(logprob, rank, text=None):
 
 def test_delta_converter_turns_vllm_outputs_into_ours():
     req = EngineRequest("r1", [1, 2, 3], SamplingParams(logprobs=2, max_tokens=4))
-    conv = DeltaConverter(req, token_text=lambda t: f"<{t}>")
+    conv = DeltaConverter(req, token_text=lambda t: f"<{t}>", token_bytes=lambda t: [t % 256])
     first = SimpleNamespace(finished=False, outputs=[SimpleNamespace(
         token_ids=[10, 11], text="ab", finish_reason=None, stop_reason=None,
         logprobs=[{10: _lp(-0.1, 1, "a"), 12: _lp(-2.5, 2)}, {11: _lp(-3.0, 3), 13: _lp(-0.2, 1), 14: _lp(-1.0, 2)}])])
@@ -90,6 +90,7 @@ def test_delta_converter_turns_vllm_outputs_into_ours():
     assert out.num_prompt_tokens == 3 and out.num_output_tokens == 2 and out.first_token_time is not None
     assert [lp.token for lp in out.logprobs] == ["a", "<11>"]
     assert out.logprobs[1].logprob == -3.0 and [t.token_id for t in out.logprobs[1].top] == [13, 14]
+    assert out.logprobs[0].bytes == [10] and out.logprobs[1].top[0].bytes == [13]
     last = SimpleNamespace(finished=True, outputs=[SimpleNamespace(
         token_ids=[15], text="c", finish_reason="stop", stop_reason="\n", logprobs=[{15: _lp(-0.5, 1)}])])
     end = conv.convert(last)

@@ -38,6 +38,7 @@ from autoglm.engine.io_struct import (
     TokenLogprob,
     TopLogprob,
 )
+from autoglm.engine.token_bytes import TokenBytes
 from autoglm.errors import AutoGLMError, OverloadedError, UnsupportedError
 
 __all__ = ["VllmEngine", "engine_args", "quantization_for", "sampling_kwargs", "DeltaConverter", "require_vllm"]
@@ -156,9 +157,10 @@ def _structured(vllm: Any, params: SamplingParams) -> dict[str, Any]:
 class DeltaConverter:
     """Turns one request's vLLM outputs (``output_kind=DELTA``) into our :class:`RequestOutput` s."""
 
-    def __init__(self, request: EngineRequest, token_text: Any):
+    def __init__(self, request: EngineRequest, token_text: Any, token_bytes: Any = None):
         self.request = request
         self.token_text = token_text  # token id -> its text (for logprobs)
+        self.token_bytes = token_bytes  # token id -> its exact bytes (None: the UTF-8 of its text)
         self.num_output_tokens = 0
         self.first_token_time: float | None = None
 
@@ -195,14 +197,18 @@ class DeltaConverter:
         for tid, entry in zip(ids, list(entries)[-len(ids):] if ids else []):
             chosen = entry.get(tid)
             ranked = sorted(entry.items(), key=lambda kv: getattr(kv[1], "rank", 0) or 0)
-            top = [TopLogprob(t, self._text(t, lp), float(lp.logprob)) for t, lp in ranked if (lp.rank or 0) >= 1][:k]
+            top = [TopLogprob(t, self._text(t, lp), float(lp.logprob), self._bytes(t))
+                   for t, lp in ranked if (lp.rank or 0) >= 1][:k]
             logprob = float(chosen.logprob) if chosen is not None else float("-inf")
-            result.append(TokenLogprob(tid, self._text(tid, chosen), logprob, top))
+            result.append(TokenLogprob(tid, self._text(tid, chosen), logprob, top, self._bytes(tid)))
         return result
 
     def _text(self, token_id: int, lp: Any) -> str:
         decoded = getattr(lp, "decoded_token", None) if lp is not None else None
         return decoded if decoded is not None else self.token_text(token_id)
+
+    def _bytes(self, token_id: int) -> list[int] | None:
+        return self.token_bytes(token_id) if self.token_bytes is not None else None
 
 
 @register_engine("vllm")
@@ -218,6 +224,7 @@ class VllmEngine(Engine):
         self._vllm: Any = None
         self._running: set[str] = set()
         self._token_text: dict[int, str] = {}
+        self._token_bytes: Any = None
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -232,6 +239,7 @@ class VllmEngine(Engine):
         args = self._vllm.AsyncEngineArgs(**kwargs)
         self._engine = self._vllm.AsyncLLMEngine.from_engine_args(args)
         self.tokenizer = tokenizer
+        self._token_bytes = TokenBytes(tokenizer)
         self.max_model_len = plan.max_model_len
         self.max_num_seqs = plan.max_num_seqs
         from autoglm.engine.backends.transformers import eos_token_ids
@@ -290,7 +298,7 @@ class VllmEngine(Engine):
             **_structured(vllm, request.params),
             output_kind=vllm.sampling_params.RequestOutputKind.DELTA,
         )
-        conv = DeltaConverter(request, self._text)
+        conv = DeltaConverter(request, self._text, self._token_bytes)
         rid = request.request_id
         self._running.add(rid)
         self.prompt_tokens_total += len(request.prompt_token_ids)
