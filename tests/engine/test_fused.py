@@ -61,3 +61,20 @@ def test_other_architectures_are_left_alone():
     model = LlamaForCausalLM(cfg)
     assert fuse_qkv(model) == 0
     assert hasattr(model.model.layers[0].self_attn, "q_proj")
+
+
+def test_glm_v1_architecture_fuses_with_the_same_logits():
+    import copy
+
+    from transformers import GlmConfig, GlmForCausalLM
+
+    cfg = GlmConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, max_position_embeddings=64, pad_token_id=0,
+                    eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    plain = GlmForCausalLM(cfg).eval()
+    fused = copy.deepcopy(plain)
+    assert fuse_qkv(fused) == 2
+    ids = torch.randint(0, 128, (2, 11))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(ids).logits, plain(ids).logits, rtol=0, atol=0)
