@@ -144,3 +144,30 @@ def test_api_key():
         r = c.post("/v1/chat/completions", json={"model": "fake", "messages": USER},
                    headers={"Authorization": "Bearer sk-test-123"})
         assert r.status_code == 200
+
+
+class _FailsMidStream(FakeEngine):
+    """Sends one token, then the model fails: the status line has already gone out."""
+
+    async def generate(self, request):
+        async for out in super().generate(request):
+            yield out
+            raise RuntimeError("the model blew up")
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": USER}),
+    ("/v1/completions", {"prompt": "hi"}),
+])
+def test_failure_after_the_stream_started_is_an_error_event_then_done(path, body):
+    from tests.api.sse_util import parse_sse
+
+    engine = _FailsMidStream()
+    app = build_app({engine.model_name: engine}, ServerSettings())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post(path, json={"model": "fake", "stream": True, **body})
+    assert r.status_code == 200  # the stream had started
+    events = parse_sse(r.text)  # ends with [DONE]
+    assert "error" not in events[0] and "error" in events[-1]
+    err = events[-1]["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "internal_server_error"

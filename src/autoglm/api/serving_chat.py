@@ -12,9 +12,7 @@ Knows the engine protocol and the OpenAI shapes (through :mod:`autoglm.api.conve
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -30,16 +28,13 @@ from autoglm.api.convert import (
     tool_call_id,
     total_usage,
 )
-from autoglm.api.errors import error_body, to_api_error
 from autoglm.api.schemas import ChatCompletionRequest
-from autoglm.api.respond import respond
-from autoglm.api.sse import SSE_DONE, sse_event
+from autoglm.api.respond import guarded_stream, respond
+from autoglm.api.sse import sse_event
 from autoglm.api.streams import Fanout, NoHooks, RequestHooks
 from autoglm.api.tool_parser import StreamingToolParser, ToolEvent
 
 __all__ = ["create_chat_completion"]
-
-log = logging.getLogger("autoglm.api")
 
 
 async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request,
@@ -63,10 +58,14 @@ def _tool_delta(ev: ToolEvent, ids: dict[int, str]) -> dict[str, Any]:
     return {"tool_calls": [{"index": ev.index, "function": {"arguments": ev.text}}]}
 
 
-async def _stream(plan: ChatPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIterator[str]:
+def _stream(plan: ChatPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIterator[str]:
     states = [ChoiceState(i) for i in range(plan.n)]
-    error: BaseException | None = None
-    response: dict[str, Any] | None = None
+    return guarded_stream(_events(plan, fan, states), fan, hooks, what=f"chat stream {plan.request_id}",
+                          usage=lambda: total_usage(states, len(plan.prompt_token_ids)),
+                          final=lambda: chat_response(plan, states))
+
+
+async def _events(plan: ChatPlan, fan: Fanout, states: list[ChoiceState]) -> AsyncGenerator[str, None]:
     parsers = [StreamingToolParser(plan.tool_names) if plan.tool_names else None for _ in range(plan.n)]
     call_ids: list[dict[int, str]] = [{} for _ in range(plan.n)]
 
@@ -74,48 +73,32 @@ async def _stream(plan: ChatPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIter
         return sse_event(chat_chunk(plan, [{"index": i, "delta": delta, "logprobs": logprobs,
                                             "finish_reason": finish}]))
 
-    try:
-        for i in range(plan.n):
-            if plan.forced_tool is not None:
-                yield choice(i, {"role": "assistant", "content": None})
-                yield choice(i, _tool_delta(ToolEvent("call", plan.forced_tool, 0), call_ids[i]))
-            else:
-                yield choice(i, {"role": "assistant", "content": ""})
-        async for i, out in fan.events():
-            states[i].add(out)
-            deltas: list[dict[str, Any]] = []
-            parser = parsers[i]
-            if plan.forced_tool is not None:
-                if out.text:
-                    deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": out.text}}]})
-            elif parser is not None:
-                events = parser.feed(out.text) + (parser.finish() if out.finished else [])
-                deltas.extend(_tool_delta(ev, call_ids[i]) for ev in events)
-            elif out.text:
-                deltas.append({"content": out.text})
-            logprobs = chat_logprobs(out.logprobs) if plan.logprobs and out.logprobs else None
-            if not deltas and logprobs is not None:
-                deltas.append({})
-            for delta in deltas:
-                yield choice(i, delta, logprobs)
-                logprobs = None
-            if out.finished:
-                called = plan.forced_tool is not None or bool(parser and parser.num_calls)
-                yield choice(i, {}, None, final_finish_reason(states[i].finish_reason, called))
-        if plan.include_usage:
-            yield sse_event(chat_chunk(plan, [], total_usage(states, len(plan.prompt_token_ids))))
-        response = chat_response(plan, states)
-        yield SSE_DONE
-    except (asyncio.CancelledError, GeneratorExit) as exc:
-        error = exc
-        raise
-    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
-        error, response = exc, None
-        err = to_api_error(exc)
-        if err.status >= 500:
-            log.exception("chat stream %s failed", plan.request_id)
-        yield sse_event(error_body(err))
-        yield SSE_DONE
-    finally:
-        fan.close()
-        await hooks.finish(total_usage(states, len(plan.prompt_token_ids)), response, error)
+    for i in range(plan.n):
+        if plan.forced_tool is not None:
+            yield choice(i, {"role": "assistant", "content": None})
+            yield choice(i, _tool_delta(ToolEvent("call", plan.forced_tool, 0), call_ids[i]))
+        else:
+            yield choice(i, {"role": "assistant", "content": ""})
+    async for i, out in fan.events():
+        states[i].add(out)
+        deltas: list[dict[str, Any]] = []
+        parser = parsers[i]
+        if plan.forced_tool is not None:
+            if out.text:
+                deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": out.text}}]})
+        elif parser is not None:
+            events = parser.feed(out.text) + (parser.finish() if out.finished else [])
+            deltas.extend(_tool_delta(ev, call_ids[i]) for ev in events)
+        elif out.text:
+            deltas.append({"content": out.text})
+        logprobs = chat_logprobs(out.logprobs) if plan.logprobs and out.logprobs else None
+        if not deltas and logprobs is not None:
+            deltas.append({})
+        for delta in deltas:
+            yield choice(i, delta, logprobs)
+            logprobs = None
+        if out.finished:
+            called = plan.forced_tool is not None or bool(parser and parser.num_calls)
+            yield choice(i, {}, None, final_finish_reason(states[i].finish_reason, called))
+    if plan.include_usage:
+        yield sse_event(chat_chunk(plan, [], total_usage(states, len(plan.prompt_token_ids))))

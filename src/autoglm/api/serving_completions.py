@@ -7,9 +7,7 @@ engine work as in :mod:`autoglm.api.serving_chat`. Knows the engine protocol and
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -24,15 +22,12 @@ from autoglm.api.convert import (
     completion_response,
     total_usage,
 )
-from autoglm.api.errors import error_body, to_api_error
 from autoglm.api.schemas import CompletionRequest
-from autoglm.api.respond import respond
-from autoglm.api.sse import SSE_DONE, sse_event
+from autoglm.api.respond import guarded_stream, respond
+from autoglm.api.sse import sse_event
 from autoglm.api.streams import Fanout, NoHooks, RequestHooks
 
 __all__ = ["create_completion"]
-
-log = logging.getLogger("autoglm.api")
 
 
 async def create_completion(engine: Any, body: CompletionRequest, raw: Request,
@@ -46,48 +41,35 @@ async def create_completion(engine: Any, body: CompletionRequest, raw: Request,
                          make_response=lambda states: completion_response(plan, states))
 
 
-async def _stream(plan: CompletionPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIterator[str]:
-    count = len(plan.prompts) * plan.n
-    states = [ChoiceState(i) for i in range(count)]
-    error: BaseException | None = None
-    response: dict[str, Any] | None = None
-    offsets = [0] * count
+def _stream(plan: CompletionPlan, fan: Fanout, hooks: RequestHooks) -> AsyncIterator[str]:
+    states = [ChoiceState(i) for i in range(len(plan.prompts) * plan.n)]
+    return guarded_stream(_events(plan, fan, states), fan, hooks, what=f"completion stream {plan.request_id}",
+                          usage=lambda: total_usage(states, completion_prompt_tokens(plan)),
+                          final=lambda: completion_response(plan, states))
+
+
+async def _events(plan: CompletionPlan, fan: Fanout, states: list[ChoiceState]) -> AsyncGenerator[str, None]:
+    offsets = [0] * len(states)
     want_logprobs = plan.params.logprobs is not None
 
     def choice(i: int, text: str, logprobs: Any = None, finish: str | None = None) -> str:
         return sse_event(completion_chunk(plan, [{"index": i, "text": text, "logprobs": logprobs,
                                                   "finish_reason": finish}]))
 
-    try:
-        for i in range(count):
-            echo = plan.echo_texts[i // plan.n]
-            if echo:
-                yield choice(i, echo)
-                offsets[i] = len(echo)
-        async for i, out in fan.events():
-            states[i].add(out)
-            logprobs = None
-            if want_logprobs and out.logprobs:
-                logprobs = completion_logprobs(out.logprobs, offsets[i])
-            offsets[i] += len(out.text)
-            if out.text or logprobs is not None:
-                yield choice(i, out.text, logprobs)
-            if out.finished:
-                yield choice(i, "", None, states[i].finish_reason or "stop")
-        if plan.include_usage:
-            yield sse_event(completion_chunk(plan, [], total_usage(states, completion_prompt_tokens(plan))))
-        response = completion_response(plan, states)
-        yield SSE_DONE
-    except (asyncio.CancelledError, GeneratorExit) as exc:
-        error = exc
-        raise
-    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
-        error, response = exc, None
-        err = to_api_error(exc)
-        if err.status >= 500:
-            log.exception("completion stream %s failed", plan.request_id)
-        yield sse_event(error_body(err))
-        yield SSE_DONE
-    finally:
-        fan.close()
-        await hooks.finish(total_usage(states, completion_prompt_tokens(plan)), response, error)
+    for i in range(len(states)):
+        echo = plan.echo_texts[i // plan.n]
+        if echo:
+            yield choice(i, echo)
+            offsets[i] = len(echo)
+    async for i, out in fan.events():
+        states[i].add(out)
+        logprobs = None
+        if want_logprobs and out.logprobs:
+            logprobs = completion_logprobs(out.logprobs, offsets[i])
+        offsets[i] += len(out.text)
+        if out.text or logprobs is not None:
+            yield choice(i, out.text, logprobs)
+        if out.finished:
+            yield choice(i, "", None, states[i].finish_reason or "stop")
+    if plan.include_usage:
+        yield sse_event(completion_chunk(plan, [], total_usage(states, completion_prompt_tokens(plan))))
