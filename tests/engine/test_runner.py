@@ -161,7 +161,7 @@ def test_prefix_cache_bounds_and_replacement():
     assert pc.held <= 10 and pc.match([1, 2, 3, 4, 5, 6, 0]) is None
     n, _ = pc.match([7, 8, 9, 10])  # a full match still leaves one token to run
     assert n == 3 and pc.hits == 1 and pc.reused_tokens == 3
-    assert pc.match([11, 12, 0], use=False) is None  # 2 shared tokens < min_reuse
+    assert pc.match([11, 12, 0]) is None  # 2 shared tokens < min_reuse
 
 
 def test_chunked_prefill_skips_the_chunks_a_cached_prefix_covers(demo):

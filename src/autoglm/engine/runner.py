@@ -113,10 +113,10 @@ class PrefixCache:
         self._next += 1
         self.held += n
 
-    def match(self, prompt: list[int], use: bool = True) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+    def match(self, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
         """The longest usable cached prefix of ``prompt`` (at most ``len(prompt) - 1`` tokens, so
-        at least one token runs and yields logits) and its cells; None below ``min_reuse``.
-        ``use=False`` only looks (no hit counted, no recency change)."""
+        at least one token runs and yields logits) and its cells; None below ``min_reuse``. A
+        match counts as a hit and makes its entry the most recently used."""
         best, best_n = None, 0
         for key, (held, _) in self._entries.items():
             n = common_prefix_len(held, prompt)
@@ -125,8 +125,6 @@ class PrefixCache:
         best_n = min(best_n, len(prompt) - 1)
         if best is None or best_n < self.min_reuse:
             return None
-        if not use:
-            return best_n, self._entries[best][1]
         self._entries.move_to_end(best)
         self.hits += 1
         self.reused_tokens += best_n
@@ -188,15 +186,15 @@ class BatchRunner:
 
         Prompts with a cached prefix run one by one from their copy; the rest run together."""
         if self.prefix_cache is not None and len(self.prefix_cache):
-            hits = [i for i, p in enumerate(prompts) if self.prefix_cache.match(p, use=False) is not None]
+            hits = {i: hit for i, p in enumerate(prompts) if (hit := self.prefix_cache.match(p)) is not None}
             if hits:
                 rows: dict[int, torch.Tensor] = {}
                 misses = [i for i in range(len(prompts)) if i not in hits]
                 if misses:
                     got = self._prefill_batch([keys[i] for i in misses], [prompts[i] for i in misses])
                     rows.update({i: got[j] for j, i in enumerate(misses)})
-                for i in hits:
-                    rows[i] = self.prefill_chunk(keys[i], prompts[i], 0, len(prompts[i]))[0]
+                for i, hit in hits.items():
+                    rows[i] = self._run_chunk(keys[i], prompts[i], 0, len(prompts[i]), hit)[0]
                 return torch.stack([rows[i] for i in range(len(prompts))])
         return self._prefill_batch(keys, prompts)
 
@@ -231,14 +229,20 @@ class BatchRunner:
         its own cache; with the last chunk (``end == len(prompt)``) merge it into the batch and
         return its logits ``[1, V]``, else None. The first chunk starts from a cached prefix when the
         prefix cache has one; chunks that fall inside it run nothing."""
-        cache, done = self._pending.pop(key, (None, 0))
-        if cache is None and start == 0 and self.prefix_cache is not None:
+        hit = None
+        if start == 0 and key not in self._pending and self.prefix_cache is not None:
             hit = self.prefix_cache.match(prompt)
-            if hit is not None:
-                done, layers = hit
-                cache = _new_cache(self.num_layers, [
-                    SlabLayer(k[None, :, :done].clone(), v[None, :, :done].clone(), done) for k, v in layers])
-                start = done
+        return self._run_chunk(key, prompt, start, end, hit)
+
+    def _run_chunk(self, key: Any, prompt: list[int], start: int, end: int,
+                   hit: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None) -> torch.Tensor | None:
+        """:meth:`prefill_chunk` once the prefix cache was asked: ``hit`` (from
+        :meth:`PrefixCache.match`) seeds a new sequence's cache with its cells."""
+        cache, done = self._pending.pop(key, (None, 0))
+        if cache is None and hit is not None:
+            done, layers = hit
+            cache = _new_cache(self.num_layers, [
+                SlabLayer(k[None, :, :done].clone(), v[None, :, :done].clone(), done) for k, v in layers])
         if start < done:  # already in the cache (from a prefix)
             start = done
         if start != done:
