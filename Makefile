@@ -16,7 +16,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -q -c constraints.txt -e ".[test,gateway]"
+	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train]"
 	touch $@
 
 venv: $(VENV)/.base

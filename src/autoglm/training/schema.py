@@ -1,0 +1,229 @@
+"""The pipeline file's schema: strict pydantic models for ``autoglm pipeline run FILE.yaml``.
+
+A pipeline file has a ``name``, a ``seed``, a ``data`` section (where the examples are), and one
+section per stage: ``preprocess``, ``train``, ``evaluate``, ``register`` (a stage whose section is
+absent or ``false`` does not run; ``train`` is required, preprocess and evaluate run with defaults
+unless turned off), plus ``tracking`` (MLflow). The ``train`` section is a union over trainers,
+chosen by its ``trainer`` key; each trainer's settings are their own model, so a key that belongs
+to the other trainer is an unknown key with a did-you-mean. Guards and the adaptive learning rate
+are sub-sections of ``train``.
+
+This module knows nothing about YAML, line numbers or how stages run; the loader
+(``autoglm.training.loader``) maps its errors to ``file:line key``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "PipelineConfig",
+    "DataConfig",
+    "PreprocessConfig",
+    "CausalLMConfig",
+    "TabularConfig",
+    "LoraConfig",
+    "SchedulerConfig",
+    "AdaptiveLRConfig",
+    "GuardConfig",
+    "EvaluateConfig",
+    "RegisterConfig",
+    "TrackingConfig",
+    "DistributedConfig",
+]
+
+Loc = tuple[Union[str, int], ...]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    """Where the examples are: JSONL, CSV or Parquet files (paths relative to the pipeline file)."""
+
+    train: str  # a file (or a glob) of training examples
+    valid: Optional[str] = None  # evaluation examples; default: a split of ``train``
+    test: Optional[str] = None  # held-out examples scored by the evaluate stage (default: valid)
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # used when ``valid`` is not given
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    reference: Optional[str] = None  # reference data for the drift guard (default: the previous run's)
+    base_dir: Optional[str] = Field(None, exclude=True)  # set by the loader: the pipeline file's folder
+
+    def resolve(self, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.resolve(v) for v in (self.train, self.valid, self.test)) if p is not None]
+
+
+class PreprocessConfig(_Strict):
+    max_length: PositiveInt = 512  # causal-lm: tokens per example (longer examples are truncated)
+    drop_duplicates: bool = False
+    shuffle: bool = True
+
+
+class LoraConfig(_Strict):
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
+    dropout: NonNegativeFloat = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class SchedulerConfig(_Strict):
+    """The base schedule; the adaptive rule multiplies on top of it."""
+
+    type: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: NonNegativeInt = 0
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)  # cosine/linear end at lr * min_lr_ratio
+
+
+class AdaptiveLRConfig(_Strict):
+    """The seed's learning rate from gradient variance (``autoglm.training.adaptive_lr``)."""
+
+    enabled: bool = True
+    window: PositiveInt = 100
+    high: PositiveFloat = 1e-4  # variance above this -> lr * down
+    low: PositiveFloat = 1e-6  # variance below this -> lr * up
+    down: PositiveFloat = 0.5
+    up: PositiveFloat = 2.0
+    cooldown: NonNegativeInt = 0  # steps after a change before the next one
+    min_lr: NonNegativeFloat = 0.0
+    max_lr: Optional[PositiveFloat] = None
+    statistic: Literal["variance", "relative"] = "variance"  # relative: var / mean^2 of the grad norm
+
+    @model_validator(mode="after")
+    def _order(self) -> "AdaptiveLRConfig":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class GuardConfig(_Strict):
+    """One guard: ``type`` is the guard's registered name, the other keys its settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["drift", "structure", "explosion"]
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DistributedConfig(_Strict):
+    nproc: PositiveInt = 1  # processes on this machine (``--nproc`` overrides)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+class _TrainCommon(_Strict):
+    epochs: PositiveInt = 1
+    guards: list[GuardConfig] = Field(default_factory=list)
+
+
+class CausalLMConfig(_TrainCommon):
+    """Full or LoRA fine-tuning of a GLM-architecture model."""
+
+    trainer: Literal["causal-lm"]
+    model: str = "autoglm-demo"  # an alias, repo id, local directory (what ``autoglm serve`` takes)
+    method: Literal["full", "lora"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    objective: Literal["sft", "dpo", "kto"] = "sft"
+    batch_size: PositiveInt = 8
+    grad_accum: PositiveInt = 1
+    lr: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: Optional[PositiveFloat] = 1.0
+    max_steps: Optional[PositiveInt] = None  # stop after this many optimizer steps (default: epochs)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    adaptive_lr: AdaptiveLRConfig = Field(default_factory=lambda: AdaptiveLRConfig(enabled=False))
+    eval_every: Optional[PositiveInt] = None  # optimizer steps between evaluations (default: each epoch)
+    checkpoint_every: PositiveInt = 20  # optimizer steps between checkpoints
+    merge: bool = True  # LoRA: write a merged model (False: the adapter beside its base)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+
+class TabularConfig(_TrainCommon):
+    """Gradient-boosted trees or any scikit-learn estimator on a table."""
+
+    trainer: Literal["tabular"]
+    target: str  # the label column
+    task: Literal["auto", "classification", "regression"] = "auto"
+    estimator: str = "lightgbm"  # lightgbm | xgboost | a scikit-learn class name (RandomForestClassifier, ...)
+    params: dict[str, Any] = Field(default_factory=dict)  # passed to the estimator
+    features: Optional[list[str]] = None  # default: every column but target and weight
+    weight_column: Optional[str] = None  # per-row sample_weight
+    cv_folds: int = Field(0, ge=0)  # k-fold cross-validation on train (0 or 1: none)
+    explain: bool = True  # SHAP: global importance and per-row reasons
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("cv_folds: 1 is not cross-validation; use 0 (none) or at least 2")
+        return v
+
+
+TrainConfig = Annotated[Union[CausalLMConfig, TabularConfig], Field(discriminator="trainer")]
+
+
+class EvaluateConfig(_Strict):
+    metrics: list[str] = Field(default_factory=list)  # default: the trainer's own
+    split: Literal["valid", "test"] = "test"
+
+
+class RegisterConfig(_Strict):
+    name: Optional[str] = None  # registered model name (default: the pipeline's name)
+    alias: str = "challenger"
+    when: Optional[str] = None  # e.g. "eval_loss < 5.0": register only if the metric passes
+
+
+class TrackingConfig(_Strict):
+    uri: Optional[str] = None  # default: sqlite:///$AUTOGLM_HOME/mlflow.db
+    experiment: Optional[str] = None  # default: the pipeline's name
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    seed: int = 0
+    data: DataConfig
+    preprocess: Union[PreprocessConfig, Literal[False]] = Field(default_factory=PreprocessConfig)
+    train: TrainConfig
+    evaluate: Union[EvaluateConfig, Literal[False]] = Field(default_factory=EvaluateConfig)
+    register: Union[RegisterConfig, Literal[False]] = False
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("preprocess", "evaluate", "register", mode="before")
+    @classmethod
+    def _true_is_default(cls, v: Any) -> Any:
+        return {} if v is True or v is None else v
+
+
+def reference_errors(config: PipelineConfig) -> list[tuple[Loc, str]]:
+    """Cross-field rules pydantic cannot state per field, as (key path, message)."""
+    problems: list[tuple[Loc, str]] = []
+    train = config.train
+    if isinstance(train, TabularConfig):
+        if train.weight_column is not None and train.weight_column == train.target:
+            problems.append((("train", "weight_column"), "the weight column cannot be the target column"))
+        if train.features is not None and train.target in train.features:
+            problems.append((("train", "features"), f"the target {train.target!r} cannot also be a feature"))
+    for i, guard in enumerate(train.guards):
+        if isinstance(train, TabularConfig) and guard.type in ("structure", "explosion"):
+            problems.append((("train", "guards", i, "type"),
+                             f"the {guard.type} guard needs a neural model; the tabular trainer takes only 'drift'"))
+    return problems
