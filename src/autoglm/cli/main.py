@@ -20,7 +20,8 @@ from autoglm.errors import AutoGLMError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Subcommand modules, in help order. A missing module is skipped (commands land one by one).
-COMMANDS = ["serve", "pull", "models", "bench", "plan", "quantize", "convert", "compress", "keys", "deploy"]
+COMMANDS = ["serve", "pull", "models", "bench", "plan", "quantize", "convert", "compress", "keys", "deploy",
+            "pipeline"]
 
 
 def build_parser() -> argparse.ArgumentParser:

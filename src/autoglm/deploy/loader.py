@@ -1,202 +1,25 @@
 """Read a deploy file: YAML -> ``${ENV}`` substitution -> :class:`~autoglm.deploy.schema.DeployConfig`.
 
-Any problem is ONE :class:`~autoglm.errors.ConfigError` that names the file, the line and the key
-path, e.g. ``autoglm.yaml:12 models[1].quantize: expected one of auto, none, ...; got 'int3'``
-(with a count of further problems, if any). To know lines, the YAML is composed into nodes first
-(every node has a ``start_mark``) and a table ``key path -> line`` is built beside the plain values;
-pydantic's error locations are then mapped back through that table. Unknown keys get a did-you-mean.
-
-``${VAR}`` and ``${VAR:-default}`` inside string values are replaced from the environment (``$${``
-writes a literal ``${``); a variable that is unset and has no default is an error at its line.
-This module knows nothing about engines, servers or what the settings mean.
+The reading, ``${VAR}`` substitution and ``file:line key`` errors are :mod:`autoglm.configfile`'s;
+this module adds the deploy schema and its cross-field rules. It knows nothing about engines or servers.
 """
 from __future__ import annotations
 
-import difflib
-import os
-import re
-import typing
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from autoglm.deploy.schema import DeployConfig, Loc, reference_errors
-from autoglm.errors import ConfigError
+from autoglm.configfile import format_loc, load_yaml_config, parse_yaml_config
+from autoglm.deploy.schema import DeployConfig, reference_errors
 
 __all__ = ["load_deploy_file", "parse_deploy_text", "format_loc"]
 
-_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def format_loc(loc: Loc) -> str:
-    """``('models', 1, 'quantize')`` -> ``models[1].quantize``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-class _Located:
-    """Plain values from YAML nodes plus the line (1-based) of every key path."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.lines: dict[Loc, int] = {}
-
-    def line_of(self, loc: Loc) -> int:
-        for end in range(len(loc), -1, -1):  # the longest known prefix: a missing key points at its parent
-            if loc[:end] in self.lines:
-                return self.lines[loc[:end]]
-        return 1
-
-    def error(self, loc: Loc, message: str) -> ConfigError:
-        return ConfigError(message, where=f"{self.name}:{self.line_of(loc)} {format_loc(loc)}")
-
-    def build(self, node: Any, loc: Loc, constructor: Any) -> Any:
-        import yaml
-
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            constructor.flatten_mapping(node)  # resolves YAML merge keys (<<: *anchor)
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    raise self.error(loc, f"keys must be strings; got {key!r}")
-                if key in out:
-                    self.lines[loc + (key,)] = key_node.start_mark.line + 1  # point at the repeat
-                    raise self.error(loc + (key,), f"the key {key!r} appears twice in this mapping")
-                self.lines[loc + (key,)] = key_node.start_mark.line + 1
-                out[key] = self.build(value_node, loc + (key,), constructor)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, loc + (i,), constructor) for i, item in enumerate(node.value)]
-        value = constructor.construct_object(node, deep=True)
-        return self._substitute(value, loc) if isinstance(value, str) else value
-
-    def _substitute(self, text: str, loc: Loc) -> str:
-        def repl(m: re.Match[str]) -> str:
-            if m.group(0) == "$${":
-                return "${"
-            name, default = m.group(1), m.group(2)
-            value = os.environ.get(name)
-            if value is None or (value == "" and default is not None):
-                if default is None:
-                    raise self.error(loc, f"environment variable {name} is not set; export it, or write "
-                                          f"${{{name}:-default}} to give a default")
-                return default
-            return value
-
-        return _ENV_REF.sub(repl, text)
+_EMPTY = "it needs at least a 'models:' list (see examples/demo.yaml)"
 
 
 def parse_deploy_text(text: str, name: str = "<deploy file>") -> DeployConfig:
     """Validate deploy-file ``text``; ``name`` is what errors call the file."""
-    import yaml
-
-    located = _Located(name)
-    try:
-        loader = yaml.SafeLoader(text)
-        try:
-            root = loader.get_single_node()
-            data = None if root is None else located.build(root, (), loader)
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        raise ConfigError(f"not valid YAML: {exc.problem or exc.context}", where=f"{name}:{line}") from None
-    if not isinstance(data, dict):
-        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
-        raise ConfigError(f"the deploy file is {what}; it needs at least a 'models:' list "
-                          "(see examples/demo.yaml)", where=f"{name}:1")
-
-    from pydantic import ValidationError
-
-    try:
-        config = DeployConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = [(tuple(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
-        raise _first(located, problems) from None
-    problems = reference_errors(config)
-    if problems:
-        raise _first(located, problems)
-    return config
+    return parse_yaml_config(text, name, DeployConfig, problems=reference_errors, empty_hint=_EMPTY)
 
 
 def load_deploy_file(path: str | Path) -> DeployConfig:
-    """Read and validate a deploy file; a missing or unreadable file is a :class:`ConfigError` too."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"deploy file {str(p)!r} does not exist; pass the path of a YAML file "
-                          "(examples are in examples/)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read deploy file {str(p)!r}: {exc}") from None
-    return parse_deploy_text(text, name=str(path))
-
-
-def _first(located: _Located, problems: list[tuple[Loc, str]]) -> ConfigError:
-    problems = [(_field_loc(loc), msg) for loc, msg in problems]
-    # By line; on one line an unknown key first (a typo also makes the right key look missing).
-    problems.sort(key=lambda p: (located.line_of(p[0]), not p[1].startswith("unknown key")))
-    loc, message = problems[0]
-    if len(problems) > 1:
-        message += f" ({len(problems) - 1} more problem(s) in this file)"
-    return located.error(loc, message)
-
-
-def _field_loc(loc: Loc) -> Loc:
-    """Drop pydantic's union/type tags (``'str'``, ``'list[str]'``) that are not keys."""
-    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p in ("str", "int", "float",
-                                                                                 "bool", "none")))
-
-
-def _message(err: Mapping[str, Any]) -> str:
-    kind, ctx, value = err.get("type", ""), err.get("ctx") or {}, err.get("input")
-    if kind == "extra_forbidden":
-        key = err["loc"][-1]
-        allowed = _fields_at(err["loc"][:-1])
-        hint = difflib.get_close_matches(str(key), allowed, n=1)
-        did = f"did you mean {hint[0]!r}? " if hint else ""
-        return f"unknown key {key!r}; {did}allowed here: {', '.join(allowed)}"
-    if kind == "too_short":
-        return f"needs at least {ctx.get('min_length', 1)} entry; got an empty list"
-    if kind == "missing":
-        return "this required key is missing"
-    if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        return f"expected one of {', '.join(choices)}; got {value!r}"
-    if kind == "value_error":
-        return str(ctx.get("error", err.get("msg")))
-    msg = str(err.get("msg", "invalid value"))
-    shown = type(value).__name__ if isinstance(value, (dict, list)) else repr(value)
-    return f"{msg[0].lower()}{msg[1:]}; got {shown}"
-
-
-def _fields_at(loc: Loc) -> list[str]:
-    """The keys the schema allows at ``loc`` (for did-you-mean)."""
-    from pydantic import BaseModel
-
-    cls: Any = DeployConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-        if field is None:
-            return []
-        cls = _model_in(field.annotation)
-    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
-
-
-def _model_in(annotation: Any) -> Any:
-    from pydantic import BaseModel
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+    """Read and validate a deploy file; a missing or unreadable file is a ConfigError too."""
+    return load_yaml_config(path, "deploy file", DeployConfig, problems=reference_errors, empty_hint=_EMPTY)

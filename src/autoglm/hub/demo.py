@@ -20,21 +20,20 @@ serving; torch, transformers and tokenizers are imported only when a model is bu
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from autoglm.errors import AutoGLMError, ModelNotFoundError
+from autoglm._filelock import exclusive_lock
+from autoglm.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -368,58 +367,7 @@ def ensure_demo_model(name: str, store_dir: Path) -> Path:
     if _is_current(path, name):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(path.parent / f".{name}.lock"):
+    with exclusive_lock(path.parent / f".{name}.lock", what="building the demo model"):
         if not _is_current(path, name):  # another process may have built it while we waited
             build_demo_model(name, path)
     return path
-
-
-@contextlib.contextmanager
-def _exclusive_lock(lock_path: Path, timeout: float = 600.0) -> Iterator[None]:
-    """An inter-process lock held on an open file: fcntl on POSIX, msvcrt on Windows.
-
-    The OS drops the lock when its holder dies, so a crashed build never blocks later ones.
-    """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        _lock_fd(fd, lock_path, timeout)
-        try:
-            yield
-        finally:
-            _unlock_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def _lock_fd(fd: int, lock_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.name == "nt":
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AutoGLMError(
-                    f"timed out after {timeout:.0f}s waiting for {lock_path} (another process is building "
-                    "the demo model); if no autoglm process is running, delete that file and retry"
-                ) from None
-            time.sleep(0.1)
-
-
-def _unlock_fd(fd: int) -> None:
-    if os.name == "nt":
-        import msvcrt
-
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_UN)

@@ -24,6 +24,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -48,7 +49,7 @@ Loc = tuple[Union[str, int], ...]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), populate_by_name=True)
 
 
 class DataConfig(_Strict):
@@ -59,14 +60,23 @@ class DataConfig(_Strict):
     test: Optional[str] = None  # held-out examples scored by the evaluate stage (default: valid)
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # used when ``valid`` is not given
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
-    reference: Optional[str] = None  # reference data for the drift guard (default: the previous run's)
-    base_dir: Optional[str] = Field(None, exclude=True)  # set by the loader: the pipeline file's folder
+    reference: Optional[str] = None  # reference data for the drift guard (default: the training data)
+    # The pipeline file's folder (from the loader's validation context): relative paths start there.
+    _base_dir: Optional[str] = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any) -> None:
+        if isinstance(context, dict) and context.get("base_dir"):
+            self._base_dir = str(context["base_dir"])
+
+    @property
+    def base_dir(self) -> Optional[str]:
+        return self._base_dir
 
     def resolve(self, value: str | None) -> Path | None:
         if value is None:
             return None
         p = Path(value).expanduser()
-        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
+        return p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p
 
     def files(self) -> list[Path]:
         return [p for p in (self.resolve(v) for v in (self.train, self.valid, self.test)) if p is not None]
@@ -204,10 +214,10 @@ class PipelineConfig(_Strict):
     preprocess: Union[PreprocessConfig, Literal[False]] = Field(default_factory=PreprocessConfig)
     train: TrainConfig
     evaluate: Union[EvaluateConfig, Literal[False]] = Field(default_factory=EvaluateConfig)
-    register: Union[RegisterConfig, Literal[False]] = False
+    register_: Union[RegisterConfig, Literal[False]] = Field(False, alias="register")  # `register` is taken by ABCMeta
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
-    @field_validator("preprocess", "evaluate", "register", mode="before")
+    @field_validator("preprocess", "evaluate", "register_", mode="before")
     @classmethod
     def _true_is_default(cls, v: Any) -> Any:
         return {} if v is True or v is None else v

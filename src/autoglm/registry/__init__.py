@@ -1,0 +1,1 @@
+"""The model registry (MLflow's): register trained models under aliases and find them again to serve."""

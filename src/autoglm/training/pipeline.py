@@ -1,0 +1,206 @@
+"""Run a pipeline: its stages in order, each skipped when its keyed directory is already finished.
+
+:func:`run_pipeline` takes a pipeline file (or a validated :class:`PipelineConfig`), computes every
+stage's key from its settings, inputs and upstream keys, runs the stages that are not done (a stage
+left half-done by a crash resumes in its work directory), tracks the run in MLflow and returns a
+:class:`PipelineResult`. One line is printed per stage when it ends. Two processes running the same
+pipeline do not step on each other: the second waits for the first's lock. :func:`pipeline_runs`
+lists the run records for ``autoglm pipeline status``. Knows nothing about argparse.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from autoglm._filelock import exclusive_lock
+from autoglm.config import default_store_dir
+from autoglm.training.events import EventBus, TrainingEvent, log_subscriber
+from autoglm.training.rundir import PipelineHome, content_key, list_runs, read_json, write_json
+from autoglm.training.schema import PipelineConfig
+from autoglm.training.stages import StageInputs, pipeline_stages
+from autoglm.training.trainers import StageContext, create_trainer
+from autoglm.training.tracking import MlflowTracker, NullTracker, default_tracking_uri, flatten_params
+
+__all__ = ["run_pipeline", "PipelineResult", "pipeline_runs", "STAGES"]
+
+log = logging.getLogger("autoglm.training")
+STAGES = ("preprocess", "train", "evaluate", "register")
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    run_key: str
+    stages: dict[str, dict[str, Any]]  # stage name -> its record (stage.json), plus "cached": bool
+    metrics: dict[str, float]
+    model_dir: Path | None
+    mlflow_run_id: str | None
+    tracking_uri: str | None
+    events: list[TrainingEvent] = field(default_factory=list)
+
+    @property
+    def registered(self) -> dict[str, Any] | None:
+        rec = self.stages.get("register")
+        return rec.get("summary") if rec else None
+
+
+def _as_config(pipeline: PipelineConfig | str | Path) -> PipelineConfig:
+    if isinstance(pipeline, PipelineConfig):
+        return pipeline
+    from autoglm.training.loader import load_pipeline_file
+
+    return load_pipeline_file(pipeline)
+
+
+def _tracker(config: PipelineConfig, home: Path, enabled: bool) -> MlflowTracker | NullTracker:
+    if not enabled:
+        return NullTracker()
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    return MlflowTracker(uri, config.tracking.experiment or config.name, artifact_root=home / "mlartifacts")
+
+
+def _line(stage: str, record: dict[str, Any], cached: bool, seconds: float, directory: Path) -> str:
+    numbers = {**record.get("metrics", {}), **{k: v for k, v in record.get("summary", {}).items()
+                                               if isinstance(v, (int, float, str, bool))}}
+    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(numbers.items())[:8])
+    how = "cached" if cached else f"done in {seconds:.1f}s"
+    return f"[{stage}] {how}: {shown} -> {directory}".replace(":  ->", ": ->")
+
+
+def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = None, until: str | None = None,
+                 nproc: int | None = None, progress: bool = True, tracking: bool = True,
+                 out: TextIO | None = None, subscribers: list[Callable[[TrainingEvent], None]] | None = None,
+                 ) -> PipelineResult:
+    """Run (or resume, or find finished) the pipeline; see the module docstring.
+
+    ``until`` stops after that stage; ``nproc`` overrides ``train.distributed.nproc``; ``out`` receives
+    the one-line-per-stage summary (default stderr; ``None`` output when ``progress`` is False and
+    ``out`` is not given).
+    """
+    config = _as_config(pipeline)
+    home = Path(home) if home is not None else default_store_dir()
+    if until is not None and until not in STAGES:
+        from autoglm.errors import ConfigError
+
+        raise ConfigError(f"--until: expected one of {', '.join(STAGES)}; got {until!r}")
+    out = out if out is not None else (sys.stderr if progress else open(os.devnull, "w"))
+    trainer = create_trainer(config.train.trainer, config.train, config.data, config.preprocess)
+    ph = PipelineHome(home, config.name)
+    bus = EventBus()
+    bus.subscribe(log_subscriber)
+    for fn in subscribers or []:
+        bus.subscribe(fn)
+    from autoglm.training import prometheus
+
+    bus.subscribe(prometheus.count_event)
+
+    with exclusive_lock(ph.lock_path(), timeout=5.0, what=f"running pipeline {config.name!r}"):
+        stages = [s for s in pipeline_stages() if s.enabled(config)]
+        if until is not None:
+            stages = stages[:[s.name for s in stages].index(until) + 1] if until in [s.name for s in stages] else stages
+        # Keys first (cheap: hashes of settings and file bytes), so the run is known before any work.
+        keys: dict[str, str] = {}
+        dirs = {}
+        for stage in stages:
+            inputs = StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs}, None)
+            upstream = {n: keys[n] for n in stage.reads if n in keys}
+            keys[stage.name] = content_key(stage.name, upstream, stage.key_parts(inputs))
+            dirs[stage.name] = ph.stage(stage.name, keys[stage.name])
+        run_key = content_key(config.name, keys)
+        run_path = ph.run_path(run_key)
+        record = read_json(run_path) if run_path.is_file() else {}
+        all_done = all(dirs[s.name].is_done() for s in stages if s.cached) and record.get("status") == "finished"
+
+        tracker = _tracker(config, home, tracking and not all_done)
+        resolved = config.model_dump(mode="json", by_alias=True)
+        if not all_done:
+            run_id = tracker.start(f"{config.name}-{run_key[:8]}", run_id=record.get("mlflow_run_id"),
+                                   tags={"autoglm.pipeline": config.name, "autoglm.run_key": run_key})
+            tracker.log_params(flatten_params(resolved))
+            bus.subscribe(tracker.on_event)
+        record.update({"name": config.name, "run_key": run_key, "stage_keys": keys, "status": "running",
+                       "mlflow_run_id": record.get("mlflow_run_id") if all_done else tracker.run_id,
+                       "tracking_uri": record.get("tracking_uri") if all_done else tracker.uri,
+                       "config": resolved, "home": str(home), "updated_at": time.time(), "pid": os.getpid()})
+        record.setdefault("started_at", time.time())
+        write_json(run_path, record)
+
+        results: dict[str, dict[str, Any]] = {}
+        metrics: dict[str, float] = {}
+        try:
+            for stage in stages:
+                sd = dirs[stage.name]
+                t0 = time.monotonic()
+                cached = stage.cached and sd.is_done()
+                if cached:
+                    rec = sd.record()
+                else:
+                    work = sd.begin()
+                    ctx = StageContext(work_dir=work, seed=config.seed, progress=progress, emit=bus.emit,
+                                       log_metrics=tracker.log_metrics, log_params=tracker.log_params,
+                                       extra={"nproc": nproc if nproc is not None else _nproc(config),
+                                              "metrics": metrics, "run_key": run_key, "home": home,
+                                              "stage_dirs": dirs, "tracker": tracker})
+                    bus.emit(TrainingEvent("stage", stage.name, "started", f"{stage.name} started", data={}))
+                    rec = stage.run(StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs},
+                                                tracker), ctx)
+                    rec["seconds"] = round(time.monotonic() - t0, 3)
+                    rec = sd.finish(rec) if stage.cached else rec
+                    if not stage.cached:
+                        import shutil
+
+                        shutil.rmtree(work, ignore_errors=True)
+                    tracker.log_metrics({k: v for k, v in rec.get("metrics", {}).items()
+                                         if isinstance(v, (int, float))})
+                metrics.update({k: v for k, v in rec.get("metrics", {}).items() if isinstance(v, (int, float))})
+                results[stage.name] = {**rec, "cached": cached, "dir": str(sd.final)}
+                print(_line(stage.name, rec, cached, time.monotonic() - t0, sd.final), file=out, flush=True)
+        except BaseException as exc:
+            record.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                           "error": str(exc)[:500], "updated_at": time.time()})
+            write_json(run_path, record)
+            tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        finished = until is None or until == stages[-1].name
+        record.update({"status": "finished" if finished else "partial", "metrics": metrics, "error": None,
+                       "updated_at": time.time(),
+                       "stages": {k: {"dir": v["dir"], "seconds": v.get("seconds")} for k, v in results.items()}})
+        write_json(run_path, record)
+        if not all_done:
+            tracker.log_dict([e.__dict__ for e in bus.events], "events.jsonl.json")
+            tracker.end("FINISHED")
+    model_dir = Path(results["train"]["dir"]) / "model" if "train" in results else None
+    return PipelineResult(config.name, run_key, results, metrics, model_dir, record.get("mlflow_run_id"),
+                          record.get("tracking_uri"), list(bus.events))
+
+
+def _nproc(config: PipelineConfig) -> int:
+    distributed = getattr(config.train, "distributed", None)
+    return distributed.nproc if distributed is not None else 1
+
+
+def pipeline_runs(home: Path | None = None) -> list[dict[str, Any]]:
+    """Run records, newest first; a ``running`` run whose process is gone shows as ``interrupted``."""
+    home = Path(home) if home is not None else default_store_dir()
+    runs = list_runs(home)
+    for r in runs:
+        if r.get("status") == "running" and not _alive(r.get("pid")):
+            r["status"] = "interrupted"
+    return runs
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

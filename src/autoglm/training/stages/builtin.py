@@ -1,0 +1,144 @@
+"""The four built-in stages. Each is thin: the trainer does the data work, the registry the MLflow work.
+
+- ``preprocess``: the trainer validates and prepares the data; its key covers the data files' bytes.
+- ``train``: the trainer trains (resuming from its checkpoints in the work directory).
+- ``evaluate``: the trainer scores the trained model on the held-out split.
+- ``register``: logs the model to the run and registers a version under an alias, once per trained
+  model (it finds the version it made before, so it is safe to run again).
+"""
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any
+
+from autoglm.errors import ConfigError
+from autoglm.training.rundir import file_digest
+from autoglm.training.schema import CausalLMConfig, EvaluateConfig, RegisterConfig
+from autoglm.training.stages._base import Stage, StageInputs, register_stage
+from autoglm.training.trainers._base import StageContext
+
+# Train settings that change what preprocessing produces; the rest only matter to training.
+_PREPROCESS_FIELDS = {"causal-lm": ("trainer", "model"), "tabular": ("trainer", "target", "task", "features",
+                                                                    "weight_column")}
+
+
+def _dump(section: Any) -> Any:
+    return section.model_dump(mode="json", by_alias=True) if hasattr(section, "model_dump") else section
+
+
+@register_stage
+class PreprocessStage(Stage):
+    name = "preprocess"
+
+    def key_parts(self, inputs: StageInputs) -> dict[str, Any]:
+        cfg = inputs.config
+        train = _dump(cfg.train)
+        fields = _PREPROCESS_FIELDS.get(cfg.train.trainer)
+        files = {}
+        for path in inputs.trainer.input_files():
+            if not path.is_file():
+                from autoglm.training.data import DataError
+
+                raise DataError(f"{path}: the data file does not exist; check data: in the pipeline file "
+                                "(relative paths start at the pipeline file's folder)")
+            files[str(path)] = file_digest(path)
+        return {"data": _dump(cfg.data), "preprocess": _dump(cfg.preprocess), "seed": cfg.seed, "files": files,
+                "train": {k: train.get(k) for k in fields} if fields else train}
+
+    def run(self, inputs: StageInputs, ctx: StageContext) -> dict[str, Any]:
+        summary = inputs.trainer.preprocess(ctx)
+        return {"summary": summary}
+
+
+@register_stage
+class TrainStage(Stage):
+    name = "train"
+    reads = ("preprocess",)
+
+    def key_parts(self, inputs: StageInputs) -> dict[str, Any]:
+        train = _dump(inputs.config.train)
+        if isinstance(inputs.config.train, CausalLMConfig):
+            train.pop("distributed", None)  # the same model whatever the number of processes
+        return {"train": train, "seed": inputs.config.seed}
+
+    def run(self, inputs: StageInputs, ctx: StageContext) -> dict[str, Any]:
+        prepared = inputs.upstream["preprocess"].final
+        nproc = int(ctx.extra.get("nproc") or 1)
+        if nproc > 1 or ctx.extra.get("torchrun"):
+            from autoglm.training.launch import train_distributed
+
+            metrics = train_distributed(inputs, prepared, ctx, nproc)
+        else:
+            metrics = inputs.trainer.train(prepared, ctx)
+        return {"metrics": metrics, "outputs": {"model": "model"}}
+
+
+@register_stage
+class EvaluateStage(Stage):
+    name = "evaluate"
+    reads = ("preprocess", "train")
+
+    def enabled(self, config: Any) -> bool:
+        return isinstance(config.evaluate, EvaluateConfig)
+
+    def key_parts(self, inputs: StageInputs) -> dict[str, Any]:
+        return {"evaluate": _dump(inputs.config.evaluate)}
+
+    def run(self, inputs: StageInputs, ctx: StageContext) -> dict[str, Any]:
+        metrics = inputs.trainer.evaluate(inputs.upstream["preprocess"].final,
+                                          inputs.upstream["train"].final / "model", ctx)
+        wanted = inputs.config.evaluate.metrics
+        missing = [m for m in wanted if m not in metrics]
+        if missing:
+            raise ConfigError(f"evaluate.metrics: the {inputs.config.train.trainer} trainer does not report "
+                              f"{', '.join(missing)}; it reports {', '.join(sorted(metrics))}")
+        if wanted:
+            metrics = {k: v for k, v in metrics.items() if k in wanted}
+        return {"metrics": {f"test_{k}": v for k, v in metrics.items()}}
+
+
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(<=|>=|<|>|==|!=)\s*(-?[0-9.eE+-]+)\s*$")
+_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
+        "!=": operator.ne}
+
+
+def check_condition(condition: str, metrics: dict[str, float]) -> tuple[bool, str]:
+    """``"test_auc > 0.7"`` against ``metrics`` -> (passes, the reason in words)."""
+    m = _CONDITION.match(condition)
+    if m is None:
+        raise ConfigError(f"register.when: expected '<metric> <op> <number>' (e.g. 'test_auc > 0.7'); got {condition!r}")
+    name, op, value = m.group(1), m.group(2), float(m.group(3))
+    if name not in metrics:
+        raise ConfigError(f"register.when: metric {name!r} is not reported; known: {', '.join(sorted(metrics))}")
+    ok = _OPS[op](metrics[name], value)
+    return ok, f"{name} = {metrics[name]:.6g} {'' if ok else 'not '}{op} {value:g}"
+
+
+@register_stage
+class RegisterStage(Stage):
+    name = "register"
+    reads = ("train",)
+    cached = False
+
+    def enabled(self, config: Any) -> bool:
+        return isinstance(config.register_, RegisterConfig)
+
+    def key_parts(self, inputs: StageInputs) -> dict[str, Any]:
+        return {"register": _dump(inputs.config.register_)}
+
+    def run(self, inputs: StageInputs, ctx: StageContext) -> dict[str, Any]:
+        from autoglm.registry.models import register_model_version
+
+        cfg: RegisterConfig = inputs.config.register_
+        metrics = dict(ctx.extra.get("metrics") or {})
+        if cfg.when:
+            ok, why = check_condition(cfg.when, metrics)
+            if not ok:
+                return {"summary": {"registered": False, "reason": why}}
+        train_dir = inputs.upstream["train"]
+        version = register_model_version(
+            inputs.tracker, name=cfg.name or inputs.config.name, alias=cfg.alias,
+            model_dir=train_dir.final / "model", train_key=train_dir.key, metrics=metrics)
+        return {"summary": {"registered": True, "name": cfg.name or inputs.config.name, "version": version,
+                            "alias": cfg.alias, "uri": f"models:/{cfg.name or inputs.config.name}@{cfg.alias}"}}
