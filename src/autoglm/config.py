@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EngineSettings", "ServerSettings", "default_store_dir"]
+__all__ = ["EngineSettings", "ServerSettings", "default_store_dir", "tracking_uri"]
 
 QUANTIZE_CHOICES = ("auto", "none", "fp32", "fp16", "bf16", "int8", "int4")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -21,6 +21,14 @@ def default_store_dir() -> Path:
     """Where models live: ``$AUTOGLM_HOME`` or ``~/.cache/autoglm`` (any OS)."""
     env = os.environ.get("AUTOGLM_HOME")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "autoglm"
+
+
+def tracking_uri(store_dir: Path | None = None) -> str:
+    """MLflow's tracking (and registry) store: ``MLFLOW_TRACKING_URI``, else SQLite under the store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{((store_dir or default_store_dir()) / 'mlflow.db').resolve()}"
 
 
 def offline_mode() -> bool:

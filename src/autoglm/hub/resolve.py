@@ -2,7 +2,10 @@
 
 Order, first hit wins:
 
-1. an existing local directory (``./my-model``, ``C:\\models\\glm``): used as is, never copied;
+0. ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: a version in the MLflow model registry
+   (``MLFLOW_TRACKING_URI``, default the SQLite store under ``$AUTOGLM_HOME``), downloaded once;
+1. an existing local directory (``./my-model``, ``C:\\models\\glm``): used as is, never copied; a LoRA
+   adapter directory is merged into its base once (:mod:`autoglm.hub.adapters`);
 2. a demo model (``autoglm-demo``...): built locally by :mod:`autoglm.hub.demo` on first use;
 3. an alias or ``org/name`` repo id already complete in the store;
 4. a download, Hugging Face first then ModelScope (``settings.source`` pins one), unless offline;
@@ -39,6 +42,9 @@ class ResolvedModel:
     source: str  # local | demo | huggingface | modelscope
     name: str  # what the user asked for
 
+    def _replace_name(self, name: str) -> "ResolvedModel":
+        return ResolvedModel(self.path, self.spec, self.source, name)
+
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "~", "/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":")
@@ -71,7 +77,19 @@ def resolve_model(name: str, settings: EngineSettings, progress: bool = True) ->
     if not raw:
         raise ModelNotFoundError(f"no model name given; use an alias ({_alias_help()}), an org/name repo id "
                                  "or a local directory")
+    if raw.startswith("models:/"):
+        from autoglm.config import tracking_uri
+        from autoglm.registry.models import resolve_registered_model
+
+        path = resolve_registered_model(raw, tracking_uri(settings.store_dir), settings.store_dir)
+        return resolve_model(str(path), settings, progress)._replace_name(raw)
     local = Path(raw).expanduser()
+    if local.is_dir() and (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
+        from autoglm.hub.adapters import merged_adapter
+
+        merged = merged_adapter(local.resolve(), settings.store_dir,
+                                lambda base: resolve_model(base, settings, progress).path)
+        return ResolvedModel(path=merged, spec=None, source="local", name=raw)
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelNotFoundError(f"{str(local)!r} is a directory but has no config.json; point --model at "

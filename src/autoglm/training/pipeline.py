@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from autoglm._filelock import exclusive_lock
-from autoglm.config import default_store_dir
+from autoglm.config import default_store_dir, tracking_uri
 from autoglm.training.events import EventBus, TrainingEvent, log_subscriber
 from autoglm.training.rundir import PipelineHome, content_key, list_runs, read_json, write_json
 from autoglm.training.schema import PipelineConfig
 from autoglm.training.stages import StageInputs, pipeline_stages
 from autoglm.training.trainers import StageContext, create_trainer
-from autoglm.training.tracking import MlflowTracker, NullTracker, default_tracking_uri, flatten_params
+from autoglm.training.tracking import MlflowTracker, NullTracker, flatten_params
 
 __all__ = ["run_pipeline", "PipelineResult", "pipeline_runs", "STAGES"]
 
@@ -60,7 +60,7 @@ def _as_config(pipeline: PipelineConfig | str | Path) -> PipelineConfig:
 def _tracker(config: PipelineConfig, home: Path, enabled: bool) -> MlflowTracker | NullTracker:
     if not enabled:
         return NullTracker()
-    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    uri = config.tracking.uri or tracking_uri(home)
     return MlflowTracker(uri, config.tracking.experiment or config.name, artifact_root=home / "mlartifacts")
 
 
@@ -119,7 +119,7 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
         tracker = _tracker(config, home, tracking and not all_done)
         resolved = config.model_dump(mode="json", by_alias=True)
         if not all_done:
-            run_id = tracker.start(f"{config.name}-{run_key[:8]}", run_id=record.get("mlflow_run_id"),
+            tracker.start(f"{config.name}-{run_key[:8]}", run_id=record.get("mlflow_run_id"),
                                    tags={"autoglm.pipeline": config.name, "autoglm.run_key": run_key})
             tracker.log_params(flatten_params(resolved))
             bus.subscribe(tracker.on_event)

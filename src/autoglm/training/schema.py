@@ -236,4 +236,13 @@ def reference_errors(config: PipelineConfig) -> list[tuple[Loc, str]]:
         if isinstance(train, TabularConfig) and guard.type in ("structure", "explosion"):
             problems.append((("train", "guards", i, "type"),
                              f"the {guard.type} guard needs a neural model; the tabular trainer takes only 'drift'"))
+            continue
+        from autoglm.errors import ConfigError
+        from autoglm.training.guards import create_guard
+
+        try:  # settings are the guard's own: let it check them now, not at step 500
+            create_guard(guard.type, **guard.settings())
+        except ConfigError as exc:
+            key = next((k for k in guard.settings() if repr(k) in str(exc)), None)
+            problems.append((("train", "guards", i) + ((key,) if key else ()), str(exc)))
     return problems

@@ -21,13 +21,9 @@ from typing import Any
 from autoglm.errors import AutoGLMError, ConfigError
 from autoglm.training.events import TrainingEvent
 
-__all__ = ["MlflowTracker", "NullTracker", "default_tracking_uri", "flatten_params"]
+__all__ = ["MlflowTracker", "NullTracker", "flatten_params"]
 
 log = logging.getLogger("autoglm.training")
-
-
-def default_tracking_uri(home: Path) -> str:
-    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
 
 
 def _mlflow() -> Any:

@@ -48,7 +48,55 @@ class PreprocessStage(Stage):
 
     def run(self, inputs: StageInputs, ctx: StageContext) -> dict[str, Any]:
         summary = inputs.trainer.preprocess(ctx)
+        drift = [g for g in inputs.config.train.guards if g.type == "drift"]
+        if drift:
+            summary = {**summary, **_check_drift(inputs, ctx, drift)}
         return {"summary": summary}
+
+
+def _check_drift(inputs: StageInputs, ctx: StageContext, configs: list[Any]) -> dict[str, Any]:
+    """Profile this run's training data (stored as ``drift_profile.json``) and compare it with the
+    reference: ``data.reference`` if given, else the profile the previous preprocess of this pipeline
+    stored. The first run of a pipeline has nothing to compare with and says so."""
+    from autoglm.training.guards import GuardContext, create_guard
+
+    current = inputs.trainer.drift_data(ctx.work_dir)
+    if current is None:
+        return {"drift": "not available for this trainer"}
+    out: dict[str, Any] = {}
+    for i, cfg in enumerate(configs):
+        guard = create_guard("drift", **cfg.settings())
+        guard.profile_for(current).save(ctx.work_dir / f"drift_profile{'' if i == 0 else i}.json")
+        reference: Any = None
+        if inputs.config.data.reference:
+            from autoglm.training.data import read_frame
+
+            reference = read_frame(inputs.config.data.resolve(inputs.config.data.reference))
+            if hasattr(current, "columns"):
+                reference = reference[[c for c in current.columns if c in reference.columns]]
+        else:
+            reference = _previous_profile(ctx, i)
+        if reference is None:
+            out["drift"] = "no reference yet (first run): this run's profile is the next run's reference"
+            continue
+        report = guard.on_data(GuardContext(emit=ctx.emit, work_dir=ctx.work_dir), reference, current)
+        drifted = [n for n, c in report.get("columns", {}).items() if c.get("drifted")]
+        out.update({"drift_columns": len(drifted), "drift_max_kl": round(float(report.get("max_kl", 0.0)), 6)})
+        from autoglm.training.rundir import write_json
+
+        write_json(ctx.work_dir / f"drift_report{'' if i == 0 else i}.json", report)
+    return out
+
+
+def _previous_profile(ctx: StageContext, index: int) -> Any:
+    stages_root = ctx.work_dir.parent
+    name = f"drift_profile{'' if index == 0 else index}.json"
+    done = [d for d in stages_root.glob("preprocess-*") if d.is_dir() and not d.name.endswith(".work")
+            and (d / "stage.json").is_file() and (d / name).is_file()]
+    if not done:
+        return None
+    latest = max(done, key=lambda d: (d / "stage.json").stat().st_mtime)
+    return latest / name
 
 
 @register_stage

@@ -77,6 +77,11 @@ class Trainer:
         """Score the model at ``model`` on the prepared evaluation split."""
         raise NotImplementedError
 
+    def drift_data(self, prepared: Path) -> Any:
+        """The training data as the drift guard should see it (a DataFrame or a column -> values mapping:
+        features for tables, prompt text for language models), or None when this trainer has none."""
+        return None
+
     def input_files(self) -> list[Path]:
         """Files whose content the preprocess stage depends on (hashed by the pipeline)."""
         return [Path(p) for p in self.data.files()]
