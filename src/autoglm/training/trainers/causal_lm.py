@@ -1,0 +1,240 @@
+"""The ``causal-lm`` trainer: full or LoRA fine-tuning of a GLM-architecture model on chats.
+
+- :meth:`CausalLMTrainer.preprocess` reads ``data.train`` (and ``valid``/``test``) with
+  :func:`autoglm.training.data.read_records`, validates every record, then templates and masks them
+  (:mod:`autoglm.training.text_data`) into ``ctx.work_dir``.
+- :meth:`CausalLMTrainer.train` builds the model (``config.model`` resolved as ``autoglm serve``
+  resolves it), wraps it with peft LoRA for ``method: lora``, and runs :func:`autoglm.training.loop.train_loop`
+  (AdamW, ``GradVarianceLR``, guards, checkpoints in ``ctx.work_dir/checkpoints``, exact resume).
+  With ``ctx.world_size > 1`` it joins the process group (see :mod:`autoglm.training.distributed`)
+  and trains a ``DistributedDataParallel`` model; only rank 0 writes.
+- The output ``ctx.work_dir/model`` is what ``autoglm serve --model DIR`` takes: a full Hugging Face
+  model directory (full fine-tune, or LoRA with ``merge: true``: weights, config, generation config,
+  tokenizer with its chat template), or for ``merge: false`` a peft adapter directory
+  (``adapter_config.json`` whose ``base_model_name_or_path`` is the base model's absolute directory,
+  ``adapter_model.safetensors``, the tokenizer files and ``generation_config.json``). Both carry
+  ``autoglm_training.json`` (method, base, steps, final metrics).
+- :meth:`CausalLMTrainer.evaluate` scores either kind of output on the prepared test split (valid
+  when there is none).
+
+``objective: dpo`` and ``kto`` are not implemented yet. This module knows nothing about the pipeline's
+run directories or MLflow; torch, transformers and peft are imported only inside the methods.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from autoglm.errors import ConfigError, UnsupportedError
+from autoglm.training.trainers._base import StageContext, Trainer, register_trainer
+
+__all__ = ["CausalLMTrainer", "load_model_dir", "ADAPTER_CONFIG"]
+
+TRAIN_EXTRA = 'pip install -c constraints.txt -e ".[train]"'
+ADAPTER_CONFIG = "adapter_config.json"
+SUMMARY_FILE = "autoglm_training.json"
+_TOKENIZER_EXTRA = ("generation_config.json",)
+
+
+def _require_peft() -> Any:
+    try:
+        import peft
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ConfigError(f"method: lora needs peft, part of the train extra: {TRAIN_EXTRA}") from e
+    return peft
+
+
+def _resolve(name: str, progress: bool) -> Path:
+    from autoglm.config import EngineSettings
+    from autoglm.hub.resolve import resolve_model
+
+    return Path(resolve_model(name, EngineSettings(model=name), progress=progress).path)
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+            "float64": torch.float64}[name]
+
+
+def load_model_dir(model_dir: Path, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained output: a full model directory, or an adapter applied to its base."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        peft = _require_peft()
+        base = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=_dtype(dtype))
+        model = peft.PeftModel.from_pretrained(model, str(model_dir))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+@register_trainer
+class CausalLMTrainer(Trainer):
+    name = "causal-lm"
+
+    # --- preprocess --------------------------------------------------------------------------------
+
+    def preprocess(self, ctx: StageContext) -> dict[str, Any]:
+        from transformers import AutoTokenizer
+
+        from autoglm.training.data import read_records
+        from autoglm.training.schema import PreprocessConfig
+        from autoglm.training.text_data import examples_from_records, prepare_splits
+
+        pre = self.preprocess_config or PreprocessConfig()
+        splits: dict[str, Any] = {}
+        for name in ("train", "valid", "test"):  # validate everything before tokenising anything
+            path = self.data.resolve(getattr(self.data, name))
+            if path is not None:
+                splits[name] = examples_from_records(read_records(path, self.data.format))
+        model_dir = _resolve(self.config.model, ctx.progress)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if not tokenizer.chat_template:
+            raise ConfigError(f"the model {self.config.model!r} has no chat template, which causal-lm needs to "
+                              "format chats; use a chat model (GLM-4 chat, autoglm-demo)")
+        meta = prepare_splits(splits, tokenizer, model_dir, Path(ctx.work_dir), pre.max_length,
+                              valid_fraction=self.data.valid_fraction, seed=ctx.seed,
+                              drop_duplicates=pre.drop_duplicates, progress=ctx.progress and ctx.is_main)
+        out: dict[str, Any] = {}
+        for split, stats in meta["splits"].items():
+            out[f"{split}_examples"] = stats["examples"]
+            out[f"{split}_tokens"] = stats["tokens"]
+        out["truncated"] = sum(s["truncated"] for s in meta["splits"].values())
+        return out
+
+    # --- train -------------------------------------------------------------------------------------
+
+    def _check_objective(self) -> None:
+        if self.config.objective != "sft":
+            raise UnsupportedError(f"objective {self.config.objective!r} lands with the feedback loop; "
+                                   "use objective: sft for now")
+
+    def build_model(self, base_dir: Path, dtype: str | None = None, seed: int = 0) -> Any:
+        """The base model, LoRA-wrapped for ``method: lora`` (LoRA weights from the seed, so every rank agrees)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=_dtype(dtype or self.config.dtype))
+        model.config.use_cache = False
+        if self.config.method == "lora":
+            peft = _require_peft()
+            lc = self.config.lora
+            present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+            unknown = [t for t in lc.target_modules if t not in present]
+            if unknown:
+                raise ConfigError(f"train.lora.target_modules: {unknown} are not modules of {self.config.model!r}; "
+                                  f"its linear layers include q_proj, k_proj, v_proj, o_proj, gate_up_proj, down_proj")
+            torch.manual_seed(seed)
+            model = peft.get_peft_model(model, peft.LoraConfig(
+                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+                task_type="CAUSAL_LM"))
+        return model
+
+    def train(self, prepared: Path, ctx: StageContext) -> dict[str, Any]:
+        import torch
+
+        from autoglm.training.adaptive import GradVarianceLR
+        from autoglm.training.distributed import ensure_process_group
+        from autoglm.training.guards import create_guard
+        from autoglm.training.loop import train_loop
+        from autoglm.training.text_data import load_split, read_meta
+
+        self._check_objective()
+        meta = read_meta(prepared)
+        base_dir = Path(meta["model"])
+        if not base_dir.is_dir():
+            base_dir = _resolve(self.config.model, ctx.progress)
+        ensure_process_group(ctx.world_size, self.config.distributed.backend)
+        device = torch.device("cpu")
+        if torch.cuda.is_available():
+            device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
+        model = self.build_model(base_dir, seed=ctx.seed).to(device)
+        train_set, valid_set = load_split(prepared, "train"), load_split(prepared, "valid")
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        per_step = self.config.batch_size * self.config.grad_accum * ctx.world_size
+        total = self.config.max_steps or self.config.epochs * -(-len(train_set) // per_step)
+        scheduler = GradVarianceLR.from_config(optimizer, self.config.adaptive_lr, self.config.scheduler, total,
+                                               on_change=ctx.emit)
+        guards = [create_guard(g.type, **g.settings()) for g in self.config.guards]
+        ddp = None
+        if ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ctx.is_main:
+            n_train = sum(p.numel() for p in params)
+            ctx.log_params({"method": self.config.method, "trainable_params": n_train,
+                            "total_params": sum(p.numel() for p in model.parameters()),
+                            "world_size": ctx.world_size, "total_steps": total})
+        pre_shuffle = getattr(self.preprocess_config, "shuffle", True) if self.preprocess_config else True
+        result = train_loop(model, train_set, valid_set, self.config, ctx, optimizer=optimizer, scheduler=scheduler,
+                            guards=guards, pad_id=int(meta["pad_token_id"]), shuffle=pre_shuffle, device=device,
+                            ddp=ddp)
+        final = result.evals[-1] if result.evals else {}
+        metrics: dict[str, Any] = {
+            "steps": result.steps, "resumed_from": result.start_step,
+            "train_loss": result.history[-1]["loss"] if result.history else float("nan"),
+            "eval_loss": final.get("eval_loss", float("nan")), "perplexity": final.get("perplexity", float("nan")),
+            "skipped_steps": sum(1 for h in result.history if h["skipped"]),
+            "tokens_per_s": result.tokens / result.seconds if result.seconds > 0 else 0.0,
+        }
+        if ctx.is_main:
+            self._write_output(model, base_dir, Path(ctx.work_dir) / "model", metrics)
+            (Path(ctx.work_dir) / "history.json").write_text(
+                json.dumps({"history": result.history, "evals": result.evals}), encoding="utf-8")
+        if ctx.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return metrics
+
+    def _write_output(self, model: Any, base_dir: Path, out: Path, metrics: dict[str, Any]) -> None:
+        from transformers import AutoTokenizer
+
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        lora = self.config.method == "lora"
+        if lora and not self.config.merge:
+            model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
+            model.save_pretrained(tmp)
+        else:
+            merged = model.merge_and_unload() if lora else model
+            merged.config.use_cache = True
+            merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
+        for name in _TOKENIZER_EXTRA:  # the base's stop tokens: what the server stops generation on
+            if (base_dir / name).is_file():
+                shutil.copy2(base_dir / name, tmp / name)
+        summary = {"trainer": self.name, "method": self.config.method, "merged": not lora or self.config.merge,
+                   "base_model": str(base_dir.resolve()), "config_model": self.config.model, "metrics": metrics}
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+
+    # --- evaluate ----------------------------------------------------------------------------------
+
+    def evaluate(self, prepared: Path, model: Path, ctx: StageContext) -> dict[str, float]:
+        import torch
+
+        from autoglm.training.loop import evaluate_split
+        from autoglm.training.text_data import load_split, read_meta
+
+        meta = read_meta(prepared)
+        split = ctx.extra.get("split") or ("test" if "test" in meta["splits"] else "valid")
+        if split == "test" and "test" not in meta["splits"]:
+            split = "valid"
+        net, _ = load_model_dir(Path(model), self.config.dtype)
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        metrics = evaluate_split(net.to(device), load_split(prepared, split), int(meta["pad_token_id"]),
+                                 self.config.batch_size, device)
+        return {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
