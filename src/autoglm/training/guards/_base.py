@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar
 from autoglm.errors import ConfigError
 from autoglm.training.events import TrainingEvent
 
-__all__ = ["Guard", "GuardContext", "register_guard", "create_guard", "guard_names"]
+__all__ = ["Guard", "GuardContext", "register_guard", "create_guard", "guard_names", "resolve_settings"]
 
 
 @dataclass
@@ -60,6 +60,20 @@ class Guard:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def resolve_settings(guard: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``given``; an unknown key is a :class:`ConfigError` that names it, lists
+    the allowed ones and suggests the closest (a typo in a pipeline file must not pass silently)."""
+    import difflib
+
+    for key in given:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown setting {key!r} for guard {guard!r}{hint}; allowed: "
+                              f"{', '.join(sorted(defaults))}")
+    return {**defaults, **given}
 
 
 _REGISTRY: dict[str, type[Guard]] = {}
