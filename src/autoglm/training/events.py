@@ -59,5 +59,6 @@ class EventBus:
 
 def log_subscriber(event: TrainingEvent) -> None:
     """The default subscriber: one log line per event."""
-    where = f" step {event.step}" if event.step is not None else ""
-    log.info("[%s/%s]%s %s: %s", event.kind, event.source, where, event.action, event.message)
+    where = f" (step {event.step})" if event.step is not None else ""
+    level = logging.DEBUG if event.kind == "stage" else logging.INFO  # stages print their own line
+    log.log(level, "%s %s%s: %s", event.kind, event.source, where, event.message)

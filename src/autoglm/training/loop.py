@@ -79,7 +79,10 @@ def sample_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     import torch.nn.functional as F
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()  # [B, S-1, V]: position t predicts token t+1
+    import torch
+
+    # [B, S-1, V]: position t predicts token t+1; half precision is upcast for the softmax, float64 kept
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
     target = batch["labels"][:, 1:]  # [B, S-1]
     tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
                           reduction="none").view_as(target)  # [B, S-1]

@@ -114,7 +114,7 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
         run_key = content_key(config.name, keys)
         run_path = ph.run_path(run_key)
         record = read_json(run_path) if run_path.is_file() else {}
-        all_done = all(dirs[s.name].is_done() for s in stages if s.cached) and record.get("status") == "finished"
+        all_done = all(dirs[s.name].is_done() for s in stages) and record.get("status") == "finished"
 
         tracker = _tracker(config, home, tracking and not all_done)
         resolved = config.model_dump(mode="json", by_alias=True)
@@ -136,7 +136,7 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
             for stage in stages:
                 sd = dirs[stage.name]
                 t0 = time.monotonic()
-                cached = stage.cached and sd.is_done()
+                cached = sd.is_done()
                 if cached:
                     rec = sd.record()
                 else:
@@ -150,11 +150,7 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
                     rec = stage.run(StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs},
                                                 tracker), ctx)
                     rec["seconds"] = round(time.monotonic() - t0, 3)
-                    rec = sd.finish(rec) if stage.cached else rec
-                    if not stage.cached:
-                        import shutil
-
-                        shutil.rmtree(work, ignore_errors=True)
+                    rec = sd.finish(rec)
                     tracker.log_metrics({k: v for k, v in rec.get("metrics", {}).items()
                                          if isinstance(v, (int, float))})
                 metrics.update({k: v for k, v in rec.get("metrics", {}).items() if isinstance(v, (int, float))})

@@ -37,14 +37,15 @@ def _mlflow() -> Any:
 
 
 def flatten_params(tree: Any, prefix: str = "") -> dict[str, str]:
-    """``{"train": {"lora": {"r": 8}}}`` -> ``{"train.lora.r": "8"}`` (MLflow params are flat strings)."""
+    """``{"train": {"lora": {"r": 8}}}`` -> ``{"train.lora.r": "8"}``; list items are ``guards.0.type``
+    (MLflow params are flat strings and allow no brackets)."""
     out: dict[str, str] = {}
     if isinstance(tree, dict):
         for k, v in tree.items():
             out.update(flatten_params(v, f"{prefix}.{k}" if prefix else str(k)))
     elif isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
         for i, v in enumerate(tree):
-            out.update(flatten_params(v, f"{prefix}[{i}]"))
+            out.update(flatten_params(v, f"{prefix}.{i}"))
     else:
         out[prefix] = json.dumps(tree) if isinstance(tree, (list, dict)) else str(tree)
     return out

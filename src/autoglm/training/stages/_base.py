@@ -29,7 +29,6 @@ class StageInputs:
 class Stage:
     name: ClassVar[str] = ""
     reads: ClassVar[tuple[str, ...]] = ()
-    cached: ClassVar[bool] = True  # False: runs every time (it checks idempotence itself)
 
     def enabled(self, config: PipelineConfig) -> bool:
         return True

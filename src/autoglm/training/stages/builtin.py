@@ -4,7 +4,7 @@
 - ``train``: the trainer trains (resuming from its checkpoints in the work directory).
 - ``evaluate``: the trainer scores the trained model on the held-out split.
 - ``register``: logs the model to the run and registers a version under an alias, once per trained
-  model (it finds the version it made before, so it is safe to run again).
+  model (it also finds the version it made before a crash, so it never registers twice).
 """
 from __future__ import annotations
 
@@ -166,8 +166,7 @@ def check_condition(condition: str, metrics: dict[str, float]) -> tuple[bool, st
 @register_stage
 class RegisterStage(Stage):
     name = "register"
-    reads = ("train",)
-    cached = False
+    reads = ("train", "evaluate")  # the key covers the metrics the gate reads
 
     def enabled(self, config: Any) -> bool:
         return isinstance(config.register_, RegisterConfig)
@@ -179,6 +178,9 @@ class RegisterStage(Stage):
         from autoglm.registry.models import register_model_version
 
         cfg: RegisterConfig = inputs.config.register_
+        if not hasattr(inputs.tracker, "client"):
+            raise ConfigError("the register stage needs MLflow tracking; run without --no-tracking, or use "
+                              "--until evaluate")
         metrics = dict(ctx.extra.get("metrics") or {})
         if cfg.when:
             ok, why = check_condition(cfg.when, metrics)
