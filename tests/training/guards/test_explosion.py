@@ -166,3 +166,25 @@ def test_bad_settings():
         create_guard("explosion", z_treshold=3)
     with pytest.raises(ConfigError, match="restore' or 'reinit"):
         create_guard("explosion", action="reset")
+
+
+def test_reinit_of_a_glm_layer_uses_the_models_own_init(glm, batch):
+    opt = torch.optim.AdamW(glm.parameters(), lr=1e-4)
+    bus = EventBus()
+    guard = create_guard("explosion", action="reinit")
+    ctx = GuardContext(emit=bus.emit, model=glm, optimizer=opt)
+    for step in range(4):
+        opt.zero_grad()
+        lm_loss(glm, batch).backward()
+        ctx.step = step
+        if step == 3:
+            glm.model.layers[2].mlp.down_proj.weight.grad[0, 0] = float("nan")
+        if not guard.after_backward(ctx):
+            opt.step()
+    layer = glm.model.layers[2]
+    assert bus.events[0].data["layer"] == "model.layers.2"
+    assert torch.equal(layer.input_layernorm.weight, torch.ones_like(layer.input_layernorm.weight))
+    assert abs(float(layer.self_attn.q_proj.weight.std()) - glm.config.initializer_range) < 0.002
+    assert layer.self_attn.q_proj.weight not in opt.state
+    assert not torch.equal(glm.model.layers[1].input_layernorm.weight,
+                           torch.ones_like(glm.model.layers[1].input_layernorm.weight))  # other layers kept

@@ -40,7 +40,6 @@ __all__ = ["ColumnProfile", "ReferenceProfile", "ColumnDrift", "DriftReport", "D
            "psi", "build_profile", "check"]
 
 PROFILE_VERSION = 1
-OTHER = "<other>"
 Tokenizer = Callable[[str], Iterable[Any]]
 
 
@@ -69,7 +68,7 @@ class ColumnProfile:
     kind: str
     counts: list[int]
     edges: list[float] | None = None  # inner edges, ascending: len(counts) == len(edges) + 2
-    categories: list[str] | None = None  # then OTHER, then missing: len(counts) == len(categories) + 2
+    categories: list[str] | None = None  # then "other", then missing: len(counts) == len(categories) + 2
     source: str | None = None  # for derived text columns: the raw column they come from
     derived: str | None = None  # "length" or "tokens"
 
@@ -122,7 +121,7 @@ def _as_columns(data: Any) -> dict[str, np.ndarray]:
     if hasattr(data, "columns") and hasattr(data, "__getitem__") and not isinstance(data, Mapping):
         return {str(c): data[c].to_numpy() for c in data.columns}
     if isinstance(data, Mapping):
-        return {str(k): np.asarray(v) if not isinstance(v, np.ndarray) else v for k, v in data.items()}
+        return {str(k): v if isinstance(v, np.ndarray) else _object_array(list(v)) for k, v in data.items()}
     if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], Mapping)):
         names: dict[str, None] = {}
         for row in data:
@@ -133,7 +132,8 @@ def _as_columns(data: Any) -> dict[str, np.ndarray]:
 
 
 def _object_array(values: list[Any]) -> np.ndarray:
-    arr = np.asarray(values)
+    """Plain values as an array; numbers with ``None`` holes become floats with NaN, not objects."""
+    arr = np.asarray(values, dtype=object) if any(v is None for v in values) else np.asarray(values)
     if arr.dtype.kind in "OUS" and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
                                        for v in values):
         arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)

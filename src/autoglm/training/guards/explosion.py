@@ -191,13 +191,23 @@ class ExplosionGuard(Guard):
         import torch
 
         root = ctx.model.get_submodule(layer) if _has_submodule(ctx.model, layer) else None
+        hf_init = getattr(ctx.model, "_init_weights", None)  # a transformers model: use its own init scheme
         with torch.no_grad():
-            modules = list(root.modules()) if root is not None else []
-            for m in modules:
-                if hasattr(m, "reset_parameters"):
+            for m in list(root.modules()) if root is not None else []:
+                if hf_init is not None:
+                    # transformers' init functions skip tensors flagged as loaded; lift the flag for this call
+                    own = list(m.parameters(recurse=False))
+                    flags = [getattr(p, "_is_hf_initialized", None) for p in own]
+                    for p in own:
+                        p._is_hf_initialized = False
+                    hf_init(m)
+                    for p, f in zip(own, flags):
+                        if f is None:
+                            del p._is_hf_initialized
+                        else:
+                            p._is_hf_initialized = f
+                elif hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-                elif hasattr(ctx.model, "_init_weights"):  # transformers modules without reset_parameters
-                    ctx.model._init_weights(m)
         if ctx.optimizer is not None:
             for p in params.values():
                 ctx.optimizer.state.pop(p, None)  # the optimizer starts this layer afresh
