@@ -115,6 +115,18 @@ class TabularSchema:
                 out[col] = codes
         return pd.DataFrame(out, index=frame.index)
 
+    def decode(self, X: "pd.DataFrame") -> "pd.DataFrame":
+        """Encoded features back to raw-like columns: categories as their text, numbers unchanged."""
+        import numpy as np
+
+        out = X[self.names].copy()
+        for f in self.features:
+            if f["kind"] == "categorical":
+                names = np.asarray(f["categories"] + [None], dtype=object)
+                codes = out[f["name"]].to_numpy()
+                out[f["name"]] = names[np.where(np.isnan(codes), len(f["categories"]), codes).astype(int)]
+        return out
+
     def encode_target(self, series: "pd.Series") -> "np.ndarray":
         import numpy as np
 
@@ -260,7 +272,7 @@ def make_estimator(name: str, task: str, params: dict[str, Any], seed: int) -> t
     elif family == "xgboost":
         params.setdefault("random_state", seed)
         params.setdefault("n_jobs", 1)
-        params.setdefault("verbosity", 0)
+        params.setdefault("verbosity", 1)  # warnings only: an unused parameter is reported as one
     else:
         if "random_state" in known:
             params.setdefault("random_state", seed)
@@ -506,6 +518,13 @@ class TabularTrainer(Trainer):
             out[schema.weight_column] = 1.0  # valid/test files need no weight column
         out.attrs = dict(frame.attrs)  # keep row locations for the split
         return out
+
+    def drift_data(self, prepared: Path) -> "pd.DataFrame":
+        """The prepared train split's features with categories decoded to text (what ``data.reference`` holds)."""
+        import pandas as pd
+
+        schema = TabularSchema.from_json(json.loads((prepared / "schema.json").read_text()))
+        return schema.decode(pd.read_parquet(prepared / "train.parquet"))
 
     # train --------------------------------------------------------------------------------------
 
