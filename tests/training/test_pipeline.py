@@ -154,7 +154,7 @@ def test_cli_run_validate_status_and_errors(tmp_path, home):
     bad.write_text(path.read_text().replace("target: y", "target: y\n  estimater: x"))
     out = cli("pipeline", "validate", str(bad), home=home)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
-    assert "bad.yaml:11 train.estimater: unknown key 'estimater'; did you mean 'estimator'?" in out.stderr
+    assert "bad.yaml:9 train.estimater: unknown key 'estimater'; did you mean 'estimator'?" in out.stderr
 
     missing_col = tmp_path / "nocol.yaml"
     missing_col.write_text(path.read_text().replace("target: y", "target: label"))

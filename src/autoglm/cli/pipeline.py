@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--until", choices=("preprocess", "train", "evaluate", "register"), help="stop after this stage")
     r.add_argument("--nproc", type=int, default=None, help="data-parallel training processes on this machine")
     r.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true", help="no progress bars (the line per stage stays)")
     r.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     r.set_defaults(func=_run)
     v = sub.add_parser("validate", help="check a pipeline file without running it")

@@ -3,8 +3,9 @@
 :func:`run_pipeline` takes a pipeline file (or a validated :class:`PipelineConfig`), computes every
 stage's key from its settings, inputs and upstream keys, runs the stages that are not done (a stage
 left half-done by a crash resumes in its work directory), tracks the run in MLflow and returns a
-:class:`PipelineResult`. One line is printed per stage when it ends. Two processes running the same
-pipeline do not step on each other: the second waits for the first's lock. :func:`pipeline_runs`
+:class:`PipelineResult`. One line is printed per stage when it ends. A second process running the
+same run stops at once with a clear message; runs that share a stage (a search's trials share
+preprocessing) take turns on it, and the second finds it done. :func:`pipeline_runs`
 lists the run records for ``autoglm pipeline status``. Knows nothing about argparse.
 """
 from __future__ import annotations
@@ -75,12 +76,13 @@ def _line(stage: str, record: dict[str, Any], cached: bool, seconds: float, dire
 def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = None, until: str | None = None,
                  nproc: int | None = None, progress: bool = True, tracking: bool = True,
                  out: TextIO | None = None, subscribers: list[Callable[[TrainingEvent], None]] | None = None,
-                 ) -> PipelineResult:
+                 tags: dict[str, str] | None = None,
+                 on_metrics: Callable[[dict[str, float], int | None], None] | None = None) -> PipelineResult:
     """Run (or resume, or find finished) the pipeline; see the module docstring.
 
     ``until`` stops after that stage; ``nproc`` overrides ``train.distributed.nproc``; ``out`` receives
-    the one-line-per-stage summary (default stderr; ``None`` output when ``progress`` is False and
-    ``out`` is not given).
+    the one-line-per-stage summary (default stderr); ``progress`` turns the stages' progress bars on. ``tags`` go on the MLflow run (``mlflow.parentRunId`` makes it a child run); ``on_metrics``
+    sees every metric a stage reports as it is reported (a search's pruner listens here and may raise).
     """
     config = _as_config(pipeline)
     home = Path(home) if home is not None else default_store_dir()
@@ -88,7 +90,7 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
         from autoglm.errors import ConfigError
 
         raise ConfigError(f"--until: expected one of {', '.join(STAGES)}; got {until!r}")
-    out = out if out is not None else (sys.stderr if progress else open(os.devnull, "w"))
+    out = out if out is not None else sys.stderr
     trainer = create_trainer(config.train.trainer, config.train, config.data, config.preprocess)
     ph = PipelineHome(home, config.name)
     bus = EventBus()
@@ -99,28 +101,31 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
 
     bus.subscribe(prometheus.count_event)
 
-    with exclusive_lock(ph.lock_path(), timeout=5.0, what=f"running pipeline {config.name!r}"):
-        stages = [s for s in pipeline_stages() if s.enabled(config)]
-        if until is not None:
-            stages = stages[:[s.name for s in stages].index(until) + 1] if until in [s.name for s in stages] else stages
-        # Keys first (cheap: hashes of settings and file bytes), so the run is known before any work.
-        keys: dict[str, str] = {}
-        dirs = {}
-        for stage in stages:
-            inputs = StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs}, None)
-            upstream = {n: keys[n] for n in stage.reads if n in keys}
-            keys[stage.name] = content_key(stage.name, upstream, stage.key_parts(inputs))
-            dirs[stage.name] = ph.stage(stage.name, keys[stage.name])
-        run_key = content_key(config.name, keys)
-        run_path = ph.run_path(run_key)
+    stages = [s for s in pipeline_stages() if s.enabled(config)]
+    names = [s.name for s in stages]
+    if until is not None and until in names:
+        stages = stages[:names.index(until) + 1]
+    # Keys first (cheap: hashes of settings and file bytes), so the run is known before any work.
+    keys: dict[str, str] = {}
+    dirs = {}
+    for stage in stages:
+        inputs = StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs}, None)
+        upstream = {n: keys[n] for n in stage.reads if n in keys}
+        keys[stage.name] = content_key(stage.name, upstream, stage.key_parts(inputs))
+        dirs[stage.name] = ph.stage(stage.name, keys[stage.name])
+    run_key = content_key(config.name, keys)
+    run_path = ph.run_path(run_key)
+
+    # One process per run; runs that share a stage (trials of a search share preprocessing) take
+    # turns on that stage only.
+    with exclusive_lock(run_path.with_suffix(".lock"), timeout=5.0, what=f"running this run of {config.name!r}"):
         record = read_json(run_path) if run_path.is_file() else {}
         all_done = all(dirs[s.name].is_done() for s in stages) and record.get("status") == "finished"
-
         tracker = _tracker(config, home, tracking and not all_done)
         resolved = config.model_dump(mode="json", by_alias=True)
         if not all_done:
             tracker.start(f"{config.name}-{run_key[:8]}", run_id=record.get("mlflow_run_id"),
-                                   tags={"autoglm.pipeline": config.name, "autoglm.run_key": run_key})
+                          tags={"autoglm.pipeline": config.name, "autoglm.run_key": run_key, **(tags or {})})
             tracker.log_params(flatten_params(resolved))
             bus.subscribe(tracker.on_event)
         record.update({"name": config.name, "run_key": run_key, "stage_keys": keys, "status": "running",
@@ -130,29 +135,34 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
         record.setdefault("started_at", time.time())
         write_json(run_path, record)
 
+        def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+            tracker.log_metrics(metrics, step)
+            if on_metrics is not None:
+                on_metrics(metrics, step)
+
         results: dict[str, dict[str, Any]] = {}
         metrics: dict[str, float] = {}
         try:
             for stage in stages:
                 sd = dirs[stage.name]
                 t0 = time.monotonic()
-                cached = sd.is_done()
-                if cached:
-                    rec = sd.record()
-                else:
-                    work = sd.begin()
-                    ctx = StageContext(work_dir=work, seed=config.seed, progress=progress, emit=bus.emit,
-                                       log_metrics=tracker.log_metrics, log_params=tracker.log_params,
-                                       extra={"nproc": nproc if nproc is not None else _nproc(config),
-                                              "metrics": metrics, "run_key": run_key, "home": home,
-                                              "stage_dirs": dirs, "tracker": tracker})
-                    bus.emit(TrainingEvent("stage", stage.name, "started", f"{stage.name} started", data={}))
-                    rec = stage.run(StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs},
-                                                tracker), ctx)
-                    rec["seconds"] = round(time.monotonic() - t0, 3)
-                    rec = sd.finish(rec)
-                    tracker.log_metrics({k: v for k, v in rec.get("metrics", {}).items()
-                                         if isinstance(v, (int, float))})
+                with exclusive_lock(sd.lock_path, timeout=7 * 86400.0, what=f"running stage {sd.final.name}"):
+                    cached = sd.is_done()  # (again: another run may have finished it while we waited)
+                    if cached:
+                        rec = sd.record()
+                    else:
+                        ctx = StageContext(work_dir=sd.begin(), seed=config.seed, progress=progress, emit=bus.emit,
+                                           log_metrics=log_metrics, log_params=tracker.log_params,
+                                           extra={"nproc": nproc if nproc is not None else _nproc(config),
+                                                  "metrics": metrics, "run_key": run_key, "home": home,
+                                                  "stage_dirs": dirs, "tracker": tracker})
+                        bus.emit(TrainingEvent("stage", stage.name, "started", f"{stage.name} started"))
+                        rec = stage.run(StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs},
+                                                    tracker), ctx)
+                        rec["seconds"] = round(time.monotonic() - t0, 3)
+                        rec = sd.finish(rec)
+                if not cached or not all_done:
+                    tracker.log_metrics({k: v for k, v in rec.get("metrics", {}).items() if isinstance(v, (int, float))})
                 metrics.update({k: v for k, v in rec.get("metrics", {}).items() if isinstance(v, (int, float))})
                 results[stage.name] = {**rec, "cached": cached, "dir": str(sd.final)}
                 print(_line(stage.name, rec, cached, time.monotonic() - t0, sd.final), file=out, flush=True)
@@ -168,7 +178,7 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
                        "stages": {k: {"dir": v["dir"], "seconds": v.get("seconds")} for k, v in results.items()}})
         write_json(run_path, record)
         if not all_done:
-            tracker.log_dict([e.__dict__ for e in bus.events], "events.jsonl.json")
+            tracker.log_dict([e.__dict__ for e in bus.events], "events.json")
             tracker.end("FINISHED")
     model_dir = Path(results["train"]["dir"]) / "model" if "train" in results else None
     return PipelineResult(config.name, run_key, results, metrics, model_dir, record.get("mlflow_run_id"),

@@ -77,6 +77,10 @@ class StageDir:
         return self.root / f"{self.stage}-{self.key}.work"
 
     @property
+    def lock_path(self) -> Path:
+        return self.root / f".{self.stage}-{self.key}.lock"
+
+    @property
     def record_path(self) -> Path:
         return self.final / "stage.json"
 
@@ -119,10 +123,6 @@ class PipelineHome:
     def run_path(self, run_key: str) -> Path:
         self.runs.mkdir(parents=True, exist_ok=True)
         return self.runs / f"{run_key}.json"
-
-    def lock_path(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return self.root / ".lock"
 
 
 def list_runs(home: Path) -> list[dict[str, Any]]:
