@@ -302,7 +302,12 @@ def locate(frame: "pd.DataFrame", label: Any, file: str | Path | None = None) ->
                 row = position - start + 1
                 return Location(name, row, _line_of(Path(name), kind, row))
     name = str(file) if file is not None else "<data>"
-    return Location(name, position + 1 if position is not None else 0)
+    try:  # a frame built in memory: its n-th row, whatever its index labels are
+        at = frame.index.get_loc(label)
+        position = at if isinstance(at, int) else position
+    except KeyError:
+        pass
+    return Location(name, position + 1 if position is not None else 1)
 
 
 def _line_of(path: Path, kind: str, row: int) -> int | None:
