@@ -43,6 +43,10 @@ __all__ = [
     "RegisterConfig",
     "TrackingConfig",
     "DistributedConfig",
+    "SearchConfig",
+    "ParamSpec",
+    "PrunerConfig",
+    "reported_metrics",
 ]
 
 Loc = tuple[Union[str, int], ...]
@@ -207,6 +211,62 @@ class TrackingConfig(_Strict):
     experiment: Optional[str] = None  # default: the pipeline's name
 
 
+class ParamSpec(_Strict):
+    """One searched parameter. Its name (the key in ``search.params``) is a dotted path into this file,
+    e.g. ``train.params.num_leaves`` or ``train.lora.r``."""
+
+    type: Literal["int", "float", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None  # a grid over int/float needs it (the grid is low, low+step, ..., high)
+    choices: Optional[list[Any]] = None
+    when: Optional[dict[str, Any]] = None  # exists only when another (categorical) parameter has this value
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ParamSpec":
+        if self.type == "categorical":
+            if self.choices is None:
+                raise ValueError("a categorical parameter needs 'choices'")
+            if not self.choices:
+                raise ValueError("choices is empty; give at least one value")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical parameter takes 'choices', not low/high")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"an {self.type} parameter needs 'low' and 'high'")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low:g}) is above high ({self.high:g})")
+            if self.log and self.low <= 0:
+                raise ValueError(f"log: true needs low > 0; got {self.low:g}")
+            if self.choices is not None:
+                raise ValueError(f"an {self.type} parameter takes low/high, not choices")
+            if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+                raise ValueError("an int parameter needs whole-number low and high")
+        return self
+
+
+class PrunerConfig(_Strict):
+    type: Literal["none", "median", "hyperband"] = "median"
+    metric: Optional[str] = None  # an intermediate metric (per fold / per evaluation); default from `metric`
+    warmup_steps: NonNegativeInt = 0
+    startup_trials: NonNegativeInt = 5
+
+
+class SearchConfig(_Strict):
+    """Hyper-parameter and structure search over this pipeline (``autoglm tune FILE``), on Optuna."""
+
+    strategy: Literal["grid", "random", "bayes"] = "bayes"
+    sampler: Literal["tpe", "gp"] = "tpe"  # the Bayesian model (strategy: bayes)
+    metric: str  # a metric the pipeline reports, e.g. test_auc, cv_auc_mean, test_eval_loss
+    direction: Literal["maximize", "minimize"] = "maximize"
+    n_trials: Optional[PositiveInt] = 20  # grid: default the whole grid
+    timeout: Optional[PositiveFloat] = None  # seconds for the whole study
+    cv_folds: Optional[int] = Field(None, ge=0)  # overrides train.cv_folds in every trial (tabular)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    params: dict[str, ParamSpec] = Field(min_length=1)
+
+
 class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     seed: int = 0
@@ -216,6 +276,7 @@ class PipelineConfig(_Strict):
     evaluate: Union[EvaluateConfig, Literal[False]] = Field(default_factory=EvaluateConfig)
     register_: Union[RegisterConfig, Literal[False]] = Field(False, alias="register")  # `register` is taken by ABCMeta
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    search: Optional[SearchConfig] = None
 
     @field_validator("preprocess", "evaluate", "register_", mode="before")
     @classmethod
@@ -232,6 +293,10 @@ def reference_errors(config: PipelineConfig) -> list[tuple[Loc, str]]:
             problems.append((("train", "weight_column"), "the weight column cannot be the target column"))
         if train.features is not None and train.target in train.features:
             problems.append((("train", "features"), f"the target {train.target!r} cannot also be a feature"))
+    if config.search is not None:
+        from autoglm.tuning.space import search_errors
+
+        problems.extend(search_errors(config))
     for i, guard in enumerate(train.guards):
         if isinstance(train, TabularConfig) and guard.type in ("structure", "explosion"):
             problems.append((("train", "guards", i, "type"),
@@ -246,3 +311,28 @@ def reference_errors(config: PipelineConfig) -> list[tuple[Loc, str]]:
             key = next((k for k in guard.settings() if repr(k) in str(exc)), None)
             problems.append((("train", "guards", i) + ((key,) if key else ()), str(exc)))
     return problems
+
+
+_TABULAR_METRICS = {"classification": ("auc", "f1", "accuracy", "precision", "recall", "log_loss"),
+                    "regression": ("rmse", "mae", "r2")}
+
+
+def reported_metrics(config: PipelineConfig, cv_folds: int | None = None) -> list[str]:
+    """The metric names a run of this pipeline reports (what ``search.metric`` and ``register.when`` may name)."""
+    train = config.train
+    names: list[str] = []
+    if isinstance(train, TabularConfig):
+        kinds = _TABULAR_METRICS.get(train.task) or sum(_TABULAR_METRICS.values(), ())
+        folds = train.cv_folds if cv_folds is None else cv_folds
+        for m in kinds:
+            names.append(f"valid_{m}")
+            if folds >= 2:
+                names += [f"cv_{m}_mean", f"cv_{m}_std"]
+        base = list(kinds)
+    else:
+        names += ["train_loss", "eval_loss", "perplexity"]
+        base = ["eval_loss", "perplexity"]
+    if config.evaluate:
+        wanted = config.evaluate.metrics or base
+        names += [f"test_{m}" for m in wanted]
+    return names

@@ -134,6 +134,7 @@ class EvaluateStage(Stage):
         return {"evaluate": _dump(inputs.config.evaluate)}
 
     def run(self, inputs: StageInputs, ctx: StageContext) -> dict[str, Any]:
+        ctx.extra["split"] = inputs.config.evaluate.split
         metrics = inputs.trainer.evaluate(inputs.upstream["preprocess"].final,
                                           inputs.upstream["train"].final / "model", ctx)
         wanted = inputs.config.evaluate.metrics
