@@ -380,7 +380,8 @@ def _make_scheduler_class() -> type:
 
         def get_lr(self) -> list[float]:  # type: ignore[override]
             s = self.base_schedule(self.last_epoch)
-            return [_clamp(float(base) * s * f, self.min_lr, self.max_lr) for base, f in zip(self.base_lrs, self.factors)]
+            return [_clamp(float(base) * s * f, self.min_lr, self.max_lr)
+                    for base, f in zip(self.base_lrs, self.factors)]
 
         def state_dict(self) -> dict[str, Any]:
             """Plain numbers and lists only, so ``torch.load(weights_only=True)`` reads it."""
@@ -393,8 +394,9 @@ def _make_scheduler_class() -> type:
 
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             if len(state_dict["factors"]) != len(self.optimizer.param_groups):
-                raise ConfigError(f"the checkpoint's scheduler has {len(state_dict['factors'])} param groups, the "
-                                  f"optimizer {len(self.optimizer.param_groups)}; resume with the same optimizer layout")
+                raise ConfigError(f"the checkpoint's scheduler has {len(state_dict['factors'])} param groups, "
+                                  f"the optimizer {len(self.optimizer.param_groups)}; "
+                                  "resume with the same optimizer layout")
             self.last_epoch = int(state_dict["last_epoch"])
             self._step_count = int(state_dict["step_count"])
             self.base_lrs = list(state_dict["base_lrs"])
