@@ -1,0 +1,1 @@
+"""Tuning: search spaces, studies, the server tuning itself (serve.py), the trial scheduler."""
