@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress lines say what each trial did
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own progress lines say what each trial did
     except ImportError:
         raise ConfigError("`autoglm tune serve` needs optuna: pip install 'autoglm[train]' (or optuna)") from None
 

@@ -52,6 +52,10 @@ HARNESS_FLAGS = ["--no-gateway", "--access-log", "off", "--log-level", "warning"
 Log = Callable[[str], None]
 
 
+class _Failed(Exception):
+    """A trial whose server did not start or whose run errored (Optuna records it as FAIL)."""
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -270,7 +274,6 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
     check only. ``out``: where the deploy file goes (report.md and trials.json beside it); None writes nothing.
     """
     import optuna
-    from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
     from autoglm.engine.base import auto_engine_name
@@ -304,7 +307,6 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
     name = study_name or f"tune-serve:{model}:{workload.key()}:{objective.name}:{sp.key()}"
     study = optuna.create_study(storage=_storage(storage), sampler=_sampler(sampler, seed, choices, n_trials),
                                 study_name=name, direction=objective.direction, load_if_exists=True)
-    dists = {k: CategoricalDistribution(list(v)) for k, v in choices.items()}
     extra = ["--device", device] if device != "auto" else []
     log(f"  {dev.kind} ({dev.name}); workload: {workload.describe()}; needs {need} tokens per request")
     log(f"  space ({sp.size()} settings): " + "; ".join(f"{k} {list(v)}" for k, v in choices.items()))
@@ -316,8 +318,10 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
     def measured(role_filter: tuple[str, ...] = ("defaults", "search")) -> list[TrialRecord]:
         return [r for r in records() if r.role in role_filter and r.status in ("ok", "infeasible", "failed")]
 
-    def run_trial(trial: Any, role: str) -> TrialRecord:
-        params = {k: trial.params[k] for k in PARAMS}
+    def run_trial(trial: Any) -> float:
+        # an Optuna objective: a value, TrialPruned, or _Failed (caught by optimize: a FAIL trial)
+        role = trial.user_attrs.get("role", "search")
+        params = {k: trial.suggest_categorical(k, list(v)) for k, v in choices.items()}
         flags = serve_flags(params, sp.defaults) + extra
         trial.set_user_attr("role", role)
         trial.set_user_attr("flags", flags)
@@ -330,57 +334,50 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
             trial.set_user_attr("reason", f"same settings as trial {earlier.number}")
             if earlier.value is not None:
                 trial.set_user_attr("constraints", objective.constraints(earlier.metrics))
-                study.tell(trial, earlier.value)
-            else:
-                study.tell(trial, state=TrialState.PRUNED if earlier.status == "pruned" else TrialState.FAIL)
-            return _record(study.get_trials(deepcopy=False)[trial.number])
+                return earlier.value
+            if earlier.status == "pruned":
+                raise optuna.TrialPruned(earlier.reason)
+            raise _Failed(earlier.reason)
         why = planner_reason(params, arch=arch, device=dev, need_tokens=sp.need_tokens) if role == "search" else None
         if why:
             trial.set_user_attr("status", "pruned")
             trial.set_user_attr("reason", why)
-            study.tell(trial, state=TrialState.PRUNED)
             log(f"  #{trial.number} {shown}: pruned, {why}")
-            return _record(study.get_trials(deepcopy=False)[trial.number])
+            raise optuna.TrialPruned(why)
         log(f"  #{trial.number} [{role}] {shown}: starting autoglm serve")
-        try:
-            status, reason, metrics, startup = measure_setting(
-                model, flags, workload, requests, trial_timeout=trial_timeout, startup_timeout=startup_timeout)
-        except BaseException:
-            trial.set_user_attr("status", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            raise
+        trial.set_user_attr("status", "interrupted")  # until the measurement ends
+        status, reason, metrics, startup = measure_setting(
+            model, flags, workload, requests, trial_timeout=trial_timeout, startup_timeout=startup_timeout)
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("startup_s", startup)
         if status == "failed":
             trial.set_user_attr("status", "failed")
-            study.tell(trial, state=TrialState.FAIL)
             log(f"  #{trial.number} failed: {reason}")
-        else:
-            feasible = objective.feasible(metrics)
-            trial.set_user_attr("status", "ok" if feasible else "infeasible")
-            trial.set_user_attr("metrics", metrics)
-            trial.set_user_attr("constraints", objective.constraints(metrics))
-            if not feasible and not reason:
-                trial.set_user_attr("reason", f"{objective.bound_metric} {metrics[objective.bound_metric]:.1f} ms "
-                                              f"> {objective.slo_ms:g} ms")
-            study.tell(trial, objective.value(metrics))
-            log(f"  #{trial.number} {metrics['tok_s']:.1f} tok/s, TTFT p99 {metrics['ttft_p99']:.0f} ms, TPOT p99 "
-                f"{metrics['tpot_p99']:.1f} ms, {int(metrics['failed'])} failed"
-                + ("" if feasible else " (infeasible)"))
-        return _record(study.get_trials(deepcopy=False)[trial.number])
+            raise _Failed(reason)
+        feasible = objective.feasible(metrics)
+        trial.set_user_attr("status", "ok" if feasible else "infeasible")
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("constraints", objective.constraints(metrics))
+        if not feasible and not reason:
+            trial.set_user_attr("reason", f"{objective.bound_metric} {metrics[objective.bound_metric]:.1f} ms "
+                                          f"> {objective.slo_ms:g} ms")
+        log(f"  #{trial.number} {metrics['tok_s']:.1f} tok/s, TTFT p99 {metrics['ttft_p99']:.0f} ms, TPOT p99 "
+            f"{metrics['tpot_p99']:.1f} ms, {int(metrics['failed'])} failed" + ("" if feasible else " (infeasible)"))
+        return objective.value(metrics)
+
+    asks = [0]
+
+    def budget_spent(study: Any, _trial: Any) -> None:
+        asks[0] += 1
+        tried = {params_key(r.params) for r in records() if r.status != "interrupted"}
+        if len(measured()) >= n_trials or asks[0] >= 10 * n_trials + 20 or len(tried) >= sp.size():
+            study.stop()
 
     have_defaults = any(r.role == "defaults" and r.status in ("ok", "infeasible", "failed") for r in records())
-    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-    if not have_defaults and not waiting:
+    if not have_defaults and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         study.enqueue_trial(dict(sp.defaults), user_attrs={"role": "defaults"})
-    asks = 0
-    tried: set[str] = {params_key(r.params) for r in records() if r.status != "interrupted"}
-    while len(measured()) < n_trials and asks < 10 * n_trials + 20 and (len(tried) < sp.size() or waiting):
-        trial = study.ask(dists)
-        waiting = []
-        asks += 1
-        rec = run_trial(trial, trial.user_attrs.get("role", "search"))
-        tried.add(params_key(rec.params))
+    if len(measured()) < n_trials:
+        study.optimize(run_trial, catch=(_Failed,), callbacks=[budget_spent])
 
     candidate = _best(objective, [r for r in records() if r.role == "search" and r.status == "ok"
                                   and params_key(r.params) != params_key(sp.defaults)])
@@ -388,7 +385,7 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
         log("  re-measuring " + ("the best setting and " if candidate else "") + "the defaults")
         for params in ([candidate.params] if candidate else []) + [sp.defaults]:
             study.enqueue_trial(dict(params), user_attrs={"role": "confirm"})
-            run_trial(study.ask(dists), "confirm")
+            study.optimize(run_trial, n_trials=1, catch=(_Failed,))
 
     result = ServeTuningResult(
         model=model, device=f"{dev.kind} ({dev.name})", device_flag=device, workload_text=workload.describe(),
