@@ -46,9 +46,13 @@ def test_round_robin_takes_turns_without_reading_load():
 
 def test_load_aware_avoids_full_and_busy_devices():
     full = gpu("cuda:0", free_gib=2, total_gib=80)  # fast but out of memory (someone else's)
-    busy = gpu("cuda:1", free_gib=20, util=0.95, speed=2.0)  # fastest, but another user's job holds it
+    busy = gpu("cuda:1", free_gib=20, util=0.95, speed=1.5)  # faster, but another user's job holds it
     idle = gpu("cuda:2", free_gib=20)
     assert get_policy("load-aware").choose(req("a"), [full, busy, idle], ctx()) == "cuda:2"
+    # sharing a busy device still wins when it is fast enough to end first even at half speed
+    busy.speed = 2.5
+    assert get_policy("load-aware").choose(req("a"), [full, busy, idle], ctx()) == "cuda:1"
+    busy.speed = 1.5
     # shortest-job-first reads memory and its own trials only: it lands on the foreign-busy one
     assert get_policy("shortest-job-first").choose(req("a"), [full, busy, idle], ctx()) == "cuda:1"
 
@@ -87,9 +91,16 @@ def test_shortest_job_first_orders_by_learned_duration():
     model.observe(req("y", bucket="short"), dev, 5.0)
     waiting = [req("l1", expected=None, bucket="long"), req("s1", expected=None, bucket="short"),
                req("l2", expected=None, bucket="long")]
-    order = get_policy("shortest-job-first").order(waiting, ctx(durations=model))
+    order = get_policy("shortest-job-first").order(waiting, [dev], ctx(durations=model))
     assert [r.trial_id for r in order] == ["s1", "l1", "l2"]
-    assert [r.trial_id for r in get_policy("load-aware").order(waiting, ctx())] == ["l1", "s1", "l2"]
+    assert [r.trial_id for r in get_policy("round-robin").order(waiting, [dev], ctx(durations=model))] == ["l1", "s1", "l2"]
+    # load-aware: soonest finish first, so a short trial that must wait for a busy device goes after
+    busy = gpu("cuda:0", 24)
+    busy.running = [RunningTrial("r", GiB, started_at=0.0, predicted_s=1000.0)]
+    waiting[1] = req("s1", expected=None, bucket="short", kinds=("cuda",))
+    cpu = DeviceState("cpu", "cpu", 64 * GiB, 64 * GiB)
+    order = get_policy("load-aware").order(waiting, [busy, cpu], ctx(durations=model))
+    assert [r.trial_id for r in order] == ["l1", "l2", "s1"]
 
 
 def test_unknown_policy_names_the_choices():
@@ -222,3 +233,12 @@ def test_trace_round_trips_through_json(tmp_path):
     (tmp_path / "bad.json").write_text('[{"trial_id": "x"}]')
     with pytest.raises(ConfigError, match="bad.json"):
         read_trace(tmp_path / "bad.json")
+
+
+def test_load_aware_second_waiter_does_not_count_on_the_same_slot():
+    fast = gpu("cuda:0", free_gib=16)
+    fast.running = [RunningTrial("r", 8 * GiB, started_at=0.0, predicted_s=100.0)]
+    slow = gpu("cuda:1", free_gib=24, speed=0.5)
+    la, c = get_policy("load-aware"), ctx(now=90)
+    assert la.choose(req("a", expected=100), [fast, slow], c) is None  # 10 + 100 s beats 200 s: wait
+    assert la.choose(req("b", expected=100), [fast, slow], c) == "cuda:1"  # behind "a": 210 s; the slow one: 200 s

@@ -14,9 +14,9 @@ Where a trial goes is a :class:`Policy`, registered by name in :data:`POLICIES`:
 * ``load-aware`` -- arrival order; for each device with the right kind it predicts when the trial
   would finish there: the wait until a slot and the planned memory are free (from the predicted
   remaining time of our trials on it; a slot held by someone else's job is not expected to free) plus
-  the predicted duration on that device. It takes the best device if that one is free now and
-  otherwise waits rather than oversubscribe. Only when none of our trials runs anywhere (so waiting
-  frees nothing) does it share a device, the one where the trial would finish first.
+  the predicted duration on that device, slowed by sharing where only someone else's job runs. It
+  takes the best device if the trial can start there now and otherwise waits: it never puts a trial
+  beside one of ours on a full slot, nor where its plan does not fit in the free memory.
 
 Durations come from :class:`DurationModel`: the request's own estimate, else an exponential moving
 average of earlier trials in the same ``bucket`` (the tuner names buckets from similar parameters).
@@ -35,6 +35,7 @@ by :mod:`autoglm.tuning.devices`.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import threading
@@ -85,29 +86,26 @@ def planned_memory(arch: Any, precision: str, kind: str = "cuda", max_model_len:
 
 
 class DurationModel:
-    """Predicts a trial's duration from earlier ones: EMA per bucket (normalised to speed 1) and per device."""
+    """Predicts a trial's duration: its own estimate, else an EMA of its bucket's earlier trials.
+
+    Durations are normalised to a speed-1 device with the device's ``speed`` (the probe's, or the
+    ``speeds`` given to the :class:`Scheduler`). It does not learn device speeds itself: learnt
+    from the trials a policy chose to put there, one slow draw makes a device look slow, it gets no
+    more trials, and it never recovers.
+    """
 
     def __init__(self, alpha: float = 0.3, default_s: float = 60.0):
         self.alpha, self.default_s = alpha, default_s
         self._bucket: dict[str, float] = {}
-        self._device: dict[tuple[str, str], float] = {}
-
-    def _ema(self, table: dict, key: Any, value: float) -> None:
-        old = table.get(key)
-        table[key] = value if old is None else (1 - self.alpha) * old + self.alpha * value
 
     def observe(self, request: TrialRequest, device: DeviceState, duration_s: float) -> None:
-        self._ema(self._bucket, request.bucket, duration_s * device.speed)
-        self._ema(self._device, (request.bucket, device.id), duration_s)
+        value, old = duration_s * device.speed, self._bucket.get(request.bucket)
+        self._bucket[request.bucket] = value if old is None else (1 - self.alpha) * old + self.alpha * value
 
     def predict(self, request: TrialRequest, device: DeviceState | None = None) -> float:
         """Seconds on ``device`` alone (on a speed-1 device when None)."""
-        if request.expected_duration_s is not None:
-            base = request.expected_duration_s
-        else:
-            if device is not None and (request.bucket, device.id) in self._device:
-                return self._device[(request.bucket, device.id)]  # measured there: includes its real speed
-            base = self._bucket.get(request.bucket, self.default_s)
+        base = (request.expected_duration_s if request.expected_duration_s is not None
+                else self._bucket.get(request.bucket, self.default_s))
         return base / (device.speed if device is not None else 1.0)
 
 
@@ -121,6 +119,8 @@ class Context:
 
     now: float
     predict: Callable[[TrialRequest, DeviceState | None], float]
+    waiting: Sequence[TrialRequest] = ()  # the queue being placed (kept current as trials are placed)
+    claims: dict[str, list[float]] = field(default_factory=dict)  # device -> durations of trials waiting for it
 
 
 def _can_hold(request: TrialRequest, d: DeviceState) -> bool:
@@ -136,7 +136,7 @@ class Policy(ABC):
 
     name: str = ""
 
-    def order(self, waiting: Sequence[TrialRequest], ctx: Context) -> list[TrialRequest]:
+    def order(self, waiting: Sequence[TrialRequest], devices: Sequence[DeviceState], ctx: Context) -> list[TrialRequest]:
         return list(waiting)  # arrival order
 
     @abstractmethod
@@ -162,7 +162,7 @@ class RoundRobin(Policy):
 class ShortestJobFirst(Policy):
     name = "shortest-job-first"
 
-    def order(self, waiting: Sequence[TrialRequest], ctx: Context) -> list[TrialRequest]:
+    def order(self, waiting: Sequence[TrialRequest], devices: Sequence[DeviceState], ctx: Context) -> list[TrialRequest]:
         return sorted(waiting, key=lambda r: ctx.predict(r, None))  # stable: ties keep arrival order
 
     def choose(self, request: TrialRequest, devices: Sequence[DeviceState], ctx: Context) -> str | None:
@@ -176,37 +176,79 @@ class ShortestJobFirst(Policy):
 class LoadAware(Policy):
     name = "load-aware"
 
+    def order(self, waiting: Sequence[TrialRequest], devices: Sequence[DeviceState], ctx: Context) -> list[TrialRequest]:
+        # The trial that can be done soonest goes first (its best device, its wait there included):
+        # short trials stop queueing behind long ones, and a trial with a slow alternative does not
+        # take the fast device from one that could be done sooner there.
+        best = {r.trial_id: min((_finish(r, d, ctx)[0] for d in devices if _can_hold(r, d)), default=math.inf)
+                for r in waiting}
+        return sorted(waiting, key=lambda r: best[r.trial_id])
+
     def choose(self, request: TrialRequest, devices: Sequence[DeviceState], ctx: Context) -> str | None:
-        candidates = [d for d in devices if _can_hold(request, d)]
-        if not candidates:
+        options = {d.id: _finish(request, d, ctx) for d in devices if _can_hold(request, d)}
+        if not options:
             return None
-        finish = {d.id: _start_wait(request, d, ctx) + ctx.predict(request, d) for d in candidates}
-        best = min(candidates, key=lambda d: (finish[d.id], d.load / d.slots))
-        if math.isfinite(finish[best.id]):
-            return best.id if _free_now(request, best) else None
-        if any(d.running for d in devices):
-            return None  # something of ours will finish and free a device; wait for it
-        # Nothing of ours runs, so waiting frees nothing: share the device where it ends first.
-        fits = [d for d in candidates if d.free_bytes >= request.planned_memory_bytes]
-        if not fits:
-            return None
-        share = lambda d: ctx.predict(request, d) * max(1.0, (d.load + 1) / d.slots)  # noqa: E731
-        return min(fits, key=share).id
+        # Holding a device also delays the queued trials that want it, the more the fewer other
+        # devices they could use; so a trial with a slower free alternative leaves a contended fast
+        # device to trials that have none. With an empty queue this is plain earliest finish.
+        cost = {d.id: options[d.id][0] + ctx.predict(request, d) * _demand(request, d, devices, ctx)
+                for d in devices if d.id in options}
+        best = min(options, key=lambda i: (cost[i], not options[i][1]))
+        finish, now_ok = options[best]
+        if now_ok and math.isfinite(finish):
+            return best
+        if math.isfinite(finish):  # wait for it; later trials of this round queue behind this one there
+            ctx.claims.setdefault(best, []).append(ctx.predict(request, next(d for d in devices if d.id == best)))
+        return None  # wait for one of our trials to end rather than oversubscribe
+
+
+def _demand(request: TrialRequest, d: DeviceState, devices: Sequence[DeviceState], ctx: Context) -> float:
+    """Queued trials per slot of ``d`` that could run there, each counted 1/(devices it could use)."""
+    total = 0.0
+    for other in ctx.waiting:
+        if other.trial_id != request.trial_id and _can_hold(other, d):
+            total += 1.0 / sum(_can_hold(other, x) for x in devices)
+    return total / d.slots
+
+
+def _finish(request: TrialRequest, d: DeviceState, ctx: Context) -> tuple[float, bool]:
+    """(predicted seconds from now until ``request`` would end on ``d``, whether it can start there now)."""
+    duration = ctx.predict(request, d)
+    if _free_now(request, d):
+        return duration, True
+    if not d.running and d.free_bytes >= request.planned_memory_bytes:
+        # Only someone else's work here: nothing of ours will free it, so share it if that still ends
+        # first (k busy slots' worth of work -> our trial runs at slots/(k+1) speed).
+        return duration * max(1.0, (d.load + 1) / d.slots), True
+    return _start_wait(request, d, ctx) + duration, False
 
 
 def _start_wait(request: TrialRequest, d: DeviceState, ctx: Context) -> float:
-    """Predicted seconds until ``d`` has a free slot and the planned memory; inf when our trials never free it."""
-    if _free_now(request, d):
+    """Predicted seconds until ``d`` has a slot and the planned memory for ``request``; inf: never.
+
+    Slots free as our trials end (a slot held by someone else's job never does), after the trials
+    ahead in this round that chose to wait for ``d`` (``ctx.claims``) have had theirs.
+    """
+    claims = ctx.claims.get(d.id, [])
+    if _free_now(request, d) and not claims:
         return 0.0
-    free_slots, free_mem = d.slots - d.load, d.free_bytes
-    # A trial past its prediction is still running: guess a little more rather than "any moment".
-    ends = sorted((max(t.started_at + t.predicted_s - ctx.now, 0.05 * t.predicted_s), t) for t in d.running)
+    # A trial past its prediction is still running, and long-tailed durations that ran long tend to run
+    # longer still: guess half its time so far again rather than "any moment".
+    ends = sorted(((max(t.started_at + t.predicted_s - ctx.now, 0.5 * (ctx.now - t.started_at)), t)
+                   for t in d.running), key=lambda e: e[0])
+    memory_at, free_mem = (0.0 if d.free_bytes >= request.planned_memory_bytes else math.inf), d.free_bytes
     for remaining, t in ends:
-        free_slots += 1
+        if math.isfinite(memory_at):
+            break
         free_mem += t.planned_memory_bytes
-        if free_slots > _FREE_SLOT and free_mem >= request.planned_memory_bytes:
-            return remaining
-    return math.inf
+        if free_mem >= request.planned_memory_bytes:
+            memory_at = remaining
+    slots = [0.0] * max(0, math.floor(d.slots - d.load + _FREE_SLOT)) + [e for e, _ in ends]
+    heapq.heapify(slots)
+    for claimed in claims:  # each earlier waiter takes the first slot to free and holds it
+        if slots:
+            heapq.heappush(slots, heapq.heappop(slots) + claimed)
+    return max(memory_at, slots[0] if slots else math.inf)
 
 
 POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RoundRobin, ShortestJobFirst, LoadAware)}
@@ -343,7 +385,8 @@ class Scheduler:
         if not self._waiting:
             return
         states, ctx = self.devices(), self._ctx()
-        for request in self.policy.order(self._waiting, ctx):
+        ctx.waiting = self._waiting
+        for request in self.policy.order(self._waiting, states, ctx):
             chosen = self.policy.choose(request, states, ctx)
             if chosen is not None:
                 d = next(d for d in states if d.id == chosen)
@@ -446,7 +489,7 @@ class _Job:
 
 
 def simulate(trace: Sequence[TraceTrial], devices: Sequence[SimDevice], policy: Policy | str,
-             oom_after_s: float = 30.0, max_restarts: int = 100, default_duration_s: float = 60.0) -> SimResult:
+             oom_after_s: float = 30.0, max_restarts: int | None = None, default_duration_s: float = 60.0) -> SimResult:
     """Run ``trace`` on ``devices`` under ``policy`` (a fresh one per run when given by name)."""
     policy = get_policy(policy) if isinstance(policy, str) else policy
     model = DurationModel(default_s=default_duration_s)
@@ -482,9 +525,10 @@ def simulate(trace: Sequence[TraceTrial], devices: Sequence[SimDevice], policy: 
     while pending[i:] or waiting or jobs:
         # dispatch
         if waiting:
-            view, ctx = states(), Context(now=t, predict=model.predict)
+            queue = [tr.request() for tr in waiting]
+            view, ctx = states(), Context(now=t, predict=model.predict, waiting=queue)
             requests = {tr.trial_id: tr for tr in waiting}
-            for req in policy.order([tr.request() for tr in waiting], ctx):
+            for req in policy.order(list(queue), view, ctx):
                 chosen = policy.choose(req, view, ctx)
                 if chosen is None:
                     continue
@@ -497,6 +541,7 @@ def simulate(trace: Sequence[TraceTrial], devices: Sequence[SimDevice], policy: 
                 job = _Job(tr, chosen, t, tr.duration_s, ctx.predict(req, dv), t + oom_after_s if over else None)
                 jobs.append(job)
                 waiting.remove(tr)
+                queue.remove(req)
                 dv.running.append(RunningTrial(tr.trial_id, tr.planned_memory_bytes, t, job.predicted_s))
                 dv.free_bytes = max(0, dv.free_bytes - tr.planned_memory_bytes)
         # next event
@@ -519,7 +564,7 @@ def simulate(trace: Sequence[TraceTrial], devices: Sequence[SimDevice], policy: 
                 jobs.remove(j)
                 ooms += 1
                 restarts[j.trial.trial_id] = restarts.get(j.trial.trial_id, 0) + 1
-                if restarts[j.trial.trial_id] <= max_restarts:
+                if max_restarts is None or restarts[j.trial.trial_id] <= max_restarts:
                     waiting.append(j.trial)
             elif j.fails_at is None and j.remaining <= 1e-9 * max(1.0, j.trial.duration_s):
                 jobs.remove(j)
