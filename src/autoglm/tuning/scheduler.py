@@ -11,12 +11,15 @@ Where a trial goes is a :class:`Policy`, registered by name in :data:`POLICIES`:
 * ``shortest-job-first`` -- the waiting trial with the shortest predicted duration first, on the
   first device with enough free memory and a slot not taken by one of our trials; ignores
   utilisation and device speed.
-* ``load-aware`` -- arrival order; for each device with the right kind it predicts when the trial
+* ``load-aware`` -- the waiting trial that can be done soonest first; for each device of the right kind it predicts when the trial
   would finish there: the wait until a slot and the planned memory are free (from the predicted
   remaining time of our trials on it; a slot held by someone else's job is not expected to free) plus
   the predicted duration on that device, slowed by sharing where only someone else's job runs. It
   takes the best device if the trial can start there now and otherwise waits: it never puts a trial
-  beside one of ours on a full slot, nor where its plan does not fit in the free memory.
+  beside one of ours on a full slot, nor where its plan does not fit in the free memory. A trial
+  that waits for a device queues later ones of the same round behind it there, and each option is
+  charged for the queued trials that want the same device (weighted by how few devices they could
+  use), so a trial with a slower free alternative leaves a contended device to those without one.
 
 Durations come from :class:`DurationModel`: the request's own estimate, else an exponential moving
 average of earlier trials in the same ``bucket`` (the tuner names buckets from similar parameters).
@@ -304,11 +307,12 @@ class Scheduler:
 
     def __init__(self, policy: Policy | str = "load-aware", probe: DeviceProbe | Callable[[], list[DeviceState]] | None = None,
                  durations: DurationModel | None = None, clock: Callable[[], float] = time.monotonic,
-                 settle_s: float = 30.0, poll_s: float = 1.0):
+                 settle_s: float = 30.0, poll_s: float = 1.0, speeds: dict[str, float] | None = None):
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         self.probe = probe if probe is not None else SystemProbe()
         self.durations = durations or DurationModel()
         self.clock, self.settle_s, self.poll_s = clock, settle_s, poll_s
+        self.speeds = dict(speeds or {})  # device id -> relative speed, where the probe cannot tell
         self._running: dict[str, _Entry] = {}
         self._waiting: list[TrialRequest] = []
         self._granted: dict[str, DeviceState] = {}
@@ -324,6 +328,7 @@ class Scheduler:
         """The probe's states with our running trials and our not-yet-allocated plans added."""
         now, states = self.clock(), self.probe()
         for d in states:
+            d.speed = self.speeds.get(d.id, d.speed)
             mine = [e for e in self._running.values() if e.device.id == d.id]
             d.running = [e.running for e in mine]
             unsettled = sum(e.request.planned_memory_bytes for e in mine if now - e.running.started_at < self.settle_s)
