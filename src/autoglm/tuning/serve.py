@@ -206,9 +206,22 @@ def _sampler(name: str, seed: int, choices: Mapping[str, Sequence[Any]], n_trial
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
         # the default of 10 random start-up trials would be the whole budget of a typical run
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, n_trials // 3),
-                                          constraints_func=lambda t: t.user_attrs.get("constraints", [0.0, 0.0]))
+        kw: dict[str, Any] = {}
+        if not hasattr(optuna.trial.Trial, "set_constraint"):  # Optuna < 5 reads them through a function
+            kw["constraints_func"] = lambda t: t.user_attrs.get("constraints", [0.0, 0.0])
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, n_trials // 3), **kw)
     raise ConfigError(f"--sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+
+
+_CONSTRAINTS = ("slo_excess_ms", "failed_requests")
+
+
+def _constrain(trial: Any, values: list[float]) -> None:
+    """Feasibility for the sampler: every value <= 0 is feasible (TPE prefers feasible trials)."""
+    trial.set_user_attr("constraints", values)
+    if hasattr(trial, "set_constraint"):
+        for key, value in zip(_CONSTRAINTS, values):
+            trial.set_constraint(key, value)
 
 
 def _record(t: Any) -> TrialRecord:
@@ -333,7 +346,7 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
             trial.set_user_attr("status", "repeat")
             trial.set_user_attr("reason", f"same settings as trial {earlier.number}")
             if earlier.value is not None:
-                trial.set_user_attr("constraints", objective.constraints(earlier.metrics))
+                _constrain(trial, objective.constraints(earlier.metrics))
                 return earlier.value
             if earlier.status == "pruned":
                 raise optuna.TrialPruned(earlier.reason)
@@ -357,7 +370,7 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
         feasible = objective.feasible(metrics)
         trial.set_user_attr("status", "ok" if feasible else "infeasible")
         trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("constraints", objective.constraints(metrics))
+        _constrain(trial, objective.constraints(metrics))
         if not feasible and not reason:
             trial.set_user_attr("reason", f"{objective.bound_metric} {metrics[objective.bound_metric]:.1f} ms "
                                           f"> {objective.slo_ms:g} ms")
