@@ -86,6 +86,12 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
     """
     config = _as_config(pipeline)
     home = Path(home) if home is not None else default_store_dir()
+    from autoglm.training.distributed import torchrun_env
+
+    env = torchrun_env()
+    if env is not None and env.world_size > 1:
+        nproc = env.world_size
+    config = _with_nproc(config, nproc)  # the number of processes is part of the training key
     if until is not None and until not in STAGES:
         from autoglm.errors import ConfigError
 
@@ -115,6 +121,11 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
         dirs[stage.name] = ph.stage(stage.name, keys[stage.name])
     run_key = content_key(config.name, keys)
     run_path = ph.run_path(run_key)
+    if env is not None and env.world_size > 1 and env.rank != 0 and "train" in dirs:
+        from autoglm.training.launch import follow
+
+        metrics = follow(config, dirs, env)  # rank 0 runs the pipeline; this rank only trains beside it
+        return PipelineResult(config.name, run_key, {}, metrics, None, None, None, [])
 
     # One process per run; runs that share a stage (trials of a search share preprocessing) take
     # turns on that stage only.
@@ -153,7 +164,7 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
                     else:
                         ctx = StageContext(work_dir=sd.begin(), seed=config.seed, progress=progress, emit=bus.emit,
                                            log_metrics=log_metrics, log_params=tracker.log_params,
-                                           extra={"nproc": nproc if nproc is not None else _nproc(config),
+                                           extra={"nproc": _nproc(config),
                                                   "metrics": metrics, "run_key": run_key, "home": home,
                                                   "stage_dirs": dirs, "tracker": tracker})
                         bus.emit(TrainingEvent("stage", stage.name, "started", f"{stage.name} started"))
@@ -183,6 +194,14 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
     model_dir = Path(results["train"]["dir"]) / "model" if "train" in results else None
     return PipelineResult(config.name, run_key, results, metrics, model_dir, record.get("mlflow_run_id"),
                           record.get("tracking_uri"), list(bus.events))
+
+
+def _with_nproc(config: PipelineConfig, nproc: int | None) -> PipelineConfig:
+    distributed = getattr(config.train, "distributed", None)
+    if nproc is None or distributed is None or distributed.nproc == nproc:
+        return config
+    train = config.train.model_copy(update={"distributed": distributed.model_copy(update={"nproc": nproc})})
+    return config.model_copy(update={"train": train})
 
 
 def _nproc(config: PipelineConfig) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from autoglm.errors import ConfigError
 from autoglm.training.rundir import file_digest
-from autoglm.training.schema import CausalLMConfig, EvaluateConfig, RegisterConfig
+from autoglm.training.schema import EvaluateConfig, RegisterConfig
 from autoglm.training.stages._base import Stage, StageInputs, register_stage
 from autoglm.training.trainers._base import StageContext
 
@@ -105,15 +105,13 @@ class TrainStage(Stage):
     reads = ("preprocess",)
 
     def key_parts(self, inputs: StageInputs) -> dict[str, Any]:
-        train = _dump(inputs.config.train)
-        if isinstance(inputs.config.train, CausalLMConfig):
-            train.pop("distributed", None)  # the same model whatever the number of processes
-        return {"train": train, "seed": inputs.config.seed}
+        # distributed.nproc stays in: N processes make a global batch N times larger, another model
+        return {"train": _dump(inputs.config.train), "seed": inputs.config.seed}
 
     def run(self, inputs: StageInputs, ctx: StageContext) -> dict[str, Any]:
         prepared = inputs.upstream["preprocess"].final
         nproc = int(ctx.extra.get("nproc") or 1)
-        if nproc > 1 or ctx.extra.get("torchrun"):
+        if nproc > 1:
             from autoglm.training.launch import train_distributed
 
             metrics = train_distributed(inputs, prepared, ctx, nproc)

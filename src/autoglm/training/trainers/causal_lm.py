@@ -110,6 +110,19 @@ class CausalLMTrainer(Trainer):
         out["truncated"] = sum(s["truncated"] for s in meta["splits"].values())
         return out
 
+    def drift_data(self, prepared: Path) -> Any:
+        """What the drift guard compares between runs: the users' text (prompt lengths and token mix) and
+        the answers' text, one row per training example (read again from the data file: the prepared
+        splits hold token ids only)."""
+        from autoglm.training.data import read_records
+        from autoglm.training.text_data import examples_from_records
+
+        path = self.data.resolve(self.data.train)
+        examples = examples_from_records(read_records(path, self.data.format))
+        prompt = [" ".join(m["content"] for m in e.messages if m["role"] != "assistant") for e in examples]
+        answer = [" ".join(m["content"] for m in e.messages if m["role"] == "assistant") for e in examples]
+        return {"prompt": prompt, "answer": answer}
+
     # --- train -------------------------------------------------------------------------------------
 
     def _check_objective(self) -> None:
