@@ -1,6 +1,7 @@
 """Shared fixtures.
 
-``autoglm_home``: one AUTOGLM_HOME for the whole test session (demo models are built there once).
+``autoglm_home``: one AUTOGLM_HOME for the whole test session (demo models are built there once);
+``fresh_home``: an empty one for a single test (pipelines, studies and MLflow stores of its own).
 ``live_server``: a real ``python -m autoglm serve --model autoglm-demo`` process on a free port,
 started on first use, shared by the session, stopped at the end; its log is printed when it fails
 to start and when any test of the session failed.
@@ -24,6 +25,15 @@ LIVE_START_TIMEOUT_S = 120.0
 @pytest.fixture(scope="session")
 def autoglm_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("autoglm-home")
+
+
+@pytest.fixture()
+def fresh_home(tmp_path, monkeypatch) -> Path:
+    """An empty AUTOGLM_HOME of this test's own (pipelines, studies, the MLflow store start empty)."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("AUTOGLM_HOME", str(h))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return h
 
 
 def free_port() -> int:

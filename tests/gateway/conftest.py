@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-PG_HOST, PG_USER = "127.0.0.1", "postgres"
-PG_PORT = int(os.environ.get("AUTOGLM_TEST_PG_PORT", "5432"))
+from tests.services import fresh_pg_database, port_open, unavailable
+
 REDIS_PORT = int(os.environ.get("AUTOGLM_TEST_REDIS_PORT", "6379"))
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 STORE_BACKENDS = ["sqlite", "postgresql"]
@@ -32,40 +31,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _unavailable(service: str, why: str) -> None:
-    message = f"{service} is not available ({why})"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI requires it")
-    pytest.skip(message)
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+_unavailable, _port_open = unavailable, port_open
 
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh database for this test run (dropped at the end); yields its URL."""
-    if not _port_open(PG_HOST, PG_PORT):
-        _unavailable("PostgreSQL", f"nothing listens on {PG_HOST}:{PG_PORT}")
-    try:
-        import psycopg
-    except ImportError:
-        _unavailable("PostgreSQL", "psycopg is not installed: pip install 'autoglm[gateway]'")
-    admin_url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
-    name = f"autoglm_test_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        _unavailable("PostgreSQL", str(exc).strip())
-    yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("autoglm_test") as url:
+        yield url
 
 
 @pytest.fixture

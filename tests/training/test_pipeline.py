@@ -54,20 +54,12 @@ evaluate:
     return path
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("AUTOGLM_HOME", str(h))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return h
-
-
-def test_run_rerun_change_and_register(tmp_path, home):
+def test_run_rerun_change_and_register(tmp_path, fresh_home):
     import mlflow
 
     make_table(tmp_path / "t.csv")
     path = write_pipeline(tmp_path)
-    first = run_pipeline(path, home=home, progress=False)
+    first = run_pipeline(path, home=fresh_home, progress=False)
     assert [s for s in first.stages] == ["preprocess", "train", "evaluate", "register"]
     assert not any(s["cached"] for s in first.stages.values())
     assert 0.5 < first.metrics["test_auc"] <= 1.0
@@ -82,14 +74,14 @@ def test_run_rerun_change_and_register(tmp_path, home):
     assert str(mv.version) == "1" and mv.run_id == first.mlflow_run_id
 
     # the same file again: nothing runs, no new MLflow run, the same version
-    again = run_pipeline(path, home=home, progress=False)
+    again = run_pipeline(path, home=fresh_home, progress=False)
     assert all(s["cached"] for n, s in again.stages.items() if n != "register")
     assert again.mlflow_run_id == first.mlflow_run_id and again.metrics == first.metrics
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
     # a training setting changes: preprocessing is reused, training and evaluation run again
     write_pipeline(tmp_path, n_estimators=40)
-    changed = run_pipeline(path, home=home, progress=False)
+    changed = run_pipeline(path, home=fresh_home, progress=False)
     assert changed.stages["preprocess"]["cached"] and not changed.stages["train"]["cached"]
     assert changed.registered["version"] == "2"
     assert str(client.get_model_version_by_alias("unit-tabular", "challenger").version) == "2"
@@ -97,31 +89,31 @@ def test_run_rerun_change_and_register(tmp_path, home):
 
     # the data changes: everything runs; the drift guard compares against the previous run's profile
     make_table(tmp_path / "t.csv", seed=1, shift=2.0)
-    drifted = run_pipeline(path, home=home, progress=False)
+    drifted = run_pipeline(path, home=fresh_home, progress=False)
     assert not drifted.stages["preprocess"]["cached"]
     events = [e for e in drifted.events if e.kind == "guard" and e.source == "drift"]
     assert [e.action for e in events] == ["drift"] and "x1" in events[0].data["drifted"]
     assert "x2" not in events[0].data["drifted"].split(",")
 
-    runs = pipeline_runs(home)
+    runs = pipeline_runs(fresh_home)
     assert len(runs) == 3 and {r["status"] for r in runs} == {"finished"}
 
 
-def test_same_distribution_raises_no_drift(tmp_path, home):
+def test_same_distribution_raises_no_drift(tmp_path, fresh_home):
     make_table(tmp_path / "t.csv", seed=0)
     path = write_pipeline(tmp_path, register=False)
-    run_pipeline(path, home=home, progress=False, tracking=False)
+    run_pipeline(path, home=fresh_home, progress=False, tracking=False)
     make_table(tmp_path / "t.csv", seed=7)  # new rows, same distribution
-    result = run_pipeline(path, home=home, progress=False, tracking=False)
+    result = run_pipeline(path, home=fresh_home, progress=False, tracking=False)
     events = [e for e in result.events if e.source == "drift"]
     assert [e.action for e in events] == ["no-drift"]
 
 
-def test_register_refuses_when_the_gate_fails(tmp_path, home):
+def test_register_refuses_when_the_gate_fails(tmp_path, fresh_home):
     make_table(tmp_path / "t.csv")
     path = write_pipeline(tmp_path)
     path.write_text(path.read_text().replace("test_auc > 0.5", "test_auc > 1.5"))
-    result = run_pipeline(path, home=home, progress=False)
+    result = run_pipeline(path, home=fresh_home, progress=False)
     assert result.registered == {"registered": False, "reason": f"test_auc = {result.metrics['test_auc']:.6g} not > 1.5"}
 
 
@@ -132,33 +124,33 @@ def cli(*args: str, home: Path, cwd: Path | None = None) -> subprocess.Completed
                           cwd=cwd, timeout=300)
 
 
-def test_cli_run_validate_status_and_errors(tmp_path, home):
+def test_cli_run_validate_status_and_errors(tmp_path, fresh_home):
     make_table(tmp_path / "t.csv")
     path = write_pipeline(tmp_path, register=False)
-    ok = cli("pipeline", "validate", str(path), home=home)
+    ok = cli("pipeline", "validate", str(path), home=fresh_home)
     assert ok.returncode == 0 and "ok (unit-tabular: preprocess -> train -> evaluate" in ok.stdout
 
-    run = cli("pipeline", "run", str(path), "--quiet", "--no-tracking", "--json", home=home)
+    run = cli("pipeline", "run", str(path), "--quiet", "--no-tracking", "--json", home=fresh_home)
     assert run.returncode == 0, run.stderr
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("[")]
     assert [ln.split("]")[0][1:] for ln in lines] == ["preprocess", "train", "evaluate"]
     assert json.loads(run.stdout)["metrics"]["test_auc"] > 0.5
-    rerun = cli("pipeline", "run", str(path), "--quiet", "--no-tracking", home=home)
+    rerun = cli("pipeline", "run", str(path), "--quiet", "--no-tracking", home=fresh_home)
     assert [ln.split(":")[0] for ln in rerun.stderr.splitlines() if ln.startswith("[")] == [
         "[preprocess] cached", "[train] cached", "[evaluate] cached"]
 
-    status = cli("pipeline", "status", home=home)
+    status = cli("pipeline", "status", home=fresh_home)
     assert status.returncode == 0 and "unit-tabular" in status.stdout and "finished" in status.stdout
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(path.read_text().replace("target: y", "target: y\n  estimater: x"))
-    out = cli("pipeline", "validate", str(bad), home=home)
+    out = cli("pipeline", "validate", str(bad), home=fresh_home)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
     assert "bad.yaml:9 train.estimater: unknown key 'estimater'; did you mean 'estimator'?" in out.stderr
 
     missing_col = tmp_path / "nocol.yaml"
     missing_col.write_text(path.read_text().replace("target: y", "target: label"))
-    out = cli("pipeline", "run", str(missing_col), "--no-tracking", home=home)
+    out = cli("pipeline", "run", str(missing_col), "--no-tracking", home=fresh_home)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "'label'" in out.stderr.strip().splitlines()[-1]
 

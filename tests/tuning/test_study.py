@@ -49,14 +49,6 @@ search:
     return path
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("AUTOGLM_HOME", str(h))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return h
-
-
 def test_conditional_space_and_grid_points(tmp_path):
     path = write(tmp_path, """\
   strategy: grid
@@ -79,7 +71,7 @@ def test_conditional_space_and_grid_points(tmp_path):
     assert seen == {"lightgbm", "xgboost"}
 
 
-def test_bayes_search_registers_the_best_and_writes_the_report(tmp_path, home):
+def test_bayes_search_registers_the_best_and_writes_the_report(tmp_path, fresh_home):
     path = write(tmp_path, """\
   strategy: bayes
   metric: test_auc
@@ -89,7 +81,7 @@ def test_bayes_search_registers_the_best_and_writes_the_report(tmp_path, home):
     train.params.num_leaves: {type: int, low: 2, high: 16}
     train.params.learning_rate: {type: float, low: 0.01, high: 0.5, log: true}
 """)
-    result = tune(path, home=home, progress=False)
+    result = tune(path, home=fresh_home, progress=False)
     assert result.n_complete == 6 and result.best_value == max(t["value"] for t in result.trials)
     assert result.registered["uri"] == "models:/unit-search@challenger"
     report = result.report_dir
@@ -99,7 +91,7 @@ def test_bayes_search_registers_the_best_and_writes_the_report(tmp_path, home):
     text = (report / "report.md").read_text()
     assert f"test_auc = {result.best_value:.6g}" in text and "Parameter importance" in text
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{fresh_home / 'mlflow.db'}")
     exp = client.get_experiment_by_name("unit-search")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("autoglm.study") and "mlflow.parentRunId" not in r.data.tags]
@@ -109,11 +101,11 @@ def test_bayes_search_registers_the_best_and_writes_the_report(tmp_path, home):
     assert best_child in {c.info.run_id for c in children}
     assert client.get_run(best_child).data.metrics["test_auc"] == pytest.approx(result.best_value)
 
-    again = tune(path, home=home, progress=False)  # the budget is spent: no new trial, same best
+    again = tune(path, home=fresh_home, progress=False)  # the budget is spent: no new trial, same best
     assert again.n_complete == 6 and again.best_value == result.best_value
 
 
-def test_pruner_stops_bad_trials_on_the_per_fold_metric(tmp_path, home):
+def test_pruner_stops_bad_trials_on_the_per_fold_metric(tmp_path, fresh_home):
     path = write(tmp_path, """\
   strategy: random
   metric: cv_auc_mean
@@ -123,7 +115,7 @@ def test_pruner_stops_bad_trials_on_the_per_fold_metric(tmp_path, home):
   params:
     train.params.min_child_samples: {type: int, low: 2, high: 300, log: true}
 """)
-    result = tune(path, home=home, progress=False, register=False)
+    result = tune(path, home=fresh_home, progress=False, register=False)
     # 150 rows per fold fit: a leaf needs min_child_samples of them, so large values cannot split at all
     hopeless = [t for t in result.trials[2:] if t["params"]["train.params.min_child_samples"] >= 150]
     assert hopeless and all(t["state"] == "PRUNED" for t in hopeless)
@@ -138,7 +130,7 @@ def _worker(path: Path, storage: str, study: str, home: Path) -> subprocess.Pope
                              "--study", study], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_four_workers_on_postgresql_cover_a_grid_exactly_once(tmp_path, home, pg_study_url, pg_mlflow_url):
+def test_four_workers_on_postgresql_cover_a_grid_exactly_once(tmp_path, fresh_home, pg_study_url, pg_mlflow_url):
     path = write(tmp_path, """\
   strategy: grid
   metric: test_auc
@@ -146,7 +138,7 @@ def test_four_workers_on_postgresql_cover_a_grid_exactly_once(tmp_path, home, pg
     train.params.num_leaves: {type: int, low: 2, high: 5}
     train.params.learning_rate: {type: categorical, choices: [0.05, 0.2]}
 """, extra=f"tracking: {{uri: '{pg_mlflow_url.replace('postgresql://', 'postgresql+psycopg://')}'}}\n")
-    result = tune(path, storage=pg_study_url, study_name="grid4", workers=4, home=home, progress=False)
+    result = tune(path, storage=pg_study_url, study_name="grid4", workers=4, home=fresh_home, progress=False)
     study = optuna.load_study(study_name="grid4", storage=_storage(pg_study_url))
     trials = study.get_trials()
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state.name, t.user_attrs) for t in trials]
@@ -158,7 +150,7 @@ def test_four_workers_on_postgresql_cover_a_grid_exactly_once(tmp_path, home, pg
     assert result.n_complete == 8 and result.registered["version"] == "1"
 
 
-def test_a_worker_killed_mid_trial_is_recovered_and_its_parameters_run_once(tmp_path, home):
+def test_a_worker_killed_mid_trial_is_recovered_and_its_parameters_run_once(tmp_path, fresh_home):
     make_table(tmp_path / "t.csv", rows=3000)
     path = write(tmp_path, """\
   strategy: grid
@@ -174,7 +166,7 @@ def test_a_worker_killed_mid_trial_is_recovered_and_its_parameters_run_once(tmp_
     from autoglm.tuning.study import open_study
 
     study = open_study(config, storage, "kill")
-    worker = _worker(path, storage, "kill", home)
+    worker = _worker(path, storage, "kill", fresh_home)
     deadline = time.monotonic() + 120
     while not study.get_trials(states=(TrialState.RUNNING,)):
         assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read() if worker.poll() else "slow"
@@ -185,7 +177,7 @@ def test_a_worker_killed_mid_trial_is_recovered_and_its_parameters_run_once(tmp_
     stale = study.get_trials(states=(TrialState.RUNNING,))
     assert len(stale) == 1
 
-    result = tune(path, storage=storage, study_name="kill", home=home, progress=False, register=False)
+    result = tune(path, storage=storage, study_name="kill", home=fresh_home, progress=False, register=False)
     trials = optuna.load_study(study_name="kill", storage=_storage(storage)).get_trials()
     dead = [t for t in trials if t.number == stale[0].number][0]
     assert dead.state == TrialState.FAIL and dead.user_attrs[A_STALE]

@@ -59,7 +59,7 @@ def _as_config(pipeline: PipelineConfig | str | Path) -> PipelineConfig:
 
 
 def _tracker(config: PipelineConfig, home: Path, enabled: bool) -> MlflowTracker | NullTracker:
-    if not enabled:
+    if not enabled or not config.tracking.enabled:
         return NullTracker()
     uri = config.tracking.uri or tracking_uri(home)
     return MlflowTracker(uri, config.tracking.experiment or config.name, artifact_root=home / "mlartifacts")

@@ -207,6 +207,7 @@ class RegisterConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
+    enabled: bool = True  # false: no MLflow (the register stage then refuses to run)
     uri: Optional[str] = None  # default: sqlite:///$AUTOGLM_HOME/mlflow.db
     experiment: Optional[str] = None  # default: the pipeline's name
 

@@ -117,6 +117,10 @@ class TrainStage(Stage):
             metrics = train_distributed(inputs, prepared, ctx, nproc)
         else:
             metrics = inputs.trainer.train(prepared, ctx)
+        tracker = inputs.tracker
+        if hasattr(tracker, "client") and (ctx.work_dir / "model").is_dir():  # the run's model, as an artifact
+            tracker.log_artifacts(ctx.work_dir / "model", "model")
+            tracker.set_tags({"autoglm.model_logged": ctx.work_dir.name.split("-", 1)[1].removesuffix(".work")})
         return {"metrics": metrics, "outputs": {"model": "model"}}
 
 
