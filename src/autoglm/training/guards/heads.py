@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
-__all__ = ["HeadMasker", "attach_head_mask", "apply_head_mask_config", "load_head_mask", "head_importance",
+__all__ = ["HeadMasker", "bake_head_mask", "attach_head_mask", "apply_head_mask_config", "load_head_mask", "head_importance",
            "CONFIG_KEY", "UNITS"]
 
 CONFIG_KEY = "autoglm_head_mask"
@@ -60,6 +60,33 @@ def attach_head_mask(model: nn.Module) -> HeadMasker:
         object.__setattr__(model, _ATTR, masker)  # a plain attribute: not a submodule, not in state_dict
     masker.set_masked(load_head_mask(model))
     return masker
+
+
+def bake_head_mask(model: nn.Module) -> MaskList:
+    """Write the config's head mask into the weights: zero the ``o_proj`` input columns of every masked
+    head (exactly what the hook does at run time), so an engine that knows nothing of masks — the
+    serving engines, llama.cpp after GGUF conversion, vLLM — computes the same outputs. Removes the
+    hooks; the config keeps its record. Returns what was baked."""
+    import torch
+
+    from autoglm.compression.prune import _layers
+
+    masked = load_head_mask(model)
+    if not masked:
+        return []
+    cfg = model.config
+    heads = int(cfg.num_attention_heads)
+    dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    layers = _layers(model)
+    with torch.no_grad():
+        for layer, hs in masked:
+            w = layers[layer].self_attn.o_proj.weight  # [hidden, H*D]: column block h is head h's output
+            for h in hs:
+                w[:, h * dim:(h + 1) * dim] = 0
+    masker = getattr(model, _ATTR, None)
+    if masker is not None:
+        masker.detach()
+    return masked
 
 
 class HeadMasker:

@@ -221,8 +221,11 @@ class CausalLMTrainer(Trainer):
             model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
             model.save_pretrained(tmp)
         else:
+            from autoglm.training.guards.heads import bake_head_mask
+
             merged = model.merge_and_unload() if lora else model
             merged.config.use_cache = True
+            bake_head_mask(merged)  # heads the structure guard removed stay removed in every engine
             merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
         for name in _TOKENIZER_EXTRA:  # the base's stop tokens: what the server stops generation on
