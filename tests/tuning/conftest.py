@@ -14,9 +14,3 @@ def pg_study_url() -> Iterator[str]:
     with fresh_pg_database("autoglm_study") as url:
         yield url
 
-
-@pytest.fixture
-def pg_mlflow_url() -> Iterator[str]:
-    """A fresh database for an MLflow tracking store (its own: Optuna and MLflow both keep alembic tables)."""
-    with fresh_pg_database("autoglm_mlflow") as url:
-        yield url

@@ -296,7 +296,7 @@ def tune(file: str | Path, *, storage: str | None = None, study_name: str | None
          out: Any = None) -> StudyResult:
     """``autoglm tune FILE``: see the module docstring."""
     from autoglm.training.loader import load_pipeline_file
-    from autoglm.training.tracking import MlflowTracker
+    from autoglm.training.tracking import MlflowTracker, NullTracker
 
     out = out or sys.stderr
     file = Path(file)
@@ -312,10 +312,13 @@ def tune(file: str | Path, *, storage: str | None = None, study_name: str | None
         print(f"recovered trials left running by a dead worker: {recovered} (their parameters run again)", file=out)
 
     parent = study.user_attrs.get("autoglm.mlflow_parent")
-    tracker = MlflowTracker(config.tracking.uri or tracking_uri(home), config.tracking.experiment or config.name,
-                            artifact_root=home / "mlartifacts")
+    tracker: MlflowTracker | NullTracker = NullTracker()
+    if config.tracking.enabled:
+        tracker = MlflowTracker(config.tracking.uri or tracking_uri(home), config.tracking.experiment or config.name,
+                                artifact_root=home / "mlartifacts")
     parent = tracker.start(f"study-{name}", run_id=parent, tags={"autoglm.study": name, "autoglm.pipeline": config.name})
-    study.set_user_attr("autoglm.mlflow_parent", parent)
+    if parent:
+        study.set_user_attr("autoglm.mlflow_parent", parent)
     tracker.log_params({"search.strategy": config.search.strategy, "search.metric": config.search.metric,
                         "search.n_trials": _budget(config), "search.workers": workers})
 
@@ -345,7 +348,7 @@ def tune(file: str | Path, *, storage: str | None = None, study_name: str | None
     tracker.log_artifacts(result.report_dir, "study-report")
     if result.best_value is not None:
         tracker.log_metrics({f"best_{config.search.metric}": result.best_value})
-    if register and result.best_trial is not None:
+    if register and result.best_trial is not None and config.tracking.enabled:
         result.registered = _register_best(study, config, home)
         if result.registered:
             print(f"registered best trial: {result.registered['uri']} (version {result.registered['version']})",
