@@ -55,7 +55,7 @@ def test_wrong_value_names_the_choices_and_the_line():
 
 
 def test_unknown_trainer_and_missing_trainer():
-    assert "expected one of causal-lm, tabular; got 'causal-lmm'" in error_of(
+    assert "expected one of causal-lm, tabular, fusion; got 'causal-lmm'" in error_of(
         "name: d\ndata: {train: a}\ntrain:\n  trainer: causal-lmm\n")
     assert error_of("name: d\ndata: {train: a}\ntrain:\n  lr: 1\n").startswith("p.yaml:3 train: the key 'trainer' is missing")
 

@@ -35,6 +35,7 @@ __all__ = [
     "PreprocessConfig",
     "CausalLMConfig",
     "TabularConfig",
+    "FusionConfig",
     "LoraConfig",
     "SchedulerConfig",
     "AdaptiveLRConfig",
@@ -192,7 +193,36 @@ class TabularConfig(_TrainCommon):
         return v
 
 
-TrainConfig = Annotated[Union[CausalLMConfig, TabularConfig], Field(discriminator="trainer")]
+class FusionConfig(_TrainCommon):
+    """A text + image classifier: frozen (or fine-tuned) encoders and an early, late or hybrid fusion model."""
+
+    trainer: Literal["fusion"]
+    mode: Literal["early", "late", "hybrid"] = "early"
+    text_encoder: str = "clip-text"  # a registered encoder (autoglm.multimodal.encoders)
+    image_encoder: str = "clip-image"
+    encoder_model: str = "autoglm-tiny-clip"  # built locally; or a CLIP directory / repo id
+    finetune_encoders: bool = False  # false: features computed once, only the fusion model trains
+    text_column: str = "text"
+    image_column: str = "image"  # a file path (relative to the data file) or a data:image/... URI
+    label_column: str = "label"
+    hidden: PositiveInt = 64
+    heads: PositiveInt = 4  # hybrid: cross-attention heads
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    modality_dropout: float = Field(0.25, ge=0.0, lt=1.0)  # chance to hide each modality of a training sample
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 3e-3
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: Optional[PositiveFloat] = 1.0
+    threads: Optional[PositiveInt] = None  # torch CPU threads while training/evaluating (default: torch's)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "FusionConfig":
+        if self.mode == "hybrid" and self.hidden % self.heads:
+            raise ValueError(f"hybrid fusion needs hidden ({self.hidden}) to be a multiple of heads ({self.heads})")
+        return self
+
+
+TrainConfig = Annotated[Union[CausalLMConfig, TabularConfig, FusionConfig], Field(discriminator="trainer")]
 
 
 class EvaluateConfig(_Strict):
@@ -303,6 +333,10 @@ def reference_errors(config: PipelineConfig) -> list[tuple[Loc, str]]:
             problems.append((("train", "guards", i, "type"),
                              f"the {guard.type} guard needs a neural model; the tabular trainer takes only 'drift'"))
             continue
+        if isinstance(train, FusionConfig) and guard.type in ("structure", "explosion"):
+            problems.append((("train", "guards", i, "type"),
+                             f"the fusion trainer does not run the {guard.type} guard; it takes only 'drift'"))
+            continue
         from autoglm.errors import ConfigError
         from autoglm.training.guards import create_guard
 
@@ -314,6 +348,8 @@ def reference_errors(config: PipelineConfig) -> list[tuple[Loc, str]]:
     return problems
 
 
+_FUSION_METRICS = ("accuracy", "auc", "f1", "precision", "recall", "log_loss", "accuracy_no_image",
+                   "accuracy_no_text", "latency_ms")
 _TABULAR_METRICS = {"classification": ("auc", "f1", "accuracy", "precision", "recall", "log_loss"),
                     "regression": ("rmse", "mae", "r2")}
 
@@ -330,6 +366,9 @@ def reported_metrics(config: PipelineConfig, cv_folds: int | None = None) -> lis
             if folds >= 2:
                 names += [f"cv_{m}_mean", f"cv_{m}_std"]
         base = list(kinds)
+    elif isinstance(train, FusionConfig):
+        names += ["train_loss", "valid_loss", "valid_accuracy"]
+        base = list(_FUSION_METRICS)
     else:
         names += ["train_loss", "eval_loss", "perplexity"]
         base = ["eval_loss", "perplexity"]

@@ -1,4 +1,4 @@
-"""The trainer family: a small base class and a registry by name (``causal-lm``, ``tabular``).
+"""The trainer family: a small base class and a registry by name (``causal-lm``, ``tabular``, ``fusion``).
 
 A trainer owns the three data-touching stages of a pipeline for one kind of model:
 
@@ -98,7 +98,7 @@ def register_trainer(cls: type[Trainer]) -> type[Trainer]:
 
 
 def trainer_names() -> list[str]:
-    return ["causal-lm", "tabular"]
+    return ["causal-lm", "tabular", "fusion"]
 
 
 def create_trainer(name: str, config: Any, data: Any, preprocess_config: Any = None) -> Trainer:
@@ -107,6 +107,8 @@ def create_trainer(name: str, config: Any, data: Any, preprocess_config: Any = N
         from autoglm.training.trainers import causal_lm  # noqa: F401
     elif name == "tabular":
         from autoglm.training.trainers import tabular  # noqa: F401
+    elif name == "fusion":
+        from autoglm.training.trainers import fusion  # noqa: F401
     cls = _REGISTRY.get(name)
     if cls is None:
         raise ConfigError(f"unknown trainer {name!r}; known trainers: {', '.join(trainer_names())}")
