@@ -71,6 +71,13 @@ class ServerSettings:
     log_level: str = "info"
     access_log: str = "-"  # "-" stderr, a file path, or "off"
     metrics: bool = True  # serve GET /metrics
+    # What one request may cost (see autoglm.api.limits): a larger body is a 413, a larger JSON schema a 400.
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_schema_bytes: int = 128 * 1024
+    allow_control_tokens: bool = False  # True: "<|user|>" typed in a message is the real role token
+    # SIGTERM / Ctrl-C: seconds running requests and streams get to finish before they are stopped
+    # (new requests get 503 meanwhile); see autoglm.deploy.shutdown.
+    shutdown_grace: float = 30.0
     # An autoglm.gateway.GatewaySettings (keys, limits, cache, state store); None: no gateway.
     # `autoglm serve` builds one with GatewaySettings.from_env, which reads AUTOGLM_STATE_URL,
     # AUTOGLM_ADMIN_KEY, AUTOGLM_KEY_PEPPER, AUTOGLM_REDIS_URL, AUTOGLM_CACHE, AUTOGLM_RATELIMIT.

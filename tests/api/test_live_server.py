@@ -218,8 +218,8 @@ def test_error_shapes_over_http(live_server, method, path, body, status):
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
 
 
-def _health(url: str) -> dict:
-    return httpx.get(url + "/health").json()
+def _health(url: str, headers: dict | None = None) -> dict:
+    return httpx.get(url + "/health", headers=headers).json()
 
 
 def test_disconnect_mid_stream_frees_the_slot(live_server):
@@ -276,8 +276,8 @@ def test_small_server_auth_and_overload(autoglm_home):
                     url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}), daemon=True)
                 waiter.start()
                 deadline = time.monotonic() + 10
-                while _health(url)["num_waiting"] < 1:
-                    assert time.monotonic() < deadline, _health(url)
+                while _health(url, auth)["num_waiting"] < 1:  # counters: for keyholders only
+                    assert time.monotonic() < deadline, _health(url, auth)
                     time.sleep(0.05)
                 # 3) finds the queue full
                 with pytest.raises(openai.RateLimitError) as exc:

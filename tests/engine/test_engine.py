@@ -155,7 +155,8 @@ def test_abort_on_close_frees_the_slot(demo):
 
 def test_queue_full_raises_overloaded(demo):
     async def body(engine):
-        streams = [engine.generate(EngineRequest(f"r{i}", PROMPT, SamplingParams(max_tokens=50))) for i in range(2)]
+        # one about to run (the free slot) + two waiting fill it; a request about to run is not waiting
+        streams = [engine.generate(EngineRequest(f"r{i}", PROMPT, SamplingParams(max_tokens=50))) for i in range(3)]
         with pytest.raises(OverloadedError):
             engine.generate(EngineRequest("x", PROMPT, SamplingParams(max_tokens=5)))
         for s in streams:

@@ -22,6 +22,7 @@ Nothing happens at import time; the app is built from its parts, so tests pass t
 """
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -31,13 +32,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from autoglm import __version__
-from autoglm.api.errors import APIError, install_error_handlers
+from autoglm.api.errors import APIError, install_error_handlers, install_openapi
+from autoglm.api.limits import RequestLimits
+from autoglm.api.middleware import BodyLimitMiddleware, HeadMiddleware, InternalErrorMiddleware
+from autoglm.api.routes_hooks import install_hook_routes
 from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, ModelCard
 from autoglm.api.serving_chat import create_chat_completion
 from autoglm.api.serving_completions import create_completion
 from autoglm.config import ServerSettings
 from autoglm.gateway.http import GatewayHTTP, GatewayMiddleware, install_admin_routes, install_gateway_handlers
 from autoglm.gateway.router import Dispatched, Router
+from autoglm.recommend.http import ROUTE_HEADER, install_recommend_routes, resolve_auto
 from autoglm.gateway.upstream import UpstreamOverloaded, proxy
 
 __all__ = ["build_app"]
@@ -119,11 +124,22 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     app.state.router = router
     install_error_handlers(app)
     install_gateway_handlers(app)
+    install_openapi(app)
     metrics = _metrics(engines, server.metrics)
     gw = GatewayHTTP(gateway, list(server.api_keys), metrics)
     app.state.gateway_http = gw
+    limits = RequestLimits.from_settings(server)
+    # innermost first: an unexpected error is a 500 here (the connection stays usable), a too-large
+    # body a 413 before anything parses it, HEAD is GET without a body; auth and access log outside
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(GatewayMiddleware, owner=gw)
+    chat_handler = functools.partial(create_chat_completion, limits=limits)
+    completion_handler = functools.partial(create_completion, limits=limits)
     install_admin_routes(app, gw)
+    install_hook_routes(app, gw)  # POST /admin/hooks/{name}: signed webhooks in (autoglm.api.routes_hooks)
+    install_recommend_routes(app, router)  # POST /v1/recommend (autoglm.recommend.http)
 
     def card(entry: dict[str, Any]) -> dict[str, Any]:
         base = ModelCard(id=entry["id"], description=entry["description"] or "",
@@ -142,18 +158,23 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
 
             return await gw.serve(request, body, upstream, route.name, forward, kind)
 
+        decision = await resolve_auto(router, request, body, metrics)  # model "auto" -> a concrete model
         try:
-            return _hold_until_done(await router.dispatch(body.model, local=local, remote=remote))
+            response = _hold_until_done(await router.dispatch(decision.model if decision else body.model,
+                                                              local=local, remote=remote))
         except UpstreamOverloaded as exc:  # saturated and no fallback left: the upstream's own 429
             return JSONResponse(exc.reply.body, status_code=429, headers=exc.reply.headers)
+        if decision is not None:
+            response.headers[ROUTE_HEADER] = decision.header()
+        return response
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await routed(body, request, create_chat_completion, "chat", "/chat/completions")
+        return await routed(body, request, chat_handler, "chat", "/chat/completions")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await routed(body, request, create_completion, "completion", "/completions")
+        return await routed(body, request, completion_handler, "completion", "/completions")
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -170,12 +191,20 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> dict[str, Any]:
-        router.resolve(model_id)  # 404 listing the names when unknown
-        return card(next(c for c in router.model_cards() if c["id"] == model_id))
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        key = request.scope.get("state", {}).get("autoglm_key")
+        if key is None:
+            router.resolve(model_id)  # 404 listing the names when unknown
+        visible = [c for c in router.model_cards() if key is None or key.allows_model(c["root"])]
+        found = next((c for c in visible if c["id"] == model_id), None)
+        if found is None:  # unknown, or hidden from this key exactly as GET /v1/models hides it
+            names = ", ".join(c["id"] for c in visible) or "(none for this key)"
+            raise APIError(f"The model {model_id!r} does not exist. Available models: {names}.", 404,
+                           code="model_not_found", param="model")
+        return card(found)
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         routed_health = router.health()
         models: dict[str, Any] = routed_health["models"]
         running = waiting = 0
@@ -193,8 +222,16 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
                 if len(route.backends) == 1:
                     entry.update({k: v for k, v in stats.items() if k not in entry})
         status = routed_health["status"] if state["ready"] else "unavailable"
+        store = await gw.store_status()
+        if store == "down" and status == "ok":
+            status = "degraded"  # keyed requests get 503 until the state store is back
+        code = 503 if status == "unavailable" else 200
+        if not await gw.health_details_allowed(request.headers):
+            return JSONResponse({"status": status}, status_code=code)  # counters and backends: keyholders only
         body = {"status": status, "num_running": running, "num_waiting": waiting, "models": models}
-        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+        if store is not None:
+            body["state_store"] = store
+        return JSONResponse(body, status_code=code)
 
     @app.get("/version")
     async def version() -> dict[str, str]:

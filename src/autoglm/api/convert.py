@@ -1,7 +1,8 @@
 """OpenAI requests -> engine requests, and engine outputs -> OpenAI responses and chunks.
 
-Request side: render chat messages with the model's chat template, tokenize, check the context
-length, build :class:`~autoglm.engine.io_struct.SamplingParams` (guided JSON for response_format and
+Request side: render chat messages with the model's chat template, tokenize (client text as text,
+see :mod:`autoglm.api.prompt`), check the context length and the size and shape of every JSON schema
+(a malformed one is a 400 naming ``response_format.json_schema.schema`` or ``tools[i].function.parameters``), build :class:`~autoglm.engine.io_struct.SamplingParams` (guided JSON for response_format and
 forced tool calls) and fan ``n`` choices out into ``n`` :class:`EngineRequest` s. Response side: pure
 functions from accumulated :class:`ChoiceState` s or single deltas to OpenAI's JSON shapes, logprobs
 included. Nothing here does I/O or knows about FastAPI; errors are :class:`~autoglm.api.errors.APIError`.
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoglm.api.errors import APIError
+from autoglm.api.limits import RequestLimits
+from autoglm.api.prompt import check_prompt_chars, encode_chat, encode_text
 from autoglm.api.schemas import MAX_N, ChatCompletionRequest, CompletionRequest, ResponseFormat
 from autoglm.engine.io_struct import (
     EngineRequest,
@@ -171,7 +174,10 @@ def _resolve_tool_choice(req: ChatCompletionRequest) -> tuple[str | None, list[s
     return wanted, names, template_tools
 
 
-def _guided(fmt: ResponseFormat | None) -> GuidedSpec | None:
+RESPONSE_SCHEMA_PARAM = "response_format.json_schema.schema"
+
+
+def _guided(fmt: ResponseFormat | None, limits: RequestLimits) -> GuidedSpec | None:
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
@@ -179,7 +185,28 @@ def _guided(fmt: ResponseFormat | None) -> GuidedSpec | None:
     if fmt.json_schema is None or fmt.json_schema.json_schema is None:
         raise APIError("response_format type 'json_schema' needs json_schema.schema (a JSON Schema object).",
                        param="response_format.json_schema")
-    return GuidedSpec(kind="json_schema", schema=fmt.json_schema.json_schema)
+    spec = GuidedSpec(kind="json_schema", schema=fmt.json_schema.json_schema)
+    check_schema(spec.schema, RESPONSE_SCHEMA_PARAM, limits)
+    return spec
+
+
+def check_schema(schema: Any, param: str, limits: RequestLimits) -> None:
+    """400 naming ``param`` when the schema is too large or not one guided decoding can use."""
+    size = len(json.dumps(schema, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > limits.max_schema_bytes:
+        raise APIError(f"The JSON schema in '{param}' is {size} bytes; this server accepts at most "
+                       f"{limits.max_schema_bytes} bytes per schema. Simplify it.", param=param,
+                       code="schema_too_large")
+    try:
+        from autoglm.engine.guided import validate_schema
+    except ImportError:  # guided decoding not in this build: the engine will say so
+        return
+    from autoglm.errors import InvalidRequestError
+
+    try:
+        validate_schema(schema)
+    except InvalidRequestError as exc:
+        raise APIError(f"Invalid JSON schema in '{param}': {exc}", param=param, code="invalid_schema") from None
 
 
 def _check_context(engine: Any, prompt_len: int, max_tokens: int | None, what: str) -> int:
@@ -200,14 +227,19 @@ def _check_context(engine: Any, prompt_len: int, max_tokens: int | None, what: s
     return max_tokens
 
 
-def _check_guided_budget(guided: GuidedSpec | None, max_tokens: int) -> None:
+def _check_guided_budget(guided: GuidedSpec | None, max_tokens: int, param: str) -> None:
     if guided is None:
         return
     try:
         from autoglm.engine.guided import min_tokens_needed
     except ImportError:  # guided decoding not installed in this build: the engine will say so
         return
-    needed = int(min_tokens_needed(guided))
+    from autoglm.errors import InvalidRequestError
+
+    try:
+        needed = int(min_tokens_needed(guided))
+    except InvalidRequestError as exc:
+        raise APIError(f"Invalid JSON schema in '{param}': {exc}", param=param, code="invalid_schema") from None
     if max_tokens < needed:
         raise APIError(f"max_tokens={max_tokens} is too small for the requested JSON output, which needs at "
                        f"least {needed} tokens; raise max_tokens.", param="max_tokens")
@@ -249,12 +281,35 @@ def _render(engine: Any, messages: list[dict], tools: list[dict] | None) -> str:
                        param="messages") from exc
 
 
-def build_chat_plan(engine: Any, req: ChatCompletionRequest) -> ChatPlan:
+def _client_strings(messages: list[dict[str, Any]], tools: list[dict] | None) -> list[tuple[str, str]]:
+    """Every client-supplied string the template writes, as (param, text), in template order."""
+    out: list[tuple[str, str]] = []
+    for t_i, tool in enumerate(tools or []):
+        fn = tool.get("function") or {}
+        out.append((f"tools[{t_i}].function.name", str(fn.get("name") or "")))
+        out.append((f"tools[{t_i}].function.description", str(fn.get("description") or "")))
+    for i, m in enumerate(messages):
+        out.append((f"messages[{i}].name", str(m.get("name") or "")))
+        out.append((f"messages[{i}].content", m.get("content") or ""))
+        for j, call in enumerate(m.get("tool_calls") or []):
+            out.append((f"messages[{i}].tool_calls[{j}].function.name", call["function"]["name"]))
+            out.append((f"messages[{i}].tool_calls[{j}].function.arguments", call["function"]["arguments"]))
+    return out
+
+
+def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimits | None = None) -> ChatPlan:
+    """Blocking (template, tokenizer, schema compilation): run it in a worker thread."""
+    limits = limits or RequestLimits()
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError("top_logprobs requires logprobs=true.", param="top_logprobs")
     forced, tool_names, template_tools = _resolve_tool_choice(req)
-    text = _render(engine, _messages_for_template(req), template_tools)
-    guided = _guided(req.response_format)
+    for i, tool in enumerate(req.tools or []):
+        if tool.function.parameters is not None:
+            check_schema(tool.function.parameters, f"tools[{i}].function.parameters", limits)
+    guided = _guided(req.response_format, limits)
+    guided_param = RESPONSE_SCHEMA_PARAM
+    messages = _messages_for_template(req)
+    text = _render(engine, messages, template_tools)
     if forced is not None:
         # GLM-4 writes a call as "<|assistant|>{name}\n{arguments}": we write the name, it writes the rest.
         if text.endswith("<|assistant|>\n"):
@@ -263,11 +318,16 @@ def build_chat_plan(engine: Any, req: ChatCompletionRequest) -> ChatPlan:
         params_schema = next(t["function"].get("parameters") for t in template_tools or []
                              if t["function"]["name"] == forced)
         guided = GuidedSpec(kind="json_schema", schema=params_schema or {"type": "object"})
+        guided_param = f"tools[{tool_names.index(forced)}].function.parameters"
         tool_names = []
-    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    check_prompt_chars(engine.tokenizer, text, int(engine.max_model_len), "messages", "messages")
+    client = _client_strings(messages, template_tools)
+    if forced is not None:
+        client.append(("tool_choice.function.name", forced))
+    ids = encode_chat(engine.tokenizer, text, client, allow_control_tokens=limits.allow_control_tokens)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = _check_context(engine, len(ids), requested, "messages")
-    _check_guided_budget(guided, max_tokens)
+    _check_guided_budget(guided, max_tokens, guided_param)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return ChatPlan(
         request_id=new_id("chatcmpl"),
@@ -283,7 +343,7 @@ def build_chat_plan(engine: Any, req: ChatCompletionRequest) -> ChatPlan:
     )
 
 
-def _prompts(engine: Any, prompt: Any) -> list[list[int]]:
+def _prompts(engine: Any, prompt: Any, limits: RequestLimits) -> list[list[int]]:
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
@@ -291,11 +351,17 @@ def _prompts(engine: Any, prompt: Any) -> list[list[int]]:
     if all(isinstance(p, int) for p in prompt):
         prompt = [prompt]
     vocab = len(engine.tokenizer)
+    limit = int(engine.max_model_len)
     out = []
     for i, p in enumerate(prompt):
         if isinstance(p, str):
-            ids = engine.tokenizer.encode(p, add_special_tokens=False)
+            check_prompt_chars(engine.tokenizer, p, limit, "prompt", "prompt")
+            ids = encode_text(engine.tokenizer, p, allow_control_tokens=limits.allow_control_tokens)
         else:
+            if len(p) >= limit:
+                raise APIError(f"This model's maximum context length is {limit} tokens. However, prompt[{i}] "
+                               f"has {len(p)} tokens. Please reduce the length of the prompt.", param="prompt",
+                               code="context_length_exceeded")
             bad = [t for t in p if not 0 <= t < vocab]
             if bad:
                 raise APIError(f"prompt[{i}] has token id {bad[0]}, outside this model's vocabulary "
@@ -307,7 +373,9 @@ def _prompts(engine: Any, prompt: Any) -> list[list[int]]:
     return out
 
 
-def build_completion_plan(engine: Any, req: CompletionRequest) -> CompletionPlan:
+def build_completion_plan(engine: Any, req: CompletionRequest, limits: RequestLimits | None = None) -> CompletionPlan:
+    """Blocking (tokenizer, schema compilation): run it in a worker thread."""
+    limits = limits or RequestLimits()
     if req.suffix:
         raise APIError("suffix (insertion) is not supported by this server; drop it.", param="suffix")
     if req.best_of is not None and req.best_of != req.n:
@@ -315,14 +383,14 @@ def build_completion_plan(engine: Any, req: CompletionRequest) -> CompletionPlan
                        param="best_of")
     if req.echo and req.logprobs is not None:
         raise APIError("echo with logprobs (prompt logprobs) is not supported; drop one of them.", param="echo")
-    prompts = _prompts(engine, req.prompt)
+    guided = _guided(req.response_format, limits)
+    prompts = _prompts(engine, req.prompt, limits)
     if len(prompts) * req.n > 4 * MAX_N:
         raise APIError(f"{len(prompts)} prompts x n={req.n} is more than {4 * MAX_N} choices; split the request.",
                        param="n")
     longest = max(len(p) for p in prompts)
     max_tokens = _check_context(engine, longest, req.max_tokens, "prompt")
-    guided = _guided(req.response_format)
-    _check_guided_budget(guided, max_tokens)
+    _check_guided_budget(guided, max_tokens, RESPONSE_SCHEMA_PARAM)
     echo = [engine.tokenizer.decode(p) if req.echo else "" for p in prompts]
     return CompletionPlan(
         request_id=new_id("cmpl"),

@@ -111,6 +111,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         ctx = first.get("ctx") or {}
         return (f"The request body is not valid JSON ({ctx.get('error', 'parse error')}). "
                 "Send a JSON object with Content-Type: application/json.", None)
+    if first.get("type") == "lone_surrogate":
+        param = (first.get("ctx") or {}).get("param")
+        return f"Invalid value for '{param}': {first.get('msg')}.", param
     param = _param_path(tuple(first.get("loc", ())))
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
         return "The request body must be a JSON object (sent with Content-Type: application/json).", None
@@ -120,6 +123,21 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if len(errors) > 1:
         msg += f" ({len(errors) - 1} more error(s) in this request.)"
     return msg, param
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts on this path (Starlette's own 405 names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "__none__"}
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")  # served by HeadMiddleware
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -136,8 +154,11 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = f"Unknown route {request.method} {request.url.path}. See GET /v1/models and the API docs."
             code = "not_found"
         elif exc.status_code == 405:
-            msg = f"Method {request.method} is not allowed on {request.url.path}."
+            allowed = allowed_methods(request)
+            msg = (f"Method {request.method} is not allowed on {request.url.path}; "
+                   f"allowed: {', '.join(allowed) or 'none'}.")
             code = "method_not_allowed"
+            return error_response(APIError(msg, 405, code=code, headers={"Allow": ", ".join(allowed)}))
         else:
             msg, code = str(exc.detail), None
         err = APIError(msg, exc.status_code, code=code, headers=getattr(exc, "headers", None))
@@ -155,3 +176,44 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(to_api_error(exc))
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "object", "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+}
+_DOCUMENTED = {
+    "400": "Invalid request (an OpenAI error object; `param` names the field)",
+    "401": "Missing or invalid API key",
+    "404": "Unknown model or route",
+    "429": "Overloaded or rate limited (see Retry-After)",
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make ``/openapi.json`` promise what the server answers: 400 (not FastAPI's 422) with OpenAI's
+    error object, plus 401, 404 and 429 on every operation."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        content = {"application/json": {"schema": _ERROR_SCHEMA}}
+        for path_item in doc.get("paths", {}).values():
+            for op in path_item.values():
+                if not isinstance(op, dict) or "responses" not in op:
+                    continue
+                op["responses"].pop("422", None)
+                for status, text in _DOCUMENTED.items():
+                    op["responses"].setdefault(status, {"description": text, "content": content})
+        schemas = doc.get("components", {}).get("schemas", {})
+        if not any("HTTPValidationError" in str(op) for item in doc.get("paths", {}).values() for op in item.values()):
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -8,10 +8,12 @@ nothing about engines, tokenizers or HTTP.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "MAX_N",
@@ -31,6 +33,43 @@ MAX_TOP_LOGPROBS = 20
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def find_lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (``messages[0].content``) of the first string, key or value, holding a lone UTF-16
+    surrogate (JSON ``"\\ud800"``), which no UTF-8 text and no tokenizer can take; None if there is none."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATES.search(item):
+                return where or "(body)"
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                sub = f"{where}.{k}" if where else str(k)
+                if isinstance(k, str) and _SURROGATES.search(k):
+                    return sub
+                stack.append((v, sub))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+class _TopRequest(_Request):
+    """A whole request body: refuses text no tokenizer can take before any field is looked at."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        where = find_lone_surrogate(data)
+        if where is not None:
+            raise PydanticCustomError(
+                "lone_surrogate", "contains a lone UTF-16 surrogate (such as \\ud800), which is not text; "
+                "send valid Unicode", {"param": where})
+        return data
 
 
 class FunctionCall(_Request):
@@ -93,7 +132,7 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _SamplingFields(_Request):
+class _SamplingFields(_TopRequest):
     """Fields both endpoints share (OpenAI's plus vLLM-style extras)."""
 
     model: Optional[str] = None  # None: the first served model
@@ -113,7 +152,7 @@ class _SamplingFields(_Request):
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
-    stop_token_ids: Optional[list[int]] = None
+    stop_token_ids: Optional[list[StrictInt]] = None
     include_stop_str_in_output: bool = False
 
 
@@ -129,7 +168,8 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    # StrictInt: JSON true/false are not token ids
+    prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
     max_tokens: Optional[int] = Field(default=16, ge=1)  # OpenAI's legacy default
     logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False

@@ -12,6 +12,7 @@ Knows the engine protocol and the OpenAI shapes (through :mod:`autoglm.api.conve
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncGenerator, AsyncIterator
 
 from fastapi import Request
@@ -28,6 +29,7 @@ from autoglm.api.convert import (
     tool_call_id,
     total_usage,
 )
+from autoglm.api.limits import RequestLimits
 from autoglm.api.schemas import ChatCompletionRequest
 from autoglm.api.respond import guarded_stream, respond
 from autoglm.api.sse import sse_event
@@ -38,9 +40,10 @@ __all__ = ["create_chat_completion"]
 
 
 async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request,
-                                 hooks: RequestHooks | None = None) -> Response:
+                                 hooks: RequestHooks | None = None, *, limits: RequestLimits | None = None) -> Response:
     hooks = hooks or NoHooks()
-    plan = build_chat_plan(engine, body)
+    # templating, tokenizing and compiling a schema are CPU work: off the event loop
+    plan = await asyncio.to_thread(build_chat_plan, engine, body, limits)
     await hooks.admit(len(plan.prompt_token_ids), plan.params.max_tokens * plan.n)
     fan = Fanout(engine, plan.requests(), observer=hooks.on_output)
     return await respond(raw, fan, hooks, stream=bool(body.stream), num_choices=plan.n,

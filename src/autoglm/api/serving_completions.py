@@ -7,6 +7,7 @@ engine work as in :mod:`autoglm.api.serving_chat`. Knows the engine protocol and
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncGenerator, AsyncIterator
 
 from fastapi import Request
@@ -22,6 +23,7 @@ from autoglm.api.convert import (
     completion_response,
     total_usage,
 )
+from autoglm.api.limits import RequestLimits
 from autoglm.api.schemas import CompletionRequest
 from autoglm.api.respond import guarded_stream, respond
 from autoglm.api.sse import sse_event
@@ -31,9 +33,10 @@ __all__ = ["create_completion"]
 
 
 async def create_completion(engine: Any, body: CompletionRequest, raw: Request,
-                            hooks: RequestHooks | None = None) -> Response:
+                            hooks: RequestHooks | None = None, *, limits: RequestLimits | None = None) -> Response:
     hooks = hooks or NoHooks()
-    plan = build_completion_plan(engine, body)
+    # templating, tokenizing and compiling a schema are CPU work: off the event loop
+    plan = await asyncio.to_thread(build_completion_plan, engine, body, limits)
     await hooks.admit(completion_prompt_tokens(plan), plan.params.max_tokens * len(plan.prompts) * plan.n)
     fan = Fanout(engine, plan.requests(), observer=hooks.on_output)
     return await respond(raw, fan, hooks, stream=bool(body.stream), num_choices=len(plan.prompts) * plan.n,

@@ -8,47 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
 from datetime import datetime, timezone
 
 from autoglm.errors import ConfigError
+from autoglm.gateway.keys import parse_expires
 
 __all__ = ["register", "run", "parse_expires"]
-
-_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_expires(value: str, now: float | None = None) -> float:
-    """``30d`` / ``12h`` / ``90m`` / ``2w`` from now, or an ISO date/time (UTC unless it names a zone)."""
-    now = time.time() if now is None else now
-    text = value.strip()
-    m = re.fullmatch(r"(\d+)\s*([mhdw])", text.lower())
-    if m:
-        seconds = int(m.group(1)) * _UNITS[m.group(2)]
-        if seconds <= 0:
-            raise ConfigError(f"--expires {value!r} is not in the future; give e.g. 30d")
-        return now + seconds
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--expires {value!r} is neither a duration (30d, 12h, 90m, 2w) nor an ISO date (2026-01-31 or "
-            "2026-01-31T12:00:00Z)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    ts = when.timestamp()
-    if ts <= now:
-        raise ConfigError(f"--expires {value!r} is in the past; give a future date or a duration like 30d")
-    return ts
-
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):  # a row written before expiries were validated
+        return f"invalid ({ts!r})"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = GatewaySettings.from_env(store_url=args.store)
     # Validate flags before touching the store, so a typo never creates or opens anything.
-    expires_at = parse_expires(args.expires) if getattr(args, "expires", None) else None
+    expires_at = parse_expires(args.expires, what="--expires") if getattr(args, "expires", None) else None
     if args.keys_command == "create":
         keys_mod.check_limit("--rpm", args.rpm)
         keys_mod.check_limit("--tpm", args.tpm)

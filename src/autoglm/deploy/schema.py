@@ -2,7 +2,8 @@
 
 A deploy file has three sections: ``models`` (what to serve: local models with their engine settings
 and replicas, or remote OpenAI-compatible upstreams), ``gateway`` (keys, limits, cache, state store)
-and ``server`` (where to listen), plus ``routing`` (retries, backoff, health checks). Every model
+and ``server`` (where to listen), plus ``routing`` (retries, backoff, health checks) and, optionally,
+``recommend`` (``model: "auto"``: task identification and routing by the models' ``profile``). Every model
 forbids unknown keys so a typo is an error, never a silently ignored setting. Secrets are
 :class:`~pydantic.SecretStr` so they never show up in a repr, a plan or a log.
 
@@ -18,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -38,6 +40,8 @@ __all__ = [
     "CacheConfig",
     "ServerConfig",
     "RoutingConfig",
+    "ProfileConfig",
+    "RecommendConfig",
     "reference_errors",
 ]
 
@@ -90,6 +94,23 @@ class UpstreamConfig(_Strict):
         return [self.url] if self.url else list(self.urls)
 
 
+class ProfileConfig(_Strict):
+    """What a model is good at, for ``model: "auto"`` (see :mod:`autoglm.recommend.route`)."""
+
+    tasks: dict[str, float] = Field(default_factory=dict)  # task name -> quality 0..1
+    context_length: Optional[PositiveInt] = None  # default: the model's max_model_len
+    modality: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"])
+    cost: float = Field(default=1.0, ge=0)  # relative cost per token
+
+    @field_validator("tasks")
+    @classmethod
+    def _scores(cls, value: dict[str, float]) -> dict[str, float]:
+        for task, score in value.items():
+            if not 0.0 <= score <= 1.0:
+                raise ValueError(f"the quality of task {task!r} must be between 0 and 1; got {score}")
+        return value
+
+
 class ModelConfig(_Strict):
     """One served model: local (``source``) or remote (``upstream``)."""
 
@@ -113,6 +134,7 @@ class ModelConfig(_Strict):
     replicas: PositiveInt = 1
     # remote models
     upstream: Optional[UpstreamConfig] = None
+    profile: Optional[ProfileConfig] = None  # for model "auto"
 
     @model_validator(mode="after")
     def _local_or_remote(self) -> ModelConfig:
@@ -157,6 +179,7 @@ class CacheConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
+    enabled: bool = True  # False: no key store, limits or cache (``autoglm serve --no-gateway``)
     keys: list[KeyConfig] = Field(default_factory=list)
     admin_key: Optional[SecretStr] = None
     key_pepper: Optional[SecretStr] = None
@@ -164,6 +187,7 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     state_store: Optional[str] = None  # sqlite path/URL or postgresql://... (default: <AUTOGLM_HOME>/state.db)
     redis_url: Optional[str] = None
+    redis_prefix: Optional[str] = None  # prefix of every Redis key (default: autoglm:)
     metrics_public: bool = False
 
 
@@ -171,6 +195,12 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    access_log: str = "-"  # JSON-lines access log: "-" stderr, a file path, or "off"
+    api_keys: list[SecretStr] = Field(default_factory=list)  # static keys, besides the gateway's
+    shutdown_grace: NonNegativeFloat = 30.0  # seconds running requests get on SIGTERM / Ctrl-C
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # a larger request body is a 413
+    max_schema_bytes: int = Field(default=128 * 1024, ge=256)  # a larger JSON schema is a 400
+    allow_control_tokens: bool = False  # client text such as "<|user|>" becomes the real control token
 
 
 class RoutingConfig(_Strict):
@@ -180,11 +210,28 @@ class RoutingConfig(_Strict):
     ready_timeout: PositiveFloat = 600.0  # seconds `autoglm deploy` waits for every model
 
 
+class RecommendConfig(_Strict):
+    """``model: "auto"`` (or another alias named here) routes each request by its identified task."""
+
+    enabled: bool = True
+    aliases: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
+    default: Optional[str] = None  # the model for an unknown task (default: the first model)
+    encoders: list[Literal["hashing", "minilm", "sentence-transformers"]] = Field(
+        default_factory=lambda: ["hashing"], min_length=1)
+    sentence_transformer: Optional[str] = None  # model name for the sentence-transformers encoder
+    templates: list[str] = Field(default_factory=list)  # extra taxonomy/template YAML files
+    threshold: Optional[float] = Field(default=None, ge=0, le=1)  # default: calibrated, else built in
+    calibration_dir: Optional[str] = None  # default: <AUTOGLM_HOME>/recommend/calibration
+    cost_weight: float = Field(default=0.1, ge=0)
+    latency_weight: float = Field(default=0.1, ge=0)
+
+
 class DeployConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    recommend: Optional[RecommendConfig] = None
 
     def model_named(self, name: str) -> ModelConfig | None:
         for m in self.models:
@@ -222,6 +269,15 @@ def reference_errors(config: DeployConfig) -> list[tuple[Loc, str]]:
             if config.model_named(m) is None:
                 errors.append((("gateway", "keys", i, "models", j),
                                f"no model is named {m!r}; use one of {', '.join(names)}"))
+    rec = config.recommend
+    if rec is not None:
+        for j, alias in enumerate(rec.aliases):
+            if alias in seen:
+                errors.append((("recommend", "aliases", j), f"{alias!r} is already a model name or alias; "
+                                                             "pick another name for automatic routing"))
+        if rec.default is not None and config.model_named(rec.default) is None:
+            errors.append((("recommend", "default"), f"no model is named {rec.default!r}; use one of "
+                                                     f"{', '.join(names)}"))
     key_names = [k.name for k in config.gateway.keys]
     for i, name in enumerate(key_names):
         if name in key_names[:i]:

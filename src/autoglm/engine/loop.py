@@ -163,7 +163,7 @@ class LoopEngine(Engine):
         if core is None or self._loop is None:
             raise AutoGLMError("the engine is not started")
         validate_request(request, core.max_model_len, core.vocab_size)
-        if len(core.scheduler.waiting) + self._pending >= self.max_queue:
+        if self._queued_beyond_slots(core) >= self.max_queue:
             raise OverloadedError(
                 f"the server is busy: {self.max_queue} requests are already waiting; retry shortly", retry_after=1.0
             )
@@ -173,6 +173,13 @@ class LoopEngine(Engine):
         self._queues[request.request_id] = queue
         self._submit("add", request)
         return self._stream(request.request_id, queue)
+
+    def _queued_beyond_slots(self, core: EngineCore) -> int:
+        """Requests that will really wait: those in the inbox or the scheduler's queue minus the free
+        batch slots the next step admits them into (a request about to run is not waiting)."""
+        sched = core.scheduler
+        free = max(0, sched.max_num_seqs - len(sched.running))
+        return max(0, len(sched.waiting) + self._pending - free)
 
     async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
         finished = False

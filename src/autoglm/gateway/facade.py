@@ -10,6 +10,12 @@ HTTP status and headers; the app turns it into a response and does nothing else.
 Open mode: while no API key was ever created and no admin key is configured, :meth:`authenticate`
 returns ``None`` and every request passes. Keys are never logged; their names are.
 
+State store outages: a store call that cannot reach the database is a 503 (``state_store_unavailable``)
+and :meth:`~Gateway.store_status` says ``down`` (``/health`` reports it) until the store answers again;
+it reconnects by itself. Usage that cannot be stored (state store down) goes to a durable
+:class:`~autoglm.gateway.usage_spool.UsageSpool` and is retried every ``usage_retry_interval`` seconds
+and at close; a failed rate-limit reconciliation (Redis down) never stops usage from being recorded.
+
 Knows nothing about FastAPI, SSE or engines; the blocking store is called from a worker thread.
 """
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +34,9 @@ from autoglm.gateway import keys as keys_mod
 from autoglm.gateway.cache import CACHES, ResponseCache, cache_key, is_cacheable, make_cache
 from autoglm.gateway.keys import KeyInfo
 from autoglm.gateway.ratelimit import RATE_LIMITERS, RateDecision, RateLimiter, make_rate_limiter
-from autoglm.gateway.store import StateStore, open_store
+from autoglm.gateway.store import StateStore, StoreUnavailable, open_store
 from autoglm.gateway.usage import OPEN_MODE_KEY_ID, add_usage
+from autoglm.gateway.usage_spool import UsageSpool
 
 __all__ = ["GatewaySettings", "GatewayError", "Gateway", "ADMIN_KEY_INFO", "extract_api_key"]
 
@@ -57,6 +65,8 @@ class GatewaySettings:
     model_concurrency: dict[str, int] = field(default_factory=dict)  # model -> max in-flight requests
     default_rpm: int | None = None  # limits in open mode
     default_tpm: int | None = None
+    usage_spool_dir: str | None = None  # None: <AUTOGLM_HOME>/usage-spool (usage kept while the store is down)
+    usage_retry_interval: float = 2.0  # seconds between attempts to store spooled usage
 
     def __post_init__(self) -> None:
         if self.cache_backend != "none" and self.cache_backend not in CACHES:
@@ -132,6 +142,19 @@ class Gateway:
     ):
         self.settings, self.store, self.limiter, self.cache = settings, store, limiter, cache
         self._keys_seen = False  # once a key exists the gateway never goes back to open mode
+        if settings.usage_spool_dir:
+            spool_dir = settings.usage_spool_dir
+        else:
+            from autoglm.config import default_store_dir
+
+            spool_dir = str(default_store_dir() / "usage-spool")
+        self.spool = UsageSpool(spool_dir)
+        self._retry_task: asyncio.Task[None] | None = None
+        self._store_status: tuple[float, str] = (0.0, "ok")
+        try:  # what a previous process left spooled
+            self.spool.flush(store)
+        except Exception:  # noqa: BLE001 - the retry loop tries again once something is spooled
+            log.warning("could not store previously spooled usage yet", exc_info=True)
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings | None = None) -> Gateway:
@@ -149,17 +172,54 @@ class Gateway:
         return cls(s, store, limiter, cache)
 
     async def close(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._retry_task
+        if self.spool.pending:
+            try:
+                await asyncio.to_thread(self.spool.flush, self.store)
+            except Exception:  # noqa: BLE001 - it stays on disk; the next start stores it
+                log.warning("%d usage record(s) stay spooled in %s until the store is back", self.spool.pending,
+                            self.spool.path)
+        self.spool.close()
         await self.limiter.close()
         if self.cache is not None:
             await self.cache.close()
         self.store.close()
+
+    # -- the state store ---------------------------------------------------------------------------
+    async def _store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args)`` in a thread; an unreachable store is a 503 :class:`GatewayError`."""
+        try:
+            result = await asyncio.to_thread(fn, *args, **kwargs)
+        except StoreUnavailable as exc:
+            self._store_status = (time.monotonic(), "down")
+            log.error("state store unavailable: %s", exc)
+            raise GatewayError(503, "state_store_unavailable", "the gateway's state store (keys, usage) is "
+                               "unreachable; retry shortly", type="server_error",
+                               headers={"retry-after": "2"}) from None
+        return result
+
+    async def store_status(self) -> str:
+        """``ok`` or ``down``: a fresh ping at most once a second."""
+        checked, status = self._store_status
+        if time.monotonic() - checked < 1.0:
+            return status
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), timeout=5.0)
+            status = "ok"
+        except Exception:  # noqa: BLE001 - whatever the reason, keyed requests would fail now
+            status = "down"
+        self._store_status = (time.monotonic(), status)
+        return status
 
     # -- who is calling --------------------------------------------------------------------------
     async def open_mode(self) -> bool:
         """True while no key was ever created and no admin key is configured."""
         if self._keys_seen or self.settings.admin_key:
             return False
-        self._keys_seen = await asyncio.to_thread(keys_mod.has_keys, self.store)
+        self._keys_seen = await self._store_call(keys_mod.has_keys, self.store)
         return not self._keys_seen
 
     def is_admin(self, headers: Mapping[str, str]) -> bool:
@@ -187,7 +247,7 @@ class Gateway:
                 "no API key provided; send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
                 "(create one with `autoglm keys create --name NAME`)",
             )
-        info = await asyncio.to_thread(keys_mod.verify, self.store, presented, pepper=self.settings.key_pepper)
+        info = await self._store_call(keys_mod.verify, self.store, presented, pepper=self.settings.key_pepper)
         if info is None:
             log.info("rejected a request with an unknown, revoked or expired API key")
             raise GatewayError(
@@ -273,8 +333,32 @@ class Gateway:
         key_id, _, tpm = self._limits_of(key)
         actual = int(prompt_tokens) + int(completion_tokens)
         reserved = decision.reserved_tokens if decision is not None else 0
-        await self.limiter.reconcile(key_id, tpm, reserved, actual)
-        await asyncio.to_thread(add_usage, self.store, key_id, model, prompt_tokens, completion_tokens)
+        try:
+            await self.limiter.reconcile(key_id, tpm, reserved, actual)
+        except Exception:  # noqa: BLE001 - Redis down: the estimate stands; usage must still be recorded
+            log.warning("rate-limit reconciliation for key id %s failed; recording usage anyway", key_id,
+                        exc_info=True)
+        now = time.time()
+        try:
+            await asyncio.to_thread(add_usage, self.store, key_id, model, prompt_tokens, completion_tokens, now=now)
+        except Exception as exc:  # noqa: BLE001 - store down: keep it on disk, store it later
+            if isinstance(exc, StoreUnavailable):
+                self._store_status = (time.monotonic(), "down")
+            await asyncio.to_thread(self.spool.add, key_id, model, prompt_tokens, completion_tokens, now=now)
+            log.warning("state store refused usage (%s); spooled to %s", type(exc).__name__, self.spool.path)
+            self._start_retry()
+
+    def _start_retry(self) -> None:
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = asyncio.get_running_loop().create_task(self._retry_loop())
+
+    async def _retry_loop(self) -> None:
+        while self.spool.pending:
+            await asyncio.sleep(self.settings.usage_retry_interval)
+            try:
+                await asyncio.to_thread(self.spool.flush, self.store)
+            except Exception:  # noqa: BLE001 - still down: try again next interval
+                log.debug("state store still refuses spooled usage", exc_info=True)
 
     # -- cache -----------------------------------------------------------------------------------
     def cacheable(self, request: Mapping[str, Any]) -> bool:

@@ -31,6 +31,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -120,6 +121,21 @@ class GatewayHTTP:
             return None
         raise GatewayError(401, "invalid_api_key", "/metrics needs the admin key (AUTOGLM_ADMIN_KEY) or "
                            "--api-key; or start the server with --metrics-public.")
+
+    async def store_status(self) -> str | None:
+        """``ok``/``down`` for the gateway's state store; None without a gateway."""
+        return None if self.gateway is None else await self.gateway.store_status()
+
+    async def health_details_allowed(self, headers: Mapping[str, str]) -> bool:
+        """Counters and backend details on ``/health``: for anyone while the server is open, else only
+        for a caller with a valid key (``/health`` itself stays open for load balancers)."""
+        if self.gateway is not None and self.gateway.is_admin(headers):
+            return True
+        try:
+            await self.authenticate(headers)
+        except Exception:  # noqa: BLE001 - no key, a bad key, or the store down: the short answer
+            return False
+        return True
 
     def count_auth_failure(self, key: KeyInfo | None, model: str | None, reason: str) -> None:
         if self.metrics is not None:
@@ -422,8 +438,8 @@ def install_admin_routes(app: FastAPI, owner: GatewayHTTP) -> None:
         admin(request)
         try:
             spec = json.loads(await request.body() or b"{}")
-        except json.JSONDecodeError as exc:
-            raise GatewayError(400, "invalid_json", f"the body is not JSON ({exc.msg}); send an object like "
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            raise GatewayError(400, "invalid_json", f"the body is not JSON ({getattr(exc, 'msg', exc)}); send an object like "
                                '{"name": "ci-bot", "rpm": 60}') from None
         if not isinstance(spec, dict):
             raise GatewayError(400, "invalid_request", "the body must be a JSON object with at least 'name'")
@@ -431,40 +447,62 @@ def install_admin_routes(app: FastAPI, owner: GatewayHTTP) -> None:
         if unknown:
             raise GatewayError(400, "invalid_request", f"unknown field(s) {sorted(unknown)}; allowed: name, "
                                "models, rpm, tpm, expires_at", param=sorted(unknown)[0])
-        models = spec.get("models")
-        if isinstance(models, str):
-            models = [m for m in models.split(",")]
+        # every field checked before anything is stored: a key is created only if its answer can be sent
+        checks = (("name", lambda v: keys_mod.check_name(v if v is not None else "")),
+                  ("models", keys_mod.check_models),
+                  ("rpm", lambda v: keys_mod.check_limit("rpm", v)),
+                  ("tpm", lambda v: keys_mod.check_limit("tpm", v)),
+                  ("expires_at", lambda v: keys_mod.check_expires(v, what="expires_at")))
+        fields: dict[str, Any] = {}
+        for field, check in checks:
+            try:
+                fields[field] = check(spec.get(field))
+            except AutoGLMError as exc:
+                raise GatewayError(400, "invalid_request", str(exc), param=field) from None
         try:
-            plaintext, info = await asyncio.to_thread(
-                keys_mod.create_key, gw.store, spec.get("name") or "", models, spec.get("rpm"), spec.get("tpm"),
-                spec.get("expires_at"), pepper=gw.settings.key_pepper,
+            plaintext, info = await gw._store_call(
+                keys_mod.create_key, gw.store, fields["name"], fields["models"], fields["rpm"], fields["tpm"],
+                fields["expires_at"], pepper=gw.settings.key_pepper,
             )
         except AutoGLMError as exc:
-            raise GatewayError(400, "invalid_request", str(exc)) from None
+            raise GatewayError(400, "invalid_request", str(exc), param="name") from None
         return JSONResponse({**info.to_dict(), "key": plaintext}, status_code=201)
 
     @app.get("/admin/keys")
     async def list_keys(request: Request) -> dict[str, Any]:
         admin(request)
-        infos = await asyncio.to_thread(keys_mod.list_keys, gw.store)
+        infos = await gw._store_call(keys_mod.list_keys, gw.store)
         return {"object": "list", "data": [i.to_dict() for i in infos]}
 
     @app.delete("/admin/keys/{name}")
     async def revoke_key(name: str, request: Request) -> dict[str, Any]:
         admin(request)
         try:
-            info = await asyncio.to_thread(keys_mod.revoke_key, gw.store, name)
+            info = await gw._store_call(keys_mod.revoke_key, gw.store, name)
         except keys_mod.KeyNotFoundError as exc:
             raise GatewayError(404, "key_not_found", str(exc), param="name") from None
         return info.to_dict()
 
     @app.get("/admin/usage")
     async def usage(request: Request, key: str | None = None, model: str | None = None, per: str = "day",
-                    since: float | None = None) -> dict[str, Any]:
+                    since: str | None = None) -> dict[str, Any]:
         admin(request)
+        since_ts = None
+        if since is not None:
+            try:
+                since_ts = float(since)
+            except ValueError:
+                since_ts = None
+            if since_ts is None or not math.isfinite(since_ts) or not 0 <= since_ts <= keys_mod.MAX_EXPIRES:
+                raise GatewayError(400, "invalid_request", f"since must be epoch seconds between 0 and "
+                                   f"{keys_mod.MAX_EXPIRES:.0f}, got {since[:40]!r}", param="since")
+        if per not in ("hour", "day"):
+            raise GatewayError(400, "invalid_request", f"per must be 'hour' or 'day', got {per[:40]!r}", param="per")
         try:
-            rows = await asyncio.to_thread(usage_mod.query_usage, gw.store, key=key, model=model, per=per,
-                                           since=since)
+            rows = await gw._store_call(usage_mod.query_usage, gw.store, key=key, model=model, per=per,
+                                        since=since_ts)
+        except keys_mod.KeyNotFoundError as exc:
+            raise GatewayError(404, "key_not_found", str(exc), param="key") from None
         except AutoGLMError as exc:
             raise GatewayError(400, "invalid_request", str(exc)) from None
         return {"object": "list", "data": [r.to_dict() for r in rows]}

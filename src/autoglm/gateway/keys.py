@@ -6,6 +6,11 @@ short non-secret prefix (``agl-`` + 8 characters) for display and lookup. The pl
 once by :func:`create_key` and never stored or logged. :func:`verify` looks rows up by prefix and
 compares hashes with :func:`hmac.compare_digest`.
 
+Every field of a new key is validated here (``check_*``), for the CLI and the admin API alike, before
+anything is stored: a name of 1..64 printable characters, models as a list (or comma-separated
+string) of names, limits as positive integers up to 2**53, an expiry as epoch seconds, a duration
+(``30d``) or an ISO date, finite and before year 10000.
+
 Knows nothing about HTTP, rate limiting or where the pepper comes from (the caller passes it).
 """
 from __future__ import annotations
@@ -14,9 +19,12 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from autoglm.errors import AutoGLMError, ConfigError
@@ -35,6 +43,11 @@ __all__ = [
     "check_admin_key",
     "KEY_PREFIX",
     "check_limit",
+    "check_name",
+    "check_models",
+    "check_expires",
+    "parse_expires",
+    "MAX_LIMIT",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,12 +115,92 @@ def _row_to_info(row: tuple) -> KeyInfo:
     )
 
 
+MAX_LIMIT = 2**53  # fits a BIGINT and a JSON number exactly
+MAX_EXPIRES = 253402300799.0  # 9999-12-31T23:59:59Z: what every datetime library can print
+_MAX_NAME = 64
+_MAX_MODEL_NAME = 256
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_limit(name: str, value: int | None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer (or omitted for no limit), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value > MAX_LIMIT:
+        raise ConfigError(f"{name} must be a positive integer up to {MAX_LIMIT} (or omitted for no limit), "
+                          f"got {_shown(value)}")
     return value
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"a key needs a non-empty --name (a string such as 'ci-bot'), got {_shown(name)}")
+    name = name.strip()
+    if len(name) > _MAX_NAME or _UNPRINTABLE.search(name):
+        raise ConfigError(f"a key name must be 1..{_MAX_NAME} printable characters, got {_shown(name)}")
+    return name
+
+
+def check_models(models: object) -> tuple[str, ...] | None:
+    """``None`` (every model), a list of names, or one comma-separated string of them."""
+    if models is None:
+        return None
+    if isinstance(models, str):
+        models = models.split(",")
+    if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"models must be a list of model names (or a comma-separated string), got {_shown(models)}")
+    names = tuple(m.strip() for m in models if m.strip())
+    if not names:
+        raise ConfigError("models was given but names no model; omit it to allow every model")
+    bad = [m for m in names if len(m) > _MAX_MODEL_NAME or _UNPRINTABLE.search(m)]
+    if bad:
+        raise ConfigError(f"model name {_shown(bad[0])} is not a printable name of at most {_MAX_MODEL_NAME} characters")
+    return names
+
+
+def parse_expires(value: str, now: float | None = None, *, what: str = "expiry") -> float:
+    """``30d`` / ``12h`` / ``90m`` / ``2w`` from now, or an ISO date/time (UTC unless it names a zone)."""
+    now = time.time() if now is None else now
+    text = value.strip()
+    m = re.fullmatch(r"(\d{1,9})\s*([mhdw])", text.lower())
+    if m:
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+        if seconds <= 0:
+            raise ConfigError(f"{what} {value!r} is not in the future; give e.g. 30d")
+        return check_expires(now + seconds, now, what=what)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{what} {_shown(value)} is neither a duration (30d, 12h, 90m, 2w) nor an ISO date (2026-01-31 or "
+            "2026-01-31T12:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return check_expires(when.timestamp(), now, what=what)
+
+
+def check_expires(value: object, now: float | None = None, *, what: str = "expiry") -> float | None:
+    """``None`` (never), epoch seconds, or a string :func:`parse_expires` reads; in the future, finite."""
+    now = time.time() if now is None else now
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_expires(value, now, what=what)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"expires_at must be epoch seconds, a duration such as '30d' or an ISO date, got "
+                          f"{_shown(value)}")
+    ts = float(value)
+    if ts <= now:
+        raise ConfigError(f"{what} {_shown(value)} is in the past; give a future time (e.g. 30d)")
+    if ts > MAX_EXPIRES:
+        raise ConfigError(f"{what} {_shown(value)} is after the year 9999; give a nearer date or none")
+    return ts
 
 
 def create_key(
@@ -122,16 +215,10 @@ def create_key(
     now: float | None = None,
 ) -> tuple[str, KeyInfo]:
     """Create a key; return ``(plaintext, info)``. The plaintext exists only in this return value."""
-    name = (name or "").strip()
-    if not name:
-        raise ConfigError("a key needs a non-empty --name (e.g. --name ci-bot)")
+    name = check_name(name)
     now = time.time() if now is None else now
-    if expires_at is not None and expires_at <= now:
-        raise ConfigError(f"expiry {expires_at!r} is in the past; give a future time (e.g. --expires 30d)")
-    if models is not None:
-        models = tuple(m.strip() for m in models if m.strip())
-        if not models:
-            raise ConfigError("--models was given but names no model; omit it to allow every model")
+    expires_at = check_expires(expires_at, now)
+    models = check_models(models)
     rpm, tpm = check_limit("rpm", rpm), check_limit("tpm", tpm)
     if store.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)):
         raise ConfigError(f"a key named {name!r} already exists; pick another name or revoke that one first")
@@ -147,6 +234,18 @@ def create_key(
         created_at=now,
         expires_at=expires_at,
     )
+    try:
+        _insert(store, info, models, plaintext, pepper)
+    except Exception as exc:
+        if store.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)):  # lost a race for the name
+            raise ConfigError(f"a key named {name!r} already exists; pick another name or revoke that one first") from None
+        raise exc
+    log.info("created API key name=%s id=%s", info.name, info.id)
+    return plaintext, info
+
+
+def _insert(store: StateStore, info: KeyInfo, models: tuple[str, ...] | None, plaintext: str,
+            pepper: str | None) -> None:
     store.execute(
         f"INSERT INTO api_keys ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -154,16 +253,14 @@ def create_key(
             info.name,
             info.prefix,
             json.dumps(list(models)) if models is not None else None,
-            rpm,
-            tpm,
+            info.rpm,
+            info.tpm,
             info.created_at,
             info.expires_at,
             None,
             hash_key(plaintext, pepper),
         ),
     )
-    log.info("created API key name=%s id=%s", info.name, info.id)
-    return plaintext, info
 
 
 def verify(store: StateStore, presented: str | None, *, pepper: str | None = None, now: float | None = None) -> KeyInfo | None:

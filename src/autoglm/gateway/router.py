@@ -117,6 +117,9 @@ class Router:
         self.routes = list(routes)
         self.retries, self.backoff = retries, backoff
         self.health_check_interval, self.unhealthy_after = health_check_interval, unhealthy_after
+        # model "auto": an autoglm.recommend.Recommender set by the assembly (build_recommender); the app
+        # resolves its aliases to a concrete model before dispatch (autoglm.recommend.http.resolve_auto)
+        self.recommender: Any = None
         self._by_name: dict[str, Route] = {}
         for route in self.routes:
             for name in [route.name, *route.aliases]:

@@ -50,7 +50,7 @@ from autoglm.engine.guided.schema import (
 from autoglm.engine.guided.vocab import TrieNode, VocabIndex, vocab_index
 from autoglm.errors import InvalidRequestError
 
-__all__ = ["Constraint", "build_constraint", "min_tokens_needed", "SAFETY_MARGIN"]
+__all__ = ["Constraint", "build_constraint", "min_tokens_needed", "validate_schema", "SAFETY_MARGIN"]
 
 # tokens kept in reserve beyond the exact closing cost, in case the caller counts one token
 # differently than we do; costs one token of budget in the worst case
@@ -81,10 +81,24 @@ def _compile(kind: str, schema_json: str, max_string_chars: int) -> Node:
 def _root(spec: Any, max_string_chars: int) -> Node:
     try:
         schema_json = json.dumps(spec.schema, sort_keys=False)
+        schema_json.encode("utf-8")  # a lone surrogate cannot become output bytes
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"JSON schema is not JSON-serialisable: {exc}",
                                   param="response_format") from None
     return _compile(spec.kind, schema_json, max_string_chars)
+
+
+def validate_schema(schema: Any, *, max_string_chars: int = DEFAULT_MAX_STRING_CHARS) -> None:
+    """Raise :class:`InvalidRequestError` when ``schema`` is not one guided decoding can use (the
+    compiled result is cached, so checking first costs nothing later)."""
+    _root(SimpleSpec("json_schema", schema), max_string_chars)
+
+
+class SimpleSpec:
+    __slots__ = ("kind", "schema")
+
+    def __init__(self, kind: str, schema: Any):
+        self.kind, self.schema = kind, schema
 
 
 def min_tokens_needed(spec: Any, *, max_string_chars: int = DEFAULT_MAX_STRING_CHARS) -> int:

@@ -5,6 +5,13 @@ Backends: ``sqlite`` (default, a file in the store dir, nothing to set up) and `
 """
 from __future__ import annotations
 
-from autoglm.gateway.store._base import MIGRATIONS, StateStore, open_store, redact_url, register_store
+from autoglm.gateway.store._base import (
+    MIGRATIONS,
+    StateStore,
+    StoreUnavailable,
+    open_store,
+    redact_url,
+    register_store,
+)
 
-__all__ = ["StateStore", "MIGRATIONS", "open_store", "register_store", "redact_url"]
+__all__ = ["StateStore", "StoreUnavailable", "MIGRATIONS", "open_store", "register_store", "redact_url"]

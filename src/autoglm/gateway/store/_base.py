@@ -5,6 +5,9 @@ only) and usage counters per key, model and hour. Every backend speaks the same 
 ``?`` placeholders and portable types); a backend only knows how to connect, run one statement and
 hold a transaction that serialises schema migrations across processes.
 
+A backend that can lose its connection raises :class:`StoreUnavailable` while the database is
+unreachable and reconnects by itself on a later call.
+
 It does not know about hashing, HTTP, rate limits or the cache; :mod:`autoglm.gateway.keys` and
 :mod:`autoglm.gateway.facade` give the rows their meaning.
 """
@@ -22,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from autoglm.errors import ConfigError
 
-__all__ = ["StateStore", "MIGRATIONS", "register_store", "open_store", "redact_url", "STORE_SCHEMES"]
+__all__ = ["StateStore", "StoreUnavailable", "MIGRATIONS", "register_store", "open_store", "redact_url",
+           "STORE_SCHEMES"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached right now (connection lost, server down). Not the caller's fault:
+    the HTTP layer answers 503 and the store reconnects by itself on a later call."""
+
+
 class StateStore(abc.ABC):
     """One database connection. Thread-safe; every method is blocking (call it from a thread in async code)."""
 
@@ -76,6 +85,10 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise (:class:`StoreUnavailable` for a backend that knows) unless the store answers now."""
+        self.execute("SELECT 1")
 
     def dump(self) -> str:
         """Every row of every table as text (tests check that no secret is stored in plain text)."""

@@ -1,12 +1,14 @@
 """SQLite state store: one file, nothing to set up. The default (``<AUTOGLM_HOME>/state.db``).
 
 WAL mode lets readers run while one writer writes; ``BEGIN IMMEDIATE`` takes the write lock up front,
-so two processes migrating the same new file at once take turns instead of failing. Knows nothing
+so two processes migrating the same new file at once take turns instead of failing. A new file is
+created readable by its owner only (mode 0600): it holds key hashes and usage. Knows nothing
 about what the tables mean.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -58,7 +60,10 @@ class SQLiteStore(StateStore):
         self.url = url
         self.path = sqlite_path(url)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                # key hashes and usage: readable by this user only (SQLite gives -wal/-shm the same mode)
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             self._conn = sqlite3.connect(
                 str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
