@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     st.add_argument("--no-confirm", action="store_true",
                     help="skip re-measuring the best setting and the defaults after the search")
+    st.add_argument("--confirm-rounds", type=int, default=2,
+                    help="side-by-side re-measurements of the best setting and the defaults (default 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default auto)")
     p.add_argument("--trial-timeout", type=float, default=600.0, help="seconds per trial, start-up included (600)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a server may take to start (300)")
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     result = tune_serving(args.model, workload=workload, objective=objective, n_trials=args.n_trials, space=space,
                           engines=engines, sampler=args.sampler, storage=args.storage, study_name=args.study_name,
                           seed=args.seed, trial_timeout=args.trial_timeout, startup_timeout=args.startup_timeout,
-                          confirm=not args.no_confirm, device=args.device, out=out,
+                          confirm=not args.no_confirm, confirm_rounds=args.confirm_rounds, device=args.device, out=out,
                           progress=None if args.quiet else log)
     print(markdown_report(result))
     print()

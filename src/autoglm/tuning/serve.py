@@ -12,9 +12,9 @@ in memory, or in a ``sqlite:///`` / journal-file storage so an interrupted tunin
    *failed* trial with its reason; failed requests or a missed SLO make it *infeasible*.
 
 Trial 0 is always the server's own defaults (``autoglm serve --model M``, enqueued). After the search
-the best other setting and the defaults are measured once more, so both have two runs and the noise
-is visible; the choice is the better of the two by the mean of its runs, and the defaults when
-nothing beats them. A setting the sampler proposes again is not re-measured (its earlier result is
+the best other setting and the defaults are measured again side by side, alternating, for
+``confirm_rounds`` rounds (load that changes over a long search then touches both alike); the choice
+is the better of the two by the mean of those runs, and the defaults when nothing beats them. A setting the sampler proposes again is not re-measured (its earlier result is
 told again). Trial results live in the study's user attributes, so a resumed study's table is complete.
 
 It does not know how the server works inside, only its flags, and it does not write files
@@ -275,7 +275,8 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
                  n_trials: int = 10, space: Mapping[str, Sequence[Any]] | None = None,
                  engines: Sequence[str] | None = None, sampler: str = "tpe", storage: str | None = None,
                  study_name: str | None = None, seed: int = 0, trial_timeout: float = 600.0,
-                 startup_timeout: float = 300.0, confirm: bool = True, device: str = "auto",
+                 startup_timeout: float = 300.0, confirm: bool = True, confirm_rounds: int = 2,
+                 device: str = "auto",
                  device_info: Any = None, out: str | Path | None = None,
                  progress: Log | None = _stderr) -> ServeTuningResult:
     """Search serving settings of ``model`` for ``workload`` by ``objective``; see the module docstring.
@@ -395,10 +396,14 @@ def tune_serving(model: str, *, workload: Workload | None = None, objective: Obj
     candidate = _best(objective, [r for r in records() if r.role == "search" and r.status == "ok"
                                   and params_key(r.params) != params_key(sp.defaults)])
     if confirm:
-        log("  re-measuring " + ("the best setting and " if candidate else "") + "the defaults")
-        for params in ([candidate.params] if candidate else []) + [sp.defaults]:
-            study.enqueue_trial(dict(params), user_attrs={"role": "confirm"})
-            study.optimize(run_trial, n_trials=1, catch=(_Failed,))
+        # Side by side, alternating, so that load changing over the run touches both equally; the choice
+        # is made from these runs alone (the search's runs were measured at other times).
+        rounds = max(1, int(confirm_rounds))
+        log(f"  re-measuring {'the best setting and ' if candidate else ''}the defaults, {rounds} round(s)")
+        for _ in range(rounds):
+            for params in ([candidate.params] if candidate else []) + [sp.defaults]:
+                study.enqueue_trial(dict(params), user_attrs={"role": "confirm"})
+                study.optimize(run_trial, n_trials=1, catch=(_Failed,))
 
     result = ServeTuningResult(
         model=model, device=f"{dev.kind} ({dev.name})", device_flag=device, workload_text=workload.describe(),
@@ -425,8 +430,10 @@ def _choose(result: ServeTuningResult, objective: Objective, defaults: dict[str,
     """The choice is the candidate only when the mean of its runs beats the defaults' mean and none of
     its runs was infeasible; otherwise the defaults (when they were measured at all)."""
     def runs(params: Mapping[str, Any]) -> list[TrialRecord]:
-        return [t for t in result.trials if params_key(t.params) == params_key(params)
-                and t.status in ("ok", "infeasible") and t.metrics]
+        found = [t for t in result.trials if params_key(t.params) == params_key(params)
+                 and t.status in ("ok", "infeasible") and t.metrics]
+        confirmed = [t for t in found if t.role == "confirm"]
+        return confirmed or found  # the side-by-side runs when there are any
 
     d_runs = runs(defaults)
     if not d_runs:
