@@ -31,12 +31,15 @@ def _file_parser() -> argparse.ArgumentParser:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tune", help="hyper-parameter search over a pipeline, or over the server's settings",
                               usage=_USAGE, add_help=False)
+    p.add_argument("-h", "--help", action="store_true", dest="tune_help")  # help of the form asked for
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     argv = list(args.args)
+    if args.tune_help:
+        argv = ["--help"]
     if argv[:1] == ["serve"]:
         from autoglm.cli import tune_serve
 
