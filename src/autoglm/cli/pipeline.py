@@ -2,7 +2,8 @@
 :mod:`autoglm.training`, print.
 
 ``run`` prints one line per stage (and progress bars while stages work); killed and run again, it
-resumes. ``validate`` checks a file without running anything. ``status`` lists runs.
+resumes. ``validate`` checks a file without running anything. ``status`` lists runs. ``compile``
+writes a Kubeflow Pipelines package of the same stages.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v = sub.add_parser("validate", help="check a pipeline file without running it")
     v.add_argument("file")
     v.set_defaults(func=_validate)
+    c = sub.add_parser("compile", help="write the pipeline as a Kubeflow Pipelines (v2) package")
+    from autoglm.cli import pipeline_compile
+
+    pipeline_compile.add_arguments(c)
+    c.set_defaults(func=pipeline_compile.run)
     s = sub.add_parser("status", help="list pipeline runs")
     s.add_argument("--name", help="only this pipeline")
     s.add_argument("--json", action="store_true")
