@@ -200,7 +200,16 @@ def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        from typing import ForwardRef
+
+        # a route whose return annotation never resolved (a name imported only for type checking)
+        # would make the whole document fail: leave that route out and say so
+        routes = [r for r in app.routes if not isinstance(getattr(r, "response_model", None), ForwardRef)]
+        for r in app.routes:
+            if r not in routes:
+                log.warning("OpenAPI: %s left out: its return annotation %s is not resolvable",
+                            getattr(r, "path", r), getattr(r, "response_model", None))
+        doc = get_openapi(title=app.title, version=app.version, routes=routes)
         content = {"application/json": {"schema": _ERROR_SCHEMA}}
         for path_item in doc.get("paths", {}).values():
             for op in path_item.values():
