@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     config = settings.config
     if args.webhooks_command == "list":
         out = {"file": settings.file,
-               "outbound": [{"name": t.name, "url": f"{t.url.scheme}://{t.url.host}{t.url.path or ''}",
+               "outbound": [{"name": t.name,  # the URL without credentials or query (they may hold tokens)
+                             "url": f"{t.url.scheme}://{t.url.host}:{t.url.port}{t.url.path or ''}",
                              "events": t.events, "signed": t.secret is not None, "max_attempts": t.max_attempts}
                             for t in config.outbound],
                "inbound": [{"name": h.name, "route": f"POST /admin/hooks/{h.name}", "action": h.action,
@@ -96,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
                 rows = [db.get_delivery(store, args.id)]
             elif args.webhooks_command == "test":
                 if args.target not in sender.targets:
-                    raise ConfigError(f"no outbound target {args.target!r}; targets: {', '.join(sender.targets) or 'none'}")
-                sender.targets = {args.target: sender.targets[args.target]}  # this target only
+                    known = ", ".join(sender.targets) or "none"
+                    raise ConfigError(f"no outbound target {args.target!r}; targets: {known}")
+                only = sender.targets[args.target].model_copy(update={"events": ["*"]})  # whatever it subscribes to
+                sender.targets = {args.target: only}
                 ids = sender.emit("webhook.test", {"message": "a test delivery from `autoglm webhooks test`"})
                 sender.deliver_due()
                 rows = [db.get_delivery(store, i) for i in ids]

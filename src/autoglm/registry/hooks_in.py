@@ -118,7 +118,8 @@ class HookReceiver:
         try:
             sent = float(stamp)
         except ValueError:
-            raise HookRejected(400, "invalid_timestamp", f"{TIMESTAMP_HEADER} must be Unix seconds; got {stamp[:40]!r}") from None
+            raise HookRejected(400, "invalid_timestamp",
+                               f"{TIMESTAMP_HEADER} must be Unix seconds; got {stamp[:40]!r}") from None
         skew = self.clock() - sent
         if abs(skew) > hook.tolerance_s:
             raise HookRejected(400, "stale_timestamp", f"the delivery was signed {abs(skew):.0f}s "
@@ -180,7 +181,8 @@ class HookReceiver:
         if not all(isinstance(v, (str, int)) and str(v) for v in (model, alias, version)):
             raise HookRejected(400, "invalid_request", f"{ALIAS_SET} needs data.name, data.alias and data.version")
         model, alias, version = str(model), str(alias), str(version)
-        if (hook.models is not None and model not in hook.models) or (hook.aliases is not None and alias not in hook.aliases):
+        if (hook.models is not None and model not in hook.models) or \
+                (hook.aliases is not None and alias not in hook.aliases):
             return {"status": "ignored", "reason": f"models:/{model}@{alias} is not one this hook redeploys"}
         if inspect.iscoroutinefunction(self.on_alias_set) or inspect.iscoroutinefunction(
                 getattr(self.on_alias_set, "__call__", None)):

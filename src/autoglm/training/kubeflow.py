@@ -37,7 +37,8 @@ from autoglm.errors import ConfigError
 
 __all__ = ["compile_kubeflow", "kubeflow_pipeline", "run_stage", "CompiledPipeline", "DEFAULT_IMAGE"]
 
-DEFAULT_IMAGE = "autoglm:cpu"  # docker build -f deploy/docker/Dockerfile.cpu --build-arg EXTRAS=train,kubeflow -t autoglm:cpu .
+# docker build -f deploy/docker/Dockerfile.cpu --build-arg EXTRAS=train,kubeflow -t autoglm:cpu .
+DEFAULT_IMAGE = "autoglm:cpu"
 RUN_TAG = "autoglm.kubeflow_run"
 _EXTRA_HINT = 'compiling to Kubeflow needs the kfp SDK: pip install -c constraints.txt -e ".[kubeflow]"'
 
@@ -53,7 +54,6 @@ class CompiledPipeline:
 
 def _kfp() -> Any:
     try:
-        import kfp  # noqa: F401
         from kfp import dsl
     except ImportError:
         raise ConfigError(_EXTRA_HINT) from None
@@ -118,7 +118,7 @@ def compile_kubeflow(pipeline_path: str | Path, output: str | Path, *, image: st
                           "in the file")
     if "register" in stages and not config.tracking.enabled:
         raise ConfigError(f"{path}: the register stage needs tracking, but tracking.enabled is false")
-    dsl = _kfp()  # noqa: F841 - the clear message first
+    _kfp()  # the clear message when kfp is missing
     from kfp import compiler
 
     pipeline = kubeflow_pipeline(config, text, base_dir=base_dir or str(path.resolve().parent), image=image,
