@@ -190,8 +190,14 @@ class RegisterStage(Stage):
             if not ok:
                 return {"summary": {"registered": False, "reason": why}}
         train_dir = inputs.upstream["train"]
+        name = cfg.name or inputs.config.name
         version = register_model_version(
-            inputs.tracker, name=cfg.name or inputs.config.name, alias=cfg.alias,
+            inputs.tracker, name=name, alias=cfg.alias,
             model_dir=train_dir.final / "model", train_key=train_dir.key, metrics=metrics)
+        from autoglm.training.events import TrainingEvent
+
+        # the closed loop's hooks (webhooks: model_version_alias.created) listen for this one
+        ctx.emit(TrainingEvent("registry", "register", "alias-set", f"{name} version {version} is now @{cfg.alias}",
+                               data={"name": name, "alias": cfg.alias, "version": version}))
         return {"summary": {"registered": True, "name": cfg.name or inputs.config.name, "version": version,
                             "alias": cfg.alias, "uri": f"models:/{cfg.name or inputs.config.name}@{cfg.alias}"}}
