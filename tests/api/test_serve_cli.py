@@ -28,9 +28,20 @@ def test_defaults():
     assert (server.host, server.port, server.api_keys) == ("127.0.0.1", 8000, [])
 
 
+def test_shutdown_grace_and_request_limits_reach_the_server_settings():
+    _, server = settings_from_args(build_parser().parse_args([
+        "serve", "--shutdown-grace", "2.5", "--max-request-bytes", "2048", "--max-schema-bytes", "512",
+        "--allow-control-tokens"]))
+    assert (server.shutdown_grace, server.max_request_bytes, server.max_schema_bytes) == (2.5, 2048, 512)
+    assert server.allow_control_tokens is True
+    _, default = settings_from_args(build_parser().parse_args(["serve"]))
+    assert (default.shutdown_grace, default.allow_control_tokens) == (30.0, False)
+
+
 @pytest.mark.parametrize("flag,value", [("--port", "0"), ("--port", "70000"), ("--max-num-seqs", "-1"),
                                         ("--quantize", "int3"), ("--request-timeout", "abc"),
-                                        ("--prefill-chunk", "-5")])
+                                        ("--prefill-chunk", "-5"), ("--shutdown-grace", "-1"),
+                                        ("--max-request-bytes", "10")])
 def test_bad_flags_exit_2(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["serve", flag, value])

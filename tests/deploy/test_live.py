@@ -138,6 +138,11 @@ def client(stack):
     return openai.OpenAI(base_url=stack["url"] + "/v1", api_key=stack["key"], max_retries=0, timeout=60)
 
 
+def keyed(stack) -> dict[str, str]:
+    """/health shows per-model details only to a caller with a key once keys exist."""
+    return {"Authorization": f"Bearer {stack['key']}"}
+
+
 def chat(client, model: str, **kw):
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=kw.pop("max_tokens", 4), temperature=kw.pop("temperature", 0),
@@ -203,7 +208,7 @@ def test_upstream_down_fallback_503_then_back(client, stack):
     assert info.value.status_code == 503
     assert info.value.body["code"] == "model_unavailable"
     assert time.monotonic() - t0 < 15  # no hang
-    health = httpx.get(stack["url"] + "/health", timeout=5).json()
+    health = httpx.get(stack["url"] + "/health", timeout=5, headers=keyed(stack)).json()
     assert health["models"]["remote-strict"]["status"] == "down"
     assert health["models"]["local-a"]["status"] == "ok"
     # streams fall back too
@@ -214,7 +219,7 @@ def test_upstream_down_fallback_503_then_back(client, stack):
     wait_healthy(stack["up_url"])
     deadline = time.monotonic() + HEALTH_INTERVAL_S + 10
     while time.monotonic() < deadline:
-        if httpx.get(stack["url"] + "/health", timeout=5).json()["models"]["remote-strict"]["status"] == "ok":
+        if httpx.get(stack["url"] + "/health", timeout=5, headers=keyed(stack)).json()["models"]["remote-strict"]["status"] == "ok":
             break
         time.sleep(0.1)
     else:

@@ -2,7 +2,9 @@
 
 Thin: read and validate the file (a bad file is one error line naming file, line and key, before
 anything starts), print the plan, stop there with ``--dry-run``; otherwise check the port, then hand
-over to :func:`autoglm.deploy.runner.serve`. ``autoglm serve --config FILE`` calls :func:`run_config`.
+over to :func:`autoglm.deploy.assembly.serve` (the assembly ``autoglm serve`` uses too). SIGTERM or
+Ctrl-C drains for ``server.shutdown_grace`` seconds and exits 0. ``autoglm serve --config FILE`` calls
+:func:`run_config`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ __all__ = ["register", "run", "run_config"]
 
 
 def register(subparsers: Any) -> None:
-    from autoglm.cli.serve import LOG_LEVELS, _port
+    from autoglm.cli.serve import LOG_LEVELS, _non_negative_float, _port
 
     p = subparsers.add_parser(
         "deploy",
@@ -30,20 +32,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default=None, help="override server.host")
     p.add_argument("--port", default=None, type=_port, help="override server.port")
     p.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="override server.log_level")
+    p.add_argument("--shutdown-grace", default=None, type=_non_negative_float, metavar="S",
+                   help="override server.shutdown_grace (seconds running requests get on SIGTERM / Ctrl-C)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_config(args.file, dry_run=args.dry_run, host=args.host, port=args.port, log_level=args.log_level)
+    return run_config(args.file, dry_run=args.dry_run, host=args.host, port=args.port, log_level=args.log_level,
+                      shutdown_grace=args.shutdown_grace)
 
 
 def run_config(path: str, *, dry_run: bool = False, host: str | None = None, port: int | None = None,
-               log_level: str | None = None) -> int:
+               log_level: str | None = None, shutdown_grace: float | None = None) -> int:
     from autoglm.deploy.loader import load_deploy_file
     from autoglm.deploy.runner import plan_lines
 
     config = load_deploy_file(path)
-    overrides = {k: v for k, v in (("host", host), ("port", port), ("log_level", log_level)) if v is not None}
+    overrides = {k: v for k, v in (("host", host), ("port", port), ("log_level", log_level),
+                                   ("shutdown_grace", shutdown_grace)) if v is not None}
     if overrides:
         config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
     print(f"autoglm: {path} is valid")
@@ -52,19 +58,18 @@ def run_config(path: str, *, dry_run: bool = False, host: str | None = None, por
     if dry_run:
         return 0
 
-    from autoglm.cli.serve import _check_port_free, _is_loopback
-    from autoglm.deploy.runner import serve
+    from autoglm.deploy.assembly import check_port_free, is_loopback, serve
 
     level = "DEBUG" if config.server.log_level == "trace" else config.server.log_level.upper()
     logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")
-    if not _is_loopback(config.server.host) and config.gateway.admin_key is None and not config.gateway.keys:
+    if not is_loopback(config.server.host) and config.gateway.admin_key is None and not config.gateway.keys:
         print(f"autoglm: warning: listening on {config.server.host} without keys or an admin key: anyone who "
               "can reach this machine can use the models.", file=sys.stderr, flush=True)
-    _check_port_free(config.server.host, config.server.port)
+    check_port_free(config.server.host, config.server.port)
     try:
         tune_allocator()
         run_async(serve(config, echo=lambda s: print(s, flush=True)))
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C before the server was up (pulling, loading); once up, a signal drains and returns
     print("autoglm: stopped", file=sys.stderr)
     return 0

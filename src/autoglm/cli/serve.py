@@ -1,28 +1,29 @@
-"""``autoglm serve``: load one model and serve it behind the OpenAI-compatible API.
+"""``autoglm serve``: serve one model behind the OpenAI-compatible API.
 
-Parses flags into :class:`~autoglm.config.EngineSettings` / :class:`~autoglm.config.ServerSettings`,
-builds the engine with :func:`~autoglm.engine.base.create_engine`, starts it (so a bad model name is
-one error line, not a traceback from inside the web server), opens the gateway (keys, limits, usage,
-response cache: ``--cache``, ``--redis-url``, ``--state-url``, ``--admin-key``, ...; environment
-defaults via :meth:`~autoglm.gateway.GatewaySettings.from_env`), configures the JSON access log
-(``--access-log``), then runs uvicorn programmatically on the same event loop with the app from
-:func:`~autoglm.api.app.build_app`. Ctrl-C stops cleanly.
+A deploy with one model: :func:`deploy_config_from_args` turns the flags into a
+:class:`~autoglm.deploy.schema.DeployConfig` (the gateway's environment defaults -- ``AUTOGLM_CACHE``,
+``AUTOGLM_REDIS_URL``, ... -- resolved by :meth:`~autoglm.gateway.GatewaySettings.from_env`), and
+:func:`~autoglm.deploy.assembly.serve` runs it exactly as ``autoglm deploy`` runs a file: weights
+pulled, the engine started before the port opens (a bad model name is one error line), gateway, access
+log, uvicorn. SIGTERM or Ctrl-C drains: new requests get 503, running ones get ``--shutdown-grace``
+seconds, then the process exits 0. ``--config FILE`` is ``autoglm deploy FILE``.
 Portable: no Linux-only calls. Heavy imports happen inside :func:`run`.
 """
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
-import socket
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from autoglm._runtime import run_async, tune_allocator
 from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES, EngineSettings, ServerSettings
 from autoglm.errors import ConfigError
 
-__all__ = ["register", "run", "settings_from_args"]
+if TYPE_CHECKING:
+    from autoglm.deploy.schema import DeployConfig
+
+__all__ = ["register", "run", "settings_from_args", "deploy_config_from_args"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -44,6 +45,16 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -119,32 +130,78 @@ def register(subparsers: Any) -> None:
                    help="no key store, limits or cache: only --api-key protects the server")
     g.add_argument("--access-log", default="-", metavar="PATH",
                    help="JSON-lines access log: '-' for stderr (default), a file path, or 'off'")
+    lim = p.add_argument_group("request limits", "what one request may cost")
+    lim.add_argument("--max-request-bytes", type=_int_at_least(1024), metavar="N",
+                     default=ServerSettings.max_request_bytes,
+                     help="larger request bodies get 413 before anything parses them (default: 4194304, 4 MiB)")
+    lim.add_argument("--max-schema-bytes", type=_int_at_least(256), metavar="N",
+                     default=ServerSettings.max_schema_bytes,
+                     help="larger JSON schemas (response_format, tools) get 400 (default: 131072, 128 KiB)")
+    lim.add_argument("--allow-control-tokens", action="store_true",
+                     help="let text such as '<|user|>' in a message be the real control token (default: off, "
+                          "it is kept as plain text)")
+    p.add_argument("--shutdown-grace", type=_non_negative_float, default=ServerSettings.shutdown_grace, metavar="S",
+                   help="on SIGTERM or Ctrl-C: seconds running requests and streams get to finish (new ones get "
+                        "503) before they are stopped with an error event (default: 30)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default: info)")
     p.set_defaults(func=run)
 
 
-def settings_from_args(args: argparse.Namespace) -> tuple[EngineSettings, ServerSettings]:
-    engine = EngineSettings(
-        model=args.model,
-        served_model_name=args.served_model_name,
-        engine=args.engine,
-        quantize=args.quantize,
-        device=args.device,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_queue=args.max_queue,
-        prefill_chunk=args.prefill_chunk,
-        prefix_cache_tokens=args.prefix_cache_tokens,
-        request_timeout=args.request_timeout,
+def deploy_config_from_args(args: argparse.Namespace) -> DeployConfig:
+    """The one-model DeployConfig these flags mean; environment defaults of the gateway resolved here."""
+    from pydantic import ValidationError
+
+    from autoglm.deploy.schema import (
+        CacheConfig,
+        DeployConfig,
+        GatewayConfig,
+        ModelConfig,
+        RateLimitConfig,
+        ServerConfig,
     )
-    server = ServerSettings(host=args.host, port=args.port,
-                            api_keys=[args.api_key] if args.api_key else [], log_level=args.log_level,
-                            access_log=getattr(args, "access_log", "-"),
-                            gateway=None if getattr(args, "no_gateway", False) else _gateway_settings(args, engine))
-    return engine, server
+
+    name = args.served_model_name or args.model
+    try:
+        model = ModelConfig(
+            name=name, source=args.model, engine=args.engine, quantize=args.quantize, device=args.device,
+            max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
+            prefill_chunk=args.prefill_chunk, prefix_cache_tokens=args.prefix_cache_tokens,
+            request_timeout=args.request_timeout, max_concurrency=getattr(args, "max_concurrency", None),
+        )
+        if getattr(args, "no_gateway", False):
+            gateway = GatewayConfig(enabled=False)
+        else:
+            gw = _gateway_settings(args, name)
+            gateway = GatewayConfig(
+                admin_key=gw.admin_key, key_pepper=gw.key_pepper, state_store=gw.store_url, redis_url=gw.redis_url,
+                redis_prefix=gw.redis_prefix, metrics_public=gw.metrics_public,
+                rate_limits=RateLimitConfig(backend=gw.ratelimit_backend, rpm=gw.default_rpm, tpm=gw.default_tpm),
+                cache=CacheConfig(backend=gw.cache_backend, url=gw.cache_url, ttl=gw.cache_ttl,
+                                  max_entries=gw.cache_max_entries, max_bytes=gw.cache_max_bytes),
+            )
+        server = ServerConfig(host=args.host, port=args.port, log_level=args.log_level,
+                              access_log=getattr(args, "access_log", "-"),
+                              api_keys=[args.api_key] if args.api_key else [],
+                              shutdown_grace=getattr(args, "shutdown_grace", ServerSettings.shutdown_grace),
+                              max_request_bytes=getattr(args, "max_request_bytes", ServerSettings.max_request_bytes),
+                              max_schema_bytes=getattr(args, "max_schema_bytes", ServerSettings.max_schema_bytes),
+                              allow_control_tokens=getattr(args, "allow_control_tokens", False))
+        return DeployConfig(models=[model], gateway=gateway, server=server)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"autoglm serve: {where}: {err['msg']}") from None
 
 
-def _gateway_settings(args: argparse.Namespace, engine: EngineSettings) -> Any:
+def settings_from_args(args: argparse.Namespace) -> tuple[EngineSettings, ServerSettings]:
+    """The engine and server settings ``autoglm serve`` runs with (read off :func:`deploy_config_from_args`)."""
+    from autoglm.deploy.runner import engine_settings_for, server_settings
+
+    config = deploy_config_from_args(args)
+    return engine_settings_for(config.models[0]), server_settings(config)
+
+
+def _gateway_settings(args: argparse.Namespace, model_name: str) -> Any:
     from autoglm.gateway.facade import GatewaySettings
 
     redis_url = getattr(args, "redis_url", None)
@@ -160,8 +217,6 @@ def _gateway_settings(args: argparse.Namespace, engine: EngineSettings) -> Any:
     }
     if getattr(args, "metrics_public", False):
         overrides["metrics_public"] = True
-    if getattr(args, "max_concurrency", None):
-        overrides["model_concurrency"] = {engine.name: args.max_concurrency}
     settings = GatewaySettings.from_env(**overrides)
     if overrides["ratelimit_backend"] is None and settings.redis_url and settings.ratelimit_backend == "memory":
         settings = GatewaySettings.from_env(**{**overrides, "ratelimit_backend": "redis"})
@@ -171,126 +226,29 @@ def _gateway_settings(args: argparse.Namespace, engine: EngineSettings) -> Any:
     return settings
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Fail before loading the model when the address cannot be bound."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot resolve --host {host!r}: {exc.strerror}; use an IP address such as "
-                          "127.0.0.1 or 0.0.0.0") from None
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        if sys.platform != "win32":  # what uvicorn does too; on Windows it would allow port sharing
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); is another server running? "
-                              "Pass a free --port.") from None
-
-
-def _url(host: str, port: int) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
-
-
-def _is_demo(model: str) -> bool:
-    try:
-        from autoglm.hub.demo import is_demo_model
-    except ImportError:
-        return model.startswith("autoglm-demo")
-    return is_demo_model(model)
-
-
-async def _open_gateway(server: ServerSettings) -> Any:
-    if server.gateway is None:
-        return None
-    from autoglm.gateway.facade import Gateway
-
-    try:
-        gateway = Gateway.from_settings(server.gateway)
-    except ConfigError:
-        raise
-    except Exception as exc:  # a store or Redis that cannot be reached: one line, not a traceback
-        raise ConfigError(f"cannot open the gateway ({type(exc).__name__}: {exc}); check --state-url, "
-                          "--redis-url and --cache, or pass --no-gateway") from None
-    if gateway.cache is not None and server.gateway.cache_backend == "redis":
-        try:
-            await gateway.cache.get("autoglm-startup-check")
-        except Exception as exc:  # noqa: BLE001 - any client error means the URL is unusable
-            await gateway.close()
-            raise ConfigError(f"cannot reach Redis at the configured URL ({type(exc).__name__}: {exc}); "
-                              "start Redis or fix --redis-url") from None
-    return gateway
-
-
-async def _serve(engine_settings: EngineSettings, server: ServerSettings) -> None:
-    from autoglm.monitoring.access_log import configure_access_log
-
-    configure_access_log(server.access_log)
-    gateway = await _open_gateway(server)
-    try:
-        await _run_server(engine_settings, server, gateway)
-    finally:
-        if gateway is not None:
-            await gateway.close()
-
-
-async def _run_server(engine_settings: EngineSettings, server: ServerSettings, gateway: Any) -> None:
-    import uvicorn
-
-    from autoglm.api.app import build_app
-    from autoglm.engine.base import create_engine
-
-    engine = create_engine(engine_settings)
-    try:
-        await engine.start()
-    except BaseException:
-        try:
-            await engine.shutdown()
-        except Exception:  # noqa: BLE001 - report the start failure, not this one
-            pass
-        raise
-    app = build_app({engine.model_name: engine}, server, gateway=gateway)
-    config = uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
-                            lifespan="on", timeout_graceful_shutdown=5)
-    url = _url(server.host, server.port)
-    print(f"autoglm: serving {engine.model_name!r} at {url}/v1 (OpenAI-compatible; health at {url}/health)",
-          flush=True)
-    if _is_demo(engine_settings.model):
-        print(f"autoglm: note: {engine_settings.model} has random weights: its replies are noise. Use it to try "
-              "the API; pass --model for a real model.", flush=True)
-    await uvicorn.Server(config).serve()
-
-
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "config", None):
         from autoglm.cli.deploy import run_config
 
-        changed = {k: getattr(args, k) for k, default in (("host", "127.0.0.1"), ("port", 8000), ("log_level", "info"))
-                   if getattr(args, k) != default}
+        defaults = (("host", "127.0.0.1"), ("port", 8000), ("log_level", "info"),
+                    ("shutdown_grace", ServerSettings.shutdown_grace))
+        changed = {k: getattr(args, k) for k, default in defaults if getattr(args, k) != default}
         return run_config(args.config, **changed)
-    engine_settings, server = settings_from_args(args)
+    from autoglm.deploy.assembly import check_port_free, is_loopback, serve
+
+    config = deploy_config_from_args(args)
     level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
     logging.basicConfig(level=level, format="%(levelname)s:     %(name)s: %(message)s")
-    if not _is_loopback(server.host) and not server.api_keys and not (server.gateway and server.gateway.admin_key):
-        print(f"autoglm: warning: listening on {server.host} without --api-key or an admin key: unless API keys "
+    s = config.server
+    if not is_loopback(s.host) and not s.api_keys and not (config.gateway.enabled and config.gateway.admin_key):
+        print(f"autoglm: warning: listening on {s.host} without --api-key or an admin key: unless API keys "
               "exist (`autoglm keys create`), anyone who can reach this machine can use the model.",
               file=sys.stderr, flush=True)
-    _check_port_free(server.host, server.port)
+    check_port_free(s.host, s.port)
     try:
         tune_allocator()
-        run_async(_serve(engine_settings, server))
+        run_async(serve(config, echo=lambda line: print(line, flush=True)))
     except KeyboardInterrupt:
-        pass  # uvicorn already shut down; Ctrl-C is how a server is meant to stop
+        pass  # Ctrl-C before the server was up (while loading); once up, a signal drains and returns
     print("autoglm: stopped", file=sys.stderr)
     return 0

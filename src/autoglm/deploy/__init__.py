@@ -1,7 +1,9 @@
 """Deploy files: ``autoglm deploy FILE.yaml`` serves several models behind one endpoint.
 
 :mod:`~autoglm.deploy.schema` is the typed config, :mod:`~autoglm.deploy.loader` reads YAML with line
-numbers for errors, :mod:`~autoglm.deploy.runner` pulls, starts engines and the server. Importing this
+numbers for errors, :mod:`~autoglm.deploy.runner` turns it into the parts' settings,
+:mod:`~autoglm.deploy.assembly` is the one function that builds and runs them (``autoglm serve`` is a
+deploy with one model) and :mod:`~autoglm.deploy.shutdown` drains on SIGTERM / Ctrl-C. Importing this
 package does no work.
 """
 from __future__ import annotations

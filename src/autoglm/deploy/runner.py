@@ -1,6 +1,6 @@
-"""Turn a validated :class:`~autoglm.deploy.schema.DeployConfig` into a running server.
+"""Turn a validated :class:`~autoglm.deploy.schema.DeployConfig` into the parts of a server.
 
-Steps, each a function so the CLI and tests can use them one by one:
+Steps, each a function so the CLI, :mod:`~autoglm.deploy.assembly` and tests can use them one by one:
 
 1. :func:`plan_lines` - what will be served, printed by ``--dry-run`` (secrets shown as ``set``);
 2. :func:`pull_models` - fetch missing weights with progress (:func:`~autoglm.hub.resolve.resolve_model`);
@@ -9,16 +9,14 @@ Steps, each a function so the CLI and tests can use them one by one:
    :class:`~autoglm.gateway.router.Router`;
 4. :func:`gateway_settings` and :func:`ensure_keys` - the gateway's settings, and the declared API keys
    created in the state store when missing (a new key is returned once, for printing; never logged);
-5. :func:`serve` - start engines, build the app, run uvicorn, wait until every model is healthy and print
-   the URLs.
+5. :func:`server_settings` - where and how to serve, the gateway's settings included (None when
+   ``gateway.enabled`` is false).
 
-Knows the deploy schema and how to assemble the parts; not HTTP routes, YAML or argparse.
+Starting them in order and running the server is :func:`autoglm.deploy.assembly.serve`'s job.
+Knows the deploy schema and the parts' settings; not HTTP routes, YAML, argparse or uvicorn.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -34,10 +32,8 @@ __all__ = [
     "gateway_settings",
     "ensure_keys",
     "server_settings",
-    "serve",
 ]
 
-log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 
 
@@ -47,7 +43,8 @@ def _secret(value: Any) -> str | None:
 
 def plan_lines(config: DeployConfig) -> list[str]:
     """A human-readable plan; never contains a secret."""
-    lines = [f"server: http://{config.server.host}:{config.server.port}/v1"]
+    lines = [f"server: http://{config.server.host}:{config.server.port}/v1 "
+             f"(shutdown grace {config.server.shutdown_grace:g}s)"]
     for m in config.models:
         names = m.name + (f" (aliases: {', '.join(m.aliases)})" if m.aliases else "")
         if m.upstream is not None:
@@ -101,6 +98,8 @@ def pull_models(config: DeployConfig, base: EngineSettings | None = None, *, pro
     for m in config.models:
         if m.upstream is not None or (m.model_source, m.revision) in done:
             continue
+        if m.model_source.lower().endswith(".gguf"):  # a file the llama.cpp engine reads as it is
+            continue
         done.add((m.model_source, m.revision))
         settings = engine_settings_for(m, base)
         echo(f"autoglm: checking {m.model_source} ...")
@@ -123,7 +122,9 @@ def build_router(config: DeployConfig, base: EngineSettings | None = None) -> An
                         for url in up.all_urls]
         else:
             settings = engine_settings_for(m, base)
-            backends = [Backend(engine=create_engine(settings), label=f"{m.name}#{i}") for i in range(m.replicas)]
+            # one replica is labelled by the model's name (metrics, logs), several by name#i
+            labels = [m.name] if m.replicas == 1 else [f"{m.name}#{i}" for i in range(m.replicas)]
+            backends = [Backend(engine=create_engine(settings), label=label) for label in labels]
         routes.append(Route(m.name, backends, aliases=list(m.aliases), fallback=m.fallback,
                             description=m.description))
     r = config.routing
@@ -137,7 +138,8 @@ def gateway_settings(config: DeployConfig) -> Any:
     return GatewaySettings.from_env(
         store_url=g.state_store, cache_backend=g.cache.backend, cache_url=g.cache.url, cache_ttl=g.cache.ttl,
         cache_max_entries=g.cache.max_entries, cache_max_bytes=g.cache.max_bytes,
-        ratelimit_backend=g.rate_limits.backend, redis_url=g.redis_url, admin_key=_secret(g.admin_key),
+        ratelimit_backend=g.rate_limits.backend, redis_url=g.redis_url, redis_prefix=g.redis_prefix,
+        admin_key=_secret(g.admin_key),
         key_pepper=_secret(g.key_pepper), metrics_public=g.metrics_public or None,
         model_concurrency={m.name: m.max_concurrency for m in config.models if m.max_concurrency},
         default_rpm=g.rate_limits.rpm, default_tpm=g.rate_limits.tpm,
@@ -165,93 +167,8 @@ def ensure_keys(config: DeployConfig, settings: Any) -> list[tuple[str, str]]:
 
 def server_settings(config: DeployConfig) -> ServerSettings:
     s = config.server
-    return ServerSettings(host=s.host, port=s.port, log_level=s.log_level, gateway=gateway_settings(config))
-
-
-def _url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
-    return f"http://{shown}:{port}"
-
-
-async def _start_engines(router: Any, echo: Echo) -> None:
-    started: list[Any] = []
-    try:
-        for route in router.routes:
-            for backend in route.backends:
-                if backend.engine is not None:
-                    echo(f"autoglm: starting {backend.label} ...")
-                    await backend.engine.start()
-                    started.append(backend.engine)
-    except BaseException:
-        for engine in started:
-            try:
-                await engine.shutdown()
-            except Exception:  # noqa: BLE001 - report the start failure, not this one
-                log.debug("shutdown after a failed start failed", exc_info=True)
-        raise
-
-
-async def _wait_ready(router: Any, timeout: float, echo: Echo) -> None:
-    await router.check_all()
-    deadline = time.monotonic() + timeout
-    waiting_said: set[str] = set()
-    while True:
-        down = [name for name, m in router.health()["models"].items() if m["status"] != "ok"]
-        if not down:
-            return
-        for name in down:
-            if name not in waiting_said:
-                waiting_said.add(name)
-                echo(f"autoglm: waiting for {name} (down); the other models are already served")
-        if time.monotonic() > deadline:
-            echo(f"autoglm: warning: still down after {timeout:.0f}s: {', '.join(down)}; requests for them get "
-                 "their fallback or 503 until the health check sees them up")
-            return
-        await asyncio.sleep(min(1.0, router.health_check_interval))
-        await router.check_all()
-
-
-async def serve(config: DeployConfig, *, base: EngineSettings | None = None, progress: bool = True,
-                echo: Echo = print) -> None:
-    """Pull, start engines, build the app, run uvicorn until stopped (see the module docstring)."""
-    from autoglm.cli.serve import _open_gateway
-    from autoglm.monitoring.access_log import configure_access_log
-
-    server = server_settings(config)
-    await asyncio.to_thread(pull_models, config, base, progress=progress, echo=echo)
-    for name, plaintext in await asyncio.to_thread(ensure_keys, config, server.gateway):
-        echo(f"autoglm: created API key {name!r}: {plaintext}")
-        echo("autoglm:   save it now: it is shown only this once (the server keeps only its hash)")
-    configure_access_log(server.access_log)
-    gateway = await _open_gateway(server)
-    try:
-        await _serve_with(config, server, gateway, base, echo)
-    finally:
-        if gateway is not None:
-            await gateway.close()
-
-
-async def _serve_with(config: DeployConfig, server: ServerSettings, gateway: Any, base: EngineSettings | None,
-                      echo: Echo) -> None:
-    import uvicorn
-
-    from autoglm.api.app import build_app
-
-    router = build_router(config, base)
-    await _start_engines(router, echo)
-    app = build_app({}, server, router=router, gateway=gateway)
-    uv = uvicorn.Server(uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
-                                       lifespan="on", timeout_graceful_shutdown=5))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started and not task.done():
-        await asyncio.sleep(0.05)
-    if task.done():  # failed to bind or to start; its exception (or SystemExit) surfaces here
-        await task
-        return
-    await _wait_ready(router, config.routing.ready_timeout, echo)
-    url = _url(server.host, server.port)
-    for route in router.routes:
-        names = ", ".join([route.name, *route.aliases])
-        echo(f"autoglm: {names} -> {url}/v1 ({'remote' if route.is_remote else 'local'}, {route.status()})")
-    echo(f"autoglm: serving {len(router.routes)} model(s) at {url}/v1 (OpenAI-compatible; health at {url}/health)")
-    await task
+    return ServerSettings(host=s.host, port=s.port, log_level=s.log_level, access_log=s.access_log,
+                          api_keys=[k.get_secret_value() for k in s.api_keys], shutdown_grace=s.shutdown_grace,
+                          max_request_bytes=s.max_request_bytes, max_schema_bytes=s.max_schema_bytes,
+                          allow_control_tokens=s.allow_control_tokens,
+                          gateway=gateway_settings(config) if config.gateway.enabled else None)
