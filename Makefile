@@ -16,7 +16,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train]"
+	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow]"
 	touch $@
 
 venv: $(VENV)/.base
