@@ -1,9 +1,10 @@
 """CLIP checkpoints for the encoders: a tiny random one built locally, or a real one by name.
 
-``autoglm-tiny-clip`` is a transformers ``CLIPModel`` with random weights (text and vision towers of
-hidden size 64, 2 layers, 4 heads; 32x32 images in 4x4 patches; projection 64) and a matching
-``CLIPProcessor``: a CLIP BPE tokenizer (``</w>`` word ends, lower-cased) trained on a small word list
-that covers the synthetic captions (:mod:`autoglm.multimodal.data`) plus common English, and a
+``autoglm-tiny-clip`` is a transformers ``CLIPModel`` with random weights (2 layers and 4 heads per
+tower; text hidden size 128, vision 64 -- random text features need the room to keep one decisive
+word apart from the rest; 32x32 images in 4x4 patches; projection 64; about 0.5M parameters) and a matching
+``CLIPProcessor``: a CLIP BPE tokenizer (``</w>`` word ends, lower-cased) whose merges spell out a small
+word list that covers the synthetic captions (:mod:`autoglm.multimodal.data`) plus common English, and a
 ``CLIPImageProcessor`` that resizes to 32x32 with CLIP's mean and std. It is built into
 ``<store>/multimodal/autoglm-tiny-clip/`` on first use, deterministically from its seed, under a
 lock (like the demo LLM in :mod:`autoglm.hub.demo`), and loads with ``CLIPModel.from_pretrained`` /
@@ -26,7 +27,7 @@ from autoglm._filelock import exclusive_lock
 __all__ = ["TINY_CLIP", "tiny_clip_config", "build_tiny_clip", "ensure_tiny_clip", "resolve_clip"]
 
 TINY_CLIP = "autoglm-tiny-clip"
-BUILDER_VERSION = 1
+BUILDER_VERSION = 3
 STAMP_FILE = "autoglm_tiny_clip.json"
 IMAGE_SIZE = 32
 MAX_TEXT_TOKENS = 32
@@ -46,7 +47,7 @@ def tiny_clip_config(vocab_size: int) -> Any:
     from transformers import CLIPConfig
 
     return CLIPConfig(
-        text_config={"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
+        text_config={"vocab_size": vocab_size, "hidden_size": 128, "intermediate_size": 256,
                      "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": MAX_TEXT_TOKENS,
                      "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
         vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -55,26 +56,26 @@ def tiny_clip_config(vocab_size: int) -> Any:
     )
 
 
-def _train_bpe(vocab_size: int = 512) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(vocab, merges) of a CLIP-style BPE trained on the word list; deterministic."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+def _word_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a CLIP-style BPE without training: every byte character (alone and as a word
+    end), plus merges that join each listed word left to right. Built by sorting, so every build is
+    identical (a trained BPE breaks frequency ties differently from one process to the next)."""
+    from tokenizers import pre_tokenizers
 
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-                                           normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
-                             behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=[BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
-                                  show_progress=False)
-    words = _COMMON.split()
-    tok.train_from_iterator([" ".join(words)] * 4 + words, trainer=trainer)
-    data = json.loads(tok.to_str())
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
-    return dict(data["model"]["vocab"]), merges
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for word in sorted(set(_COMMON.split())):
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        current = pieces[0]
+        for piece in pieces[1:]:
+            if (current, piece) not in seen:
+                seen.add((current, piece))
+                merges.append((current, piece))
+            current += piece
+    merged = list(dict.fromkeys(a + b for a, b in merges))
+    tokens = [BOS, EOS, *alphabet, *(c + "</w>" for c in alphabet), *merged]
+    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}, merges
 
 
 def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
@@ -86,7 +87,7 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
-        vocab, merges = _train_bpe()
+        vocab, merges = _word_bpe()
         tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TEXT_TOKENS)
         images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                     crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
