@@ -215,11 +215,13 @@ class FusionConfig(_TrainCommon):
     max_grad_norm: Optional[PositiveFloat] = 1.0
     threads: Optional[PositiveInt] = None  # torch CPU threads while training/evaluating (default: torch's)
 
-    @model_validator(mode="after")
-    def _heads(self) -> "FusionConfig":
-        if self.mode == "hybrid" and self.hidden % self.heads:
-            raise ValueError(f"hybrid fusion needs hidden ({self.hidden}) to be a multiple of heads ({self.heads})")
-        return self
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, v: int, info: Any) -> int:
+        mode, hidden = info.data.get("mode"), info.data.get("hidden")
+        if mode == "hybrid" and hidden and hidden % v:
+            raise ValueError(f"hybrid fusion needs hidden ({hidden}) to be a multiple of heads ({v})")
+        return v
 
 
 TrainConfig = Annotated[Union[CausalLMConfig, TabularConfig, FusionConfig], Field(discriminator="trainer")]

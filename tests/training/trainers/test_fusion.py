@@ -223,3 +223,18 @@ search:
     path.write_text(text.replace("metric: test_accuracy_no_text", "metric: test_accuracy_no_sound"))
     with pytest.raises(ConfigError, match=r"fusion.yaml:\d+ search.metric: .*test_accuracy_no_sound"):
         load_pipeline_file(path)
+
+
+@pytest.mark.parametrize("extra,where,words", [
+    ("  mode: middle\n", "train.mode", "expected one of early, late, hybrid; got 'middle'"),
+    ("  mode: hybrid\n  heads: 5\n", "train.heads", r"hidden \(64\) to be a multiple of heads \(5\)"),
+    ("  guards: [{type: explosion}]\n", r"train.guards\[0\].type", "takes only 'drift'"),
+])
+def test_bad_settings_are_file_line_key_errors(tmp_path, extra, where, words):
+    from autoglm.errors import ConfigError
+    from autoglm.training.loader import load_pipeline_file
+
+    path = tmp_path / "f.yaml"
+    path.write_text("name: f\ndata: {train: t.jsonl}\ntrain:\n  trainer: fusion\n" + extra)
+    with pytest.raises(ConfigError, match=rf"f.yaml:\d+ {where}: .*{words}"):
+        load_pipeline_file(path)
