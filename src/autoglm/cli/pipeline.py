@@ -65,7 +65,9 @@ def _run(args: argparse.Namespace) -> int:
                           "registered": result.registered}, indent=2))
     else:
         if result.model_dir is not None:
-            print(f"model: {result.model_dir}  (serve it: autoglm serve --model {result.model_dir})")
+            servable = config.train.trainer == "causal-lm"  # the others are not language models
+            print(f"model: {result.model_dir}" + (f"  (serve it: autoglm serve --model {result.model_dir})"
+                                                  if servable else ""))
         if result.registered and result.registered.get("registered"):
             print(f"registered: {result.registered['uri']} (version {result.registered['version']})")
         if result.mlflow_run_id:

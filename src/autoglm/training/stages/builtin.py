@@ -19,8 +19,10 @@ from autoglm.training.stages._base import Stage, StageInputs, register_stage
 from autoglm.training.trainers._base import StageContext
 
 # Train settings that change what preprocessing produces; the rest only matter to training.
-_PREPROCESS_FIELDS = {"causal-lm": ("trainer", "model"), "tabular": ("trainer", "target", "task", "features",
-                                                                    "weight_column")}
+_PREPROCESS_FIELDS = {"causal-lm": ("trainer", "model"),
+                      "tabular": ("trainer", "target", "task", "features", "weight_column"),
+                      "fusion": ("trainer", "text_encoder", "image_encoder", "encoder_model", "text_column",
+                                 "image_column", "label_column")}
 
 
 def _dump(section: Any) -> Any:
