@@ -82,3 +82,5 @@ class ServerSettings:
     # `autoglm serve` builds one with GatewaySettings.from_env, which reads AUTOGLM_STATE_URL,
     # AUTOGLM_ADMIN_KEY, AUTOGLM_KEY_PEPPER, AUTOGLM_REDIS_URL, AUTOGLM_CACHE, AUTOGLM_RATELIMIT.
     gateway: Any = None
+    # An autoglm.feedback.CaptureSettings (deploy file: gateway.capture); None: capture off.
+    capture: Any = None

@@ -35,6 +35,7 @@ from autoglm import __version__
 from autoglm.api.errors import APIError, install_error_handlers, install_openapi
 from autoglm.api.limits import RequestLimits
 from autoglm.api.middleware import BodyLimitMiddleware, HeadMiddleware, InternalErrorMiddleware
+from autoglm.api.routes_feedback import install_feedback_routes
 from autoglm.api.routes_hooks import install_hook_routes
 from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, ModelCard
 from autoglm.api.serving_chat import create_chat_completion
@@ -138,6 +139,7 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     chat_handler = functools.partial(create_chat_completion, limits=limits)
     completion_handler = functools.partial(create_completion, limits=limits)
     install_admin_routes(app, gw)
+    install_feedback_routes(app, gw, server)  # POST /v1/feedback, /admin/feedback, capture when on
     install_hook_routes(app, gw)  # POST /admin/hooks/{name}: signed webhooks in (autoglm.api.routes_hooks)
     install_recommend_routes(app, router)  # POST /v1/recommend (autoglm.recommend.http)
 

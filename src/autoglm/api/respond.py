@@ -7,12 +7,18 @@ away while a non-streamed request runs cancels it (status 499, which nobody read
 Streams go through :func:`guarded_stream`, which ends them with ``[DONE]`` and reports a failure
 after the first byte in-band. Knows the fan-out and the hooks; the OpenAI shapes come in as
 callables.
+
+Response tap: an app may set ``app.state.response_tap``, an async ``tap(request, response)`` that is
+awaited once with every *completed* response (the JSON a non-streamed request returns, or the response
+a stream adds up to, after ``[DONE]``), after the hooks' ``finish``. Feedback capture
+(:mod:`autoglm.feedback`) is one; a tap must only queue work, and its failure never reaches the client.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncGenerator, AsyncIterator, Callable
+import weakref
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -39,12 +45,15 @@ async def respond(
     make_stream: Callable[[], AsyncIterator[str]],
     make_response: Callable[[list[ChoiceState]], dict[str, Any]],
 ) -> Response:
+    tap = _response_tap(raw)
     try:
         await cancel_on_disconnect(raw, fan.prime())
     except BaseException as exc:
         fan.close()
         return await _failed(hooks, exc)
     if stream:
+        if tap is not None:
+            _STREAM_TAPS[fan] = tap
         return StreamingResponse(make_stream(), media_type="text/event-stream", headers=SSE_HEADERS)
     try:
         states = await cancel_on_disconnect(raw, _collect(fan, num_choices))
@@ -54,6 +63,8 @@ async def respond(
         fan.close()
     response = make_response(states)
     await hooks.finish(response["usage"], response)
+    if tap is not None:
+        await _run_tap(tap, response)
     return JSONResponse(response)
 
 
@@ -92,6 +103,35 @@ async def guarded_stream(
         await events.aclose()  # a body left mid-way (client gone) ends too
         fan.close()
         await hooks.finish(usage(), response, error)
+        tap = _STREAM_TAPS.pop(fan, None)
+        if tap is not None and response is not None and error is None:
+            await _run_tap(tap, response)
+
+
+# -- response tap ----------------------------------------------------------------------------------
+# A stream's tap waits here, by fan-out, until guarded_stream has its final response (weak: a stream
+# that is never iterated leaves nothing behind).
+_STREAM_TAPS: weakref.WeakKeyDictionary[Fanout, Callable[[dict[str, Any]], Awaitable[None]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _response_tap(raw: Any) -> Callable[[dict[str, Any]], Awaitable[None]] | None:
+    app = getattr(raw, "scope", {}).get("app")
+    tap = getattr(getattr(app, "state", None), "response_tap", None)
+    if tap is None:
+        return None
+
+    async def bound(response: dict[str, Any]) -> None:
+        await tap(raw, response)
+
+    return bound
+
+
+async def _run_tap(tap: Callable[[dict[str, Any]], Awaitable[None]], response: dict[str, Any]) -> None:
+    try:
+        await tap(response)
+    except Exception:  # noqa: BLE001 - capture is bookkeeping; the answer is already computed
+        log.warning("the response tap failed", exc_info=True)
 
 
 async def _failed(hooks: RequestHooks, exc: BaseException) -> Response:

@@ -171,4 +171,11 @@ def server_settings(config: DeployConfig) -> ServerSettings:
                           api_keys=[k.get_secret_value() for k in s.api_keys], shutdown_grace=s.shutdown_grace,
                           max_request_bytes=s.max_request_bytes, max_schema_bytes=s.max_schema_bytes,
                           allow_control_tokens=s.allow_control_tokens,
-                          gateway=gateway_settings(config) if config.gateway.enabled else None)
+                          gateway=gateway_settings(config) if config.gateway.enabled else None,
+                          capture=_capture_settings(config))
+
+
+def _capture_settings(config: DeployConfig) -> Any:
+    from autoglm.feedback.capture import CaptureSettings
+
+    return CaptureSettings.from_config(config.gateway.capture)

@@ -38,6 +38,7 @@ __all__ = [
     "KeyConfig",
     "RateLimitConfig",
     "CacheConfig",
+    "CaptureConfig",
     "ServerConfig",
     "RoutingConfig",
     "ProfileConfig",
@@ -178,6 +179,18 @@ class CacheConfig(_Strict):
     max_bytes: PositiveInt = 64 * 1024 * 1024
 
 
+class CaptureConfig(_Strict):
+    """Keeping requests and responses so they can be rated (``POST /v1/feedback``); off by default."""
+
+    enabled: bool = False  # capture every key's exchanges
+    keys: list[str] = Field(default_factory=list)  # key names captured even when enabled is false
+    retention_days: PositiveFloat = 30.0
+    max_bytes: PositiveInt = 1024**3  # all captured exchanges together; the oldest are removed first
+    max_exchange_bytes: PositiveInt = 1024**2  # one exchange; a larger one is kept without its texts
+    redact: Union[bool, list[Literal["email", "phone", "card"]]] = True  # true: all three; false: none
+    implicit: bool = True  # regenerations and follow-ups count against the earlier answer
+
+
 class GatewayConfig(_Strict):
     enabled: bool = True  # False: no key store, limits or cache (``autoglm serve --no-gateway``)
     keys: list[KeyConfig] = Field(default_factory=list)
@@ -189,6 +202,7 @@ class GatewayConfig(_Strict):
     redis_url: Optional[str] = None
     redis_prefix: Optional[str] = None  # prefix of every Redis key (default: autoglm:)
     metrics_public: bool = False
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
 
 
 class ServerConfig(_Strict):
