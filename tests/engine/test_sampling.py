@@ -58,3 +58,18 @@ def test_penalties_and_padding_columns():
     assert sample(LOGITS.unsqueeze(0), [row]).token_ids == [1]  # 0 penalised below 1
     padded = torch.cat([LOGITS, torch.tensor([100.0])]).unsqueeze(0)  # a padding column that must never win
     assert sample(padded, _rows(1, temperature=1.0, top_k=3)).token_ids[0] < V
+
+
+def test_logit_bias_forces_bans_and_keeps_neighbours_plain():
+    greedy = RowState(SamplingParams(temperature=0.0, logit_bias={3: 100.0}), V, [0])
+    plain = RowState(SamplingParams(temperature=0.0), V, [0])
+    assert not greedy.plain and plain.plain
+    assert sample(LOGITS.repeat(2, 1), [greedy, plain]).token_ids == [3, 0]  # the least likely token, forced
+    banned = RowState(SamplingParams(temperature=0.0, logit_bias={0: -100.0, 99: 5.0}), V, [0])  # 99: not in vocab
+    assert sample(LOGITS.unsqueeze(0), [banned]).token_ids == [1]
+    torch.manual_seed(0)
+    rows = [RowState(SamplingParams(temperature=1.0, logit_bias={0: -100.0}), V, [0]) for _ in range(500)]
+    assert 0 not in sample(LOGITS.repeat(500, 1), rows).token_ids  # a banned token is never drawn
+    with_lp = RowState(SamplingParams(temperature=0.0, logprobs=0, logit_bias={3: 100.0}), V, [0])
+    lp = sample(LOGITS.unsqueeze(0), [with_lp]).logprobs[0][0]
+    assert abs(lp - float(LOGITS.log_softmax(-1)[3])) < 1e-5  # logprobs of the raw distribution, as vLLM

@@ -40,6 +40,10 @@ from autoglm.api.routes_hooks import install_hook_routes
 from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, ModelCard
 from autoglm.api.serving_chat import create_chat_completion
 from autoglm.api.serving_completions import create_completion
+from autoglm.api.response_store import ResponseStore
+from autoglm.api.routes_tokenize import create_detokenize, create_tokenize
+from autoglm.api.schemas import DetokenizeRequest, ResponsesRequest, TokenizeRequest
+from autoglm.api.serving_responses import create_response, install_stored_response_routes
 from autoglm.config import ServerSettings
 from autoglm.gateway.http import GatewayHTTP, GatewayMiddleware, install_admin_routes, install_gateway_handlers
 from autoglm.gateway.router import Dispatched, Router
@@ -138,6 +142,11 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     app.add_middleware(GatewayMiddleware, owner=gw)
     chat_handler = functools.partial(create_chat_completion, limits=limits)
     completion_handler = functools.partial(create_completion, limits=limits)
+    # /v1/responses: stored responses live in this process (autoglm.api.response_store), not the state store
+    responses_store = app.state.response_store = ResponseStore()
+    responses_handler = functools.partial(create_response, limits=limits, store=responses_store)
+    tokenize_handler = functools.partial(create_tokenize, limits=limits)
+    install_stored_response_routes(app, responses_store)  # GET/DELETE /v1/responses/{id}
     install_admin_routes(app, gw)
     install_feedback_routes(app, gw, server)  # POST /v1/feedback, /admin/feedback, capture when on
     install_hook_routes(app, gw)  # POST /admin/hooks/{name}: signed webhooks in (autoglm.api.routes_hooks)
@@ -177,6 +186,18 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await routed(body, request, completion_handler, "completion", "/completions")
+
+    @app.post("/v1/responses")
+    async def responses(body: ResponsesRequest, request: Request) -> Response:
+        return await routed(body, request, responses_handler, "responses", "/responses")
+
+    @app.post("/tokenize")  # vLLM's paths (no /v1), through the gateway like the completion routes
+    async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+        return await routed(body, request, tokenize_handler, "tokenize", "/tokenize")
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
+        return await routed(body, request, create_detokenize, "tokenize", "/detokenize")
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class ChatPlan:
     tool_names: list[str] = field(default_factory=list)  # parse replies for calls to these
     logprobs: bool = False
     include_usage: bool = False
+    parallel_tool_calls: bool = True  # False: a reply keeps only its first tool call
 
     def requests(self) -> list[EngineRequest]:
         return fan_out(self.request_id, [self.prompt_token_ids], self.params, self.n)
@@ -252,7 +253,25 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
     return stops
 
 
-def _sampling(req: Any, max_tokens: int, logprobs: int | None, guided: GuidedSpec | None) -> SamplingParams:
+def _logit_bias(bias: dict[str, float] | None, vocab: int) -> dict[int, float] | None:
+    """OpenAI's ``{"token id": bias}`` as ``{id: bias}``; a 400 naming a key that is not a token id."""
+    if not bias:
+        return None
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            token = -1
+        if not 0 <= token < vocab or str(token) != key.strip():
+            raise APIError(f"logit_bias key {key[:40]!r} is not a token id of this model (0..{vocab - 1}).",
+                           param="logit_bias")
+        out[token] = float(value)
+    return out
+
+
+def _sampling(req: Any, max_tokens: int, logprobs: int | None, guided: GuidedSpec | None,
+              vocab: int) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else float(req.temperature),
@@ -269,6 +288,7 @@ def _sampling(req: Any, max_tokens: int, logprobs: int | None, guided: GuidedSpe
         include_stop_str_in_output=req.include_stop_str_in_output,
         logprobs=logprobs,
         guided=guided,
+        logit_bias=_logit_bias(getattr(req, "logit_bias", None), vocab),
     )
 
 
@@ -334,12 +354,13 @@ def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimi
         created=int(time.time()),
         model=engine.model_name,
         prompt_token_ids=ids,
-        params=_sampling(req, max_tokens, logprobs, guided),
+        params=_sampling(req, max_tokens, logprobs, guided, len(engine.tokenizer)),
         n=req.n,
         forced_tool=forced,
         tool_names=tool_names,
         logprobs=req.logprobs,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
     )
 
 
@@ -398,7 +419,7 @@ def build_completion_plan(engine: Any, req: CompletionRequest, limits: RequestLi
         model=engine.model_name,
         prompts=prompts,
         echo_texts=echo,
-        params=_sampling(req, max_tokens, req.logprobs, guided),
+        params=_sampling(req, max_tokens, req.logprobs, guided, len(engine.tokenizer)),
         n=req.n,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
     )
@@ -475,6 +496,8 @@ def _chat_message(plan: ChatPlan, text: str) -> tuple[dict[str, Any], bool]:
                 "tool_calls": [_tool_call(plan.forced_tool, text)]}, True
     if plan.tool_names:
         content, calls = parse_tool_calls(text, plan.tool_names)
+        if not plan.parallel_tool_calls:
+            calls = calls[:1]
         if calls:
             return {"role": "assistant", "content": content,
                     "tool_calls": [_tool_call(c.name, c.arguments) for c in calls]}, True

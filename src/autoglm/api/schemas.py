@@ -25,6 +25,10 @@ __all__ = [
     "Usage",
     "ModelCard",
     "ModelList",
+    "ResponsesRequest",
+    "TokenizeRequest",
+    "DetokenizeRequest",
+    "EmbeddingRequest",
 ]
 
 MAX_N = 16  # choices per request; each one is a separate sequence in the engine
@@ -154,6 +158,9 @@ class _SamplingFields(_TopRequest):
     ignore_eos: bool = False
     stop_token_ids: Optional[list[StrictInt]] = None
     include_stop_str_in_output: bool = False
+    # token id (a JSON object's keys are strings) -> bias added to its logit, as OpenAI: -100..100
+    logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]]] = Field(default=None,
+                                                                                          max_length=1024)
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -176,6 +183,69 @@ class CompletionRequest(_SamplingFields):
     suffix: Optional[str] = None
     best_of: Optional[int] = Field(default=None, ge=1, le=MAX_N)
     response_format: Optional[ResponseFormat] = None
+
+
+class ResponsesTextFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str = "response"
+    description: Optional[str] = None
+    json_schema: Optional[dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ResponsesText(_Request):
+    format: Optional[ResponsesTextFormat] = None
+
+
+class ResponsesRequest(_TopRequest):
+    """``POST /v1/responses``. ``input`` items and ``tools`` are checked item by item in
+    :mod:`autoglm.api.responses_convert`, so that a 400 can name the item and its type."""
+
+    model: Optional[str] = None
+    input: Union[str, list[dict[str, Any]]] = Field(default_factory=list)
+    instructions: Optional[str] = None
+    max_output_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    stream: bool = False
+    tools: Optional[list[dict[str, Any]]] = Field(default=None, max_length=128)
+    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None
+    parallel_tool_calls: Optional[bool] = None
+    text: Optional[ResponsesText] = None
+    previous_response_id: Optional[str] = Field(default=None, max_length=128)
+    store: bool = True
+    metadata: Optional[dict[str, str]] = Field(default=None, max_length=16)
+    user: Optional[str] = None
+    # extras (not in OpenAI's Responses API, as vLLM accepts them)
+    seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**63 - 1 - MAX_N)
+    top_k: int = Field(default=0, ge=-1)
+
+
+class TokenizeRequest(_TopRequest):
+    """vLLM's ``POST /tokenize``: either ``prompt`` (text) or ``messages`` (rendered with the chat template)."""
+
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[list[ChatMessage]] = Field(default=None, min_length=1)
+    add_special_tokens: Optional[bool] = None  # None: True for a prompt, False for messages (vLLM's defaults)
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+    tools: Optional[list[Tool]] = None
+
+
+class DetokenizeRequest(_TopRequest):
+    model: Optional[str] = None
+    tokens: list[StrictInt] = Field(max_length=1_000_000)
+
+
+class EmbeddingRequest(_TopRequest):
+    model: Optional[str] = None
+    input: Union[str, Annotated[list[str], Field(min_length=1, max_length=2048)]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(default=None, ge=1)
+    user: Optional[str] = None
 
 
 # ---- responses -------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ async def _events(plan: ChatPlan, fan: Fanout, states: list[ChoiceState]) -> Asy
                 deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": out.text}}]})
         elif parser is not None:
             events = parser.feed(out.text) + (parser.finish() if out.finished else [])
-            deltas.extend(_tool_delta(ev, call_ids[i]) for ev in events)
+            deltas.extend(_tool_delta(ev, call_ids[i]) for ev in events
+                          if plan.parallel_tool_calls or ev.kind == "content" or ev.index == 0)
         elif out.text:
             deltas.append({"content": out.text})
         logprobs = chat_logprobs(out.logprobs) if plan.logprobs and out.logprobs else None

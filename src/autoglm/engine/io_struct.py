@@ -63,6 +63,8 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None
     guided: GuidedSpec | None = None
+    # token id -> value added to its logit before sampling (OpenAI's logit_bias; -100 bans, +100 forces)
+    logit_bias: dict[int, float] | None = None
 
     @property
     def greedy(self) -> bool:

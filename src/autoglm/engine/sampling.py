@@ -1,7 +1,8 @@
 """Turn a batch of next-token logits into tokens, one row per sequence, each with its own params.
 
 Order of operations per row (the same as transformers' generate and vLLM): repetition penalty over
-prompt + output tokens, presence/frequency penalties over output tokens, the guided-decoding mask,
+prompt + output tokens, presence/frequency penalties over output tokens, ``logit_bias`` (added to
+the named tokens' logits), the guided-decoding mask,
 then greedy argmax, or temperature → top-k → top-p → min-p → a draw from that row's own
 ``torch.Generator`` (seeded per request, so a seed reproduces whatever else is in the batch).
 Logprobs are those of the model's raw distribution (before penalties and temperature), as vLLM reports.
@@ -32,6 +33,8 @@ class RowState:
     # tokens seen (prompt + output), for the repetition penalty
     seen: torch.Tensor | None = None
     allowed_mask: torch.Tensor | None = None  # set per step by guided decoding: bool [V]
+    # logit_bias as (token ids [k], biases [k]); ids outside the vocabulary are dropped
+    bias: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         p = self.params
@@ -45,6 +48,11 @@ class RowState:
             ids = [t for t in self.prompt_token_ids if t < self.vocab_size]
             if ids:
                 self.seen[torch.tensor(ids)] = True
+        if p.logit_bias:
+            pairs = [(int(t), float(b)) for t, b in p.logit_bias.items() if 0 <= int(t) < self.vocab_size]
+            if pairs:
+                self.bias = (torch.tensor([t for t, _ in pairs]),
+                             torch.tensor([b for _, b in pairs], dtype=torch.float32))
 
     def record(self, token_id: int) -> None:
         if self.output_counts is not None and token_id < self.vocab_size:
@@ -55,7 +63,8 @@ class RowState:
     @property
     def plain(self) -> bool:
         """No penalties or masks: the row can go through the batched paths."""
-        return self.output_counts is None and self.seen is None and self.allowed_mask is None
+        return (self.output_counts is None and self.seen is None and self.allowed_mask is None
+                and self.bias is None)
 
     @property
     def plain_greedy(self) -> bool:
@@ -146,6 +155,9 @@ def _sample_row(row_logits: torch.Tensor, row: RowState) -> int:
     if row.output_counts is not None:
         counts = row.output_counts
         x[:v] -= counts * p.frequency_penalty + (counts > 0).float() * p.presence_penalty
+    if row.bias is not None:
+        ids, values = row.bias
+        x[ids] += values
     if row.allowed_mask is not None:
         x[:v][~row.allowed_mask] = float("-inf")
     if p.greedy:

@@ -60,6 +60,7 @@ STATIC_KEY_INFO = KeyInfo(id="cli", name="cli-key", prefix="(cli)")
 OPEN_PATHS = frozenset({"/health"})
 CACHE_HEADER = "x-autoglm-cache"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_CACHED_KINDS = frozenset({"chat", "completion"})
 _CACHED_FINISH = frozenset({"stop", "length", "tool_calls"})  # not abort/timeout: those are not the answer
 _STATE_RECORD, _STATE_KEY = "autoglm_record", "autoglm_key"
 
@@ -168,13 +169,14 @@ class GatewayHTTP:
     ) -> Response:
         """Run ``handler(engine, body, request, hooks)`` behind authorization, limits and the cache.
 
-        ``kind`` is ``"chat"`` or ``"completion"`` (how to replay a cached response as a stream).
+        ``kind`` is ``"chat"`` or ``"completion"`` (how to replay a cached response as a stream); any
+        other kind (``"responses"``, ``"tokenize"``) gets keys, limits and usage but no response cache.
         """
         gw, metrics = self.gateway, self.metrics
         record: AccessRecord | None = request.scope.get("state", {}).get(_STATE_RECORD)
         key: KeyInfo | None = request.scope.get("state", {}).get(_STATE_KEY)
         if record is not None:
-            record.model, record.stream = model, bool(body.stream)
+            record.model, record.stream = model, bool(getattr(body, "stream", False))
         if gw is not None:
             try:
                 gw.authorize_model(key, model)
@@ -182,7 +184,7 @@ class GatewayHTTP:
                 self.count_auth_failure(key, model, "model_not_allowed")
                 raise
         cache_key, cache_status = None, None
-        if gw is not None:
+        if gw is not None and kind in _CACHED_KINDS:  # responses, tokenize: never from the cache
             fields = body.model_dump(mode="json")
             fields["model"] = model
             if gw.cacheable(fields):

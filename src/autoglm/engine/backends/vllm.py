@@ -138,6 +138,8 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         kw["seed"] = params.seed
     if params.logprobs is not None:
         kw["logprobs"] = params.logprobs
+    if params.logit_bias:
+        kw["logit_bias"] = dict(params.logit_bias)
     return kw
 
 
