@@ -18,6 +18,9 @@ batch is consumed, the optimizer and the schedule do not move) -> clip to ``max_
 ``scheduler.observe(norm)`` -> ``optimizer.step()`` -> ``scheduler.step()``. Checkpoints every
 ``checkpoint_every`` steps and at the end (rank 0 writes, every rank waits). This module knows
 nothing about files of data, tokenizers or how the model was built.
+
+``objective``: another loss over the same loop (DPO, KTO: :class:`autoglm.training.preference.PreferenceObjective`):
+its ``backward_step``, ``evaluate`` and ``validation_loss`` replace the weighted completion loss's.
 """
 from __future__ import annotations
 
@@ -158,7 +161,7 @@ def backward_step(model: Any, split: Split, step_samples: Sequence[int], *, batc
 
 def train_loop(model: Any, train: Split, valid: Split, cfg: CausalLMConfig, ctx: StageContext, *,
                optimizer: Any, scheduler: Any, guards: Sequence[Any], pad_id: int, shuffle: bool = True,
-               device: Any = "cpu", ddp: Any = None) -> LoopResult:
+               device: Any = "cpu", ddp: Any = None, objective: Any = None) -> LoopResult:
     """Train ``model`` in place (``ddp`` wraps it when ``ctx.world_size > 1``); see the module docstring."""
     import torch
     import torch.distributed as dist
@@ -182,6 +185,8 @@ def train_loop(model: Any, train: Split, valid: Split, cfg: CausalLMConfig, ctx:
         ctx.emit(TrainingEvent("stage", "train", "resumed", f"resumed from checkpoint step {start}", step=start))
 
     def validation_loss(m: Any) -> torch.Tensor:  # one differentiable validation batch, for guards
+        if objective is not None:
+            return objective.validation_loss(m)
         batch = collate(valid, range(min(cfg.batch_size, len(valid))), pad_id, device)
         losses, counts = sample_losses(m, batch)
         return (losses * counts).sum() / counts.sum().clamp(min=1)
@@ -203,10 +208,15 @@ def train_loop(model: Any, train: Split, valid: Split, cfg: CausalLMConfig, ctx:
             dist.barrier()
 
     def run_eval(step: int) -> None:
-        metrics = evaluate_split(model, valid, pad_id, cfg.batch_size, device)
+        if objective is not None:
+            metrics = objective.evaluate(model)
+            logged = {k: v for k, v in metrics.items() if k != "perplexity" and math.isfinite(v)}
+        else:
+            metrics = evaluate_split(model, valid, pad_id, cfg.batch_size, device)
+            logged = {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
         evals.append({"step": step, **metrics})
         if ctx.is_main:
-            ctx.log_metrics({"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}, step)
+            ctx.log_metrics(logged, step)
         for g in guards:
             g.on_evaluate(guard_ctx(step, None), metrics)
 
@@ -222,8 +232,12 @@ def train_loop(model: Any, train: Split, valid: Split, cfg: CausalLMConfig, ctx:
             order_cache[epoch] = epoch_order(len(train), ctx.seed, epoch, shuffle, per_step)
         samples = order_cache[epoch][k * per_step:(k + 1) * per_step]
         optimizer.zero_grad(set_to_none=True)
-        part, tokens = backward_step(model, train, samples, batch_size=cfg.batch_size, world_size=world, rank=rank,
-                                     pad_id=pad_id, device=device, ddp=ddp)
+        if objective is not None:
+            part, tokens = objective.backward_step(model, samples, batch_size=cfg.batch_size, world_size=world,
+                                                   rank=rank, device=device, ddp=ddp)
+        else:
+            part, tokens = backward_step(model, train, samples, batch_size=cfg.batch_size, world_size=world,
+                                         rank=rank, pad_id=pad_id, device=device, ddp=ddp)
         loss, tokens_all = _all_reduce([part, float(tokens)])
         lr = float(optimizer.param_groups[0]["lr"])
         votes = [bool(g.after_backward(guard_ctx(step, loss))) for g in guards]  # every guard sees every step

@@ -143,8 +143,9 @@ def _render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_promp
 
 
 def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int,
-                stop_ids: set[int] | None = None) -> Encoded:
-    """Template, tokenise and mask one chat (see the module docstring for which tokens are targets)."""
+                stop_ids: set[int] | None = None, *, only_last: bool = False) -> Encoded:
+    """Template, tokenise and mask one chat (see the module docstring for which tokens are targets).
+    ``only_last``: only the last assistant turn is a target (preference data: earlier turns are prompt)."""
     text = _render(tokenizer, messages)
     spans: list[tuple[int, int]] = []  # character spans of assistant turns in ``text``
     for i, m in enumerate(messages):
@@ -165,7 +166,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: 
         offsets.append((len(text), len(text)))
     stop = stop_ids if stop_ids is not None else ({int(eos)} if eos is not None else set())
     labels = [IGNORE] * len(ids)
-    for start, end in spans:
+    for start, end in (spans[-1:] if only_last else spans):
         last = -1
         for t, (s, e) in enumerate(offsets):
             if e > start and s < end:

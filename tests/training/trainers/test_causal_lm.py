@@ -15,7 +15,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from autoglm.errors import UnsupportedError  # noqa: E402
 from autoglm.training.data import DataError, read_records  # noqa: E402
 from autoglm.training.schema import CausalLMConfig, DataConfig, PreprocessConfig  # noqa: E402
 from autoglm.training.text_data import encode_chat, examples_from_records, stop_token_ids  # noqa: E402
@@ -136,13 +135,6 @@ def test_bad_csv_weight_fails_preprocess_before_tokenising(tmp_path, home):
     with pytest.raises(DataError, match=r"rows\.csv:3 column 'weight'"):
         trainer.preprocess(ctx(tmp_path / "pre"))
     assert not (tmp_path / "pre" / "meta.json").exists()
-
-
-def test_dpo_objective_is_reported_as_not_yet_supported(tmp_path):
-    trainer = create_trainer("causal-lm", CausalLMConfig(trainer="causal-lm", objective="dpo"),
-                             DataConfig(train="x.jsonl"))
-    with pytest.raises(UnsupportedError, match="lands with the feedback loop"):
-        trainer.train(tmp_path, ctx(tmp_path))
 
 
 def _greedy(model, tok, prompts, n=8):

@@ -17,8 +17,11 @@
 - :meth:`CausalLMTrainer.evaluate` scores either kind of output on the prepared test split (valid
   when there is none).
 
-``objective: dpo`` and ``kto`` are not implemented yet. This module knows nothing about the pipeline's
-run directories or MLflow; torch, transformers and peft are imported only inside the methods.
+``objective: dpo`` (chosen/rejected pairs) and ``kto`` (unpaired examples with a true/false label) read
+the rows :mod:`autoglm.training.preference` describes (``autoglm feedback export --format dpo|kto``
+writes them) and train against the frozen starting weights as the reference, through the same loop.
+This module knows nothing about the pipeline's run directories or MLflow; torch, transformers and peft
+are imported only inside the methods.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from autoglm.errors import ConfigError, UnsupportedError
+from autoglm.errors import ConfigError
 from autoglm.training.trainers._base import StageContext, Trainer, register_trainer
 
 __all__ = ["CausalLMTrainer", "load_model_dir", "ADAPTER_CONFIG"]
@@ -87,22 +90,30 @@ class CausalLMTrainer(Trainer):
 
         from autoglm.training.data import read_records
         from autoglm.training.schema import PreprocessConfig
+        from autoglm.training.preference import prepare_preference, preference_examples
         from autoglm.training.text_data import examples_from_records, prepare_splits
 
         pre = self.preprocess_config or PreprocessConfig()
+        objective = self.config.objective
         splits: dict[str, Any] = {}
         for name in ("train", "valid", "test"):  # validate everything before tokenising anything
             path = self.data.resolve(getattr(self.data, name))
             if path is not None:
-                splits[name] = examples_from_records(read_records(path, self.data.format))
+                records = read_records(path, self.data.format)
+                splits[name] = (examples_from_records(records) if objective == "sft"
+                                else preference_examples(records, objective))
         model_dir = _resolve(self.config.model, ctx.progress)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if not tokenizer.chat_template:
             raise ConfigError(f"the model {self.config.model!r} has no chat template, which causal-lm needs to "
                               "format chats; use a chat model (GLM-4 chat, autoglm-demo)")
-        meta = prepare_splits(splits, tokenizer, model_dir, Path(ctx.work_dir), pre.max_length,
-                              valid_fraction=self.data.valid_fraction, seed=ctx.seed,
-                              drop_duplicates=pre.drop_duplicates, progress=ctx.progress and ctx.is_main)
+        if objective != "sft":
+            meta = prepare_preference(splits, objective, tokenizer, model_dir, Path(ctx.work_dir), pre.max_length,
+                                      valid_fraction=self.data.valid_fraction, seed=ctx.seed)
+        else:
+                meta = prepare_splits(splits, tokenizer, model_dir, Path(ctx.work_dir), pre.max_length,
+                                  valid_fraction=self.data.valid_fraction, seed=ctx.seed,
+                                  drop_duplicates=pre.drop_duplicates, progress=ctx.progress and ctx.is_main)
         out: dict[str, Any] = {}
         for split, stats in meta["splits"].items():
             out[f"{split}_examples"] = stats["examples"]
@@ -118,6 +129,10 @@ class CausalLMTrainer(Trainer):
         from autoglm.training.text_data import examples_from_records
 
         path = self.data.resolve(self.data.train)
+        if self.config.objective != "sft":
+            from autoglm.training.preference import drift_texts, preference_examples
+
+            return drift_texts(preference_examples(read_records(path, self.data.format), self.config.objective))
         examples = examples_from_records(read_records(path, self.data.format))
         prompt = [" ".join(m["content"] for m in e.messages if m["role"] != "assistant") for e in examples]
         answer = [" ".join(m["content"] for m in e.messages if m["role"] == "assistant") for e in examples]
@@ -125,10 +140,19 @@ class CausalLMTrainer(Trainer):
 
     # --- train -------------------------------------------------------------------------------------
 
-    def _check_objective(self) -> None:
-        if self.config.objective != "sft":
-            raise UnsupportedError(f"objective {self.config.objective!r} lands with the feedback loop; "
-                                   "use objective: sft for now")
+    def _preference(self, meta: dict[str, Any], prepared: Path, device: Any) -> Any:
+        """The DPO/KTO objective of a prepared directory, or None for SFT."""
+        kind = meta.get("objective", "sft")
+        if kind != self.config.objective:
+            raise ConfigError(f"the prepared data is for objective {kind!r} but train.objective is "
+                              f"{self.config.objective!r}; run preprocess again")
+        if kind == "sft":
+            return None
+        from autoglm.training.preference import PreferenceObjective, load_preference_split
+
+        return PreferenceObjective(kind, load_preference_split(prepared, "train"),
+                                   load_preference_split(prepared, "valid"), int(meta["pad_token_id"]),
+                                   self.config.batch_size, device=device)
 
     def build_model(self, base_dir: Path, dtype: str | None = None, seed: int = 0) -> Any:
         """The base model, LoRA-wrapped for ``method: lora`` (LoRA weights from the seed, so every rank agrees)."""
@@ -160,7 +184,6 @@ class CausalLMTrainer(Trainer):
         from autoglm.training.loop import train_loop
         from autoglm.training.text_data import load_split, read_meta
 
-        self._check_objective()
         meta = read_meta(prepared)
         base_dir = Path(meta["model"])
         if not base_dir.is_dir():
@@ -170,7 +193,12 @@ class CausalLMTrainer(Trainer):
         if torch.cuda.is_available():
             device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
         model = self.build_model(base_dir, seed=ctx.seed).to(device)
-        train_set, valid_set = load_split(prepared, "train"), load_split(prepared, "valid")
+        objective = self._preference(meta, prepared, device)
+        if objective is not None:  # the reference: these starting weights, before any step or resume
+            objective.compute_reference(model)
+            train_set, valid_set = objective.train, objective.valid
+        else:
+            train_set, valid_set = load_split(prepared, "train"), load_split(prepared, "valid")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         per_step = self.config.batch_size * self.config.grad_accum * ctx.world_size
@@ -191,7 +219,7 @@ class CausalLMTrainer(Trainer):
         pre_shuffle = getattr(self.preprocess_config, "shuffle", True) if self.preprocess_config else True
         result = train_loop(model, train_set, valid_set, self.config, ctx, optimizer=optimizer, scheduler=scheduler,
                             guards=guards, pad_id=int(meta["pad_token_id"]), shuffle=pre_shuffle, device=device,
-                            ddp=ddp)
+                            ddp=ddp, objective=objective)
         final = result.evals[-1] if result.evals else {}
         metrics: dict[str, Any] = {
             "steps": result.steps, "resumed_from": result.start_step,
@@ -200,6 +228,7 @@ class CausalLMTrainer(Trainer):
             "skipped_steps": sum(1 for h in result.history if h["skipped"]),
             "tokens_per_s": result.tokens / result.seconds if result.seconds > 0 else 0.0,
         }
+        metrics.update({k: v for k, v in final.items() if k not in metrics and k not in ("step", "eval_tokens")})
         if ctx.is_main:
             self._write_output(model, base_dir, Path(ctx.work_dir) / "model", metrics)
             (Path(ctx.work_dir) / "history.json").write_text(
@@ -251,6 +280,25 @@ class CausalLMTrainer(Trainer):
             split = "valid"
         net, _ = load_model_dir(Path(model), self.config.dtype)
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        if meta.get("objective", "sft") != "sft":
+            return self._evaluate_preference(meta, Path(prepared), split, net.to(device), device)
         metrics = evaluate_split(net.to(device), load_split(prepared, split), int(meta["pad_token_id"]),
                                  self.config.batch_size, device)
         return {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
+
+    def _evaluate_preference(self, meta: dict[str, Any], prepared: Path, split: str, net: Any,
+                             device: Any) -> dict[str, float]:
+        """The trained model against its base (the reference) on a prepared DPO/KTO split."""
+        from transformers import AutoModelForCausalLM
+
+        from autoglm.training.preference import PreferenceObjective, evaluate_preference, load_preference_split
+
+        data = load_preference_split(prepared, split)
+        obj = PreferenceObjective(meta["objective"], data, data, int(meta["pad_token_id"]), max(2, self.config.batch_size),
+                                  device=device)
+        base_dir = Path(meta["model"]) if Path(meta["model"]).is_dir() else _resolve(self.config.model, False)
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=_dtype(self.config.dtype)).to(device)
+        obj.compute_reference(base)
+        del base
+        metrics = evaluate_preference(obj, net, data, obj.ref["valid"])
+        return {k: v for k, v in metrics.items() if k != "perplexity"}
