@@ -84,3 +84,8 @@ class ServerSettings:
     gateway: Any = None
     # An autoglm.feedback.CaptureSettings (deploy file: gateway.capture); None: capture off.
     capture: Any = None
+    # POST /v1/embeddings (autoglm.api.serving_embeddings): "minilm" (the packaged all-MiniLM-L6-v2,
+    # offline) or a sentence-transformers model name/path; None: no embeddings. truncatable: the model
+    # was trained to be shortened (Matryoshka), so `dimensions` below its size is allowed.
+    embedding_model: str | None = None
+    embedding_truncatable: bool = False

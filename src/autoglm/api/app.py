@@ -44,6 +44,7 @@ from autoglm.api.response_store import ResponseStore
 from autoglm.api.routes_tokenize import create_detokenize, create_tokenize
 from autoglm.api.schemas import DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from autoglm.api.serving_responses import create_response, install_stored_response_routes
+from autoglm.api.serving_embeddings import EmbeddingModel, install_embedding_routes
 from autoglm.config import ServerSettings
 from autoglm.gateway.http import GatewayHTTP, GatewayMiddleware, install_admin_routes, install_gateway_handlers
 from autoglm.gateway.router import Dispatched, Router
@@ -147,6 +148,9 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     responses_handler = functools.partial(create_response, limits=limits, store=responses_store)
     tokenize_handler = functools.partial(create_tokenize, limits=limits)
     install_stored_response_routes(app, responses_store)  # GET/DELETE /v1/responses/{id}
+    embedding = (EmbeddingModel(server.embedding_model, truncatable=server.embedding_truncatable)
+                 if server.embedding_model else None)
+    install_embedding_routes(app, gw, embedding)  # POST /v1/embeddings (404 unless embedding_model is set)
     install_admin_routes(app, gw)
     install_feedback_routes(app, gw, server)  # POST /v1/feedback, /admin/feedback, capture when on
     install_hook_routes(app, gw)  # POST /admin/hooks/{name}: signed webhooks in (autoglm.api.routes_hooks)

@@ -215,6 +215,9 @@ class ServerConfig(_Strict):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # a larger request body is a 413
     max_schema_bytes: int = Field(default=128 * 1024, ge=256)  # a larger JSON schema is a 400
     allow_control_tokens: bool = False  # client text such as "<|user|>" becomes the real control token
+    # POST /v1/embeddings: "minilm" (packaged, offline) or a sentence-transformers model; None: off
+    embedding_model: Optional[str] = Field(default=None, min_length=1)
+    embedding_truncatable: bool = False  # the model was trained for shorter `dimensions` (Matryoshka)
 
 
 class RoutingConfig(_Strict):
