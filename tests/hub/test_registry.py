@@ -134,3 +134,42 @@ def test_models_command_lists_aliases_and_store(tmp_path, capsys):
     assert known["glm-4-9b-chat"]["downloaded"] and not known["glm-4-9b"]["downloaded"]
     assert known["autoglm-demo"]["random_weights"] is True
     assert data["local"][0]["complete"] is True
+
+
+def test_glm45_family_aliases_carry_the_moe_numbers(capsys):
+    air = resolve_name("GLM-4.5-Air")
+    assert air.name == "glm-4.5-air" and air.hf_repo == "zai-org/GLM-4.5-Air" and air.is_moe
+    assert resolve_name("zai-org/GLM-4.6").name == "glm-4.6"
+    assert (air.architecture, air.n_routed_experts, air.num_experts_per_tok, air.n_shared_experts,
+            air.first_k_dense_replace, air.moe_intermediate_size) == ("Glm4MoeForCausalLM", 128, 8, 1, 1, 1408)
+    big, six = resolve_name("glm-4.5"), resolve_name("glm-4.6")
+    assert (big.num_hidden_layers, big.n_routed_experts, big.first_k_dense_replace,
+            big.use_qk_norm) == (92, 160, 3, True)
+    assert 350e9 < big.num_parameters < 356e9 and 105e9 < air.num_parameters < 108e9
+    assert air.num_active_parameters < air.num_parameters / 7
+    assert six.num_parameters == big.num_parameters and six.max_position_embeddings == 202752
+    # the dense families say which transformers class they are, and are not MoE
+    assert resolve_name("glm-4-9b-chat").architecture == "GlmForCausalLM" and not resolve_name("glm-4-9b-chat").is_moe
+    assert resolve_name("glm-z1-9b-0414").architecture == "Glm4ForCausalLM"
+    assert resolve_name("glm-4-9b-chat").config_dict()["model_type"] == "glm"
+    assert air.config_dict()["model_type"] == "glm4_moe"
+
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    for line in ("glm-4.5 ", "glm-4.5-air ", "glm-4.6 ", "autoglm-demo-moe "):
+        assert line in text
+    assert main(["plan", "glm-4.5-air", "--device", "cuda", "--free-gb", "240"]) == 0
+    out = capsys.readouterr().out
+    assert "alias registry (zai-org/GLM-4.5-Air)" in out and "mixture of experts" in out and "chose bf16" in out
+
+
+def test_moe_demo_spec_is_filled_from_the_builder():
+    from autoglm.hub.demo import demo_config
+    from autoglm.quantization import ModelArch
+
+    spec = resolve_name("autoglm-demo-moe")
+    assert spec.is_demo and spec.is_moe and spec.n_routed_experts == 8 and spec.num_experts_per_tok == 2
+    assert spec.num_parameters == ModelArch.from_config(demo_config("autoglm-demo-moe")).num_parameters
+    assert spec.num_active_parameters < spec.num_parameters
+    dense = resolve_name("autoglm-demo")
+    assert dense.n_routed_experts is None and dense.num_active_parameters is None  # dense demos unchanged

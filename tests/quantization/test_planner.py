@@ -190,3 +190,94 @@ def test_prefix_cache_cells_are_counted_beside_the_batch():
     assert more.chosen.kv_bytes - base.chosen.kv_bytes == arch.kv_bytes_per_token * 2 * 8192
     # on a 12 GB GPU GLM-4-9B still plans at int4 with the default prefix cache
     assert plan_precision(arch, dev("cuda", 12), max_model_len=4096, extra_kv_tokens=8192).precision == "int4"
+
+
+# --------------------------------------------------------------------------------------------------
+# mixture of experts (GLM-4.5 / 4.5-Air / 4.6: Glm4MoeForCausalLM)
+
+
+def air() -> ModelArch:
+    from autoglm.cli.plan import load_arch
+
+    return load_arch("glm-4.5-air")[0]
+
+
+def test_moe_from_config_counts_every_expert_exactly():
+    import torch
+    from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
+
+    for qk_norm, dense in ((False, 1), (True, 2)):
+        config = Glm4MoeConfig(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, moe_intermediate_size=32,
+                               n_routed_experts=6, num_experts_per_tok=2, n_shared_experts=1,
+                               first_k_dense_replace=dense, attention_bias=True, use_qk_norm=qk_norm)
+        with torch.device("meta"):
+            model = Glm4MoeForCausalLM(config)
+        real = sum(p.numel() for p in model.parameters())
+        arch = ModelArch.from_config(config)
+        assert arch.num_parameters == real and ModelArch.from_config(config.to_dict()).num_parameters == real
+        experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+        assert arch.expert_params == experts and arch.moe_layers == 4 - dense
+        linears = sum(m.weight.numel() for n, m in model.named_modules()
+                      if type(m) is torch.nn.Linear and n.startswith("model.layers."))
+        assert arch.linear_params == linears  # what the quantizers reach: not the 3-D expert tensors
+        idle = (4 - dense) * (6 - 2) * 3 * 64 * 32
+        assert arch.active_parameters == real - idle < real
+
+
+def test_moe_registry_numbers_match_the_published_totals():
+    from autoglm.hub.registry import resolve_name
+
+    for name, total, active in (("glm-4.5", 355e9, 32e9), ("glm-4.6", 355e9, 32e9), ("glm-4.5-air", 106e9, 12e9)):
+        spec = resolve_name(name)
+        arch = ModelArch.from_config(spec.config_dict(), name=name)
+        assert arch.num_parameters == spec.num_parameters and arch.active_parameters == spec.num_active_parameters
+        assert abs(arch.num_parameters - total) / total < 0.01, name  # as loaded (the MTP layer is not)
+        no_embeddings = arch.active_parameters - arch.embedding_params - arch.lm_head_params
+        assert abs(no_embeddings - active) / active < 0.03, name  # "active" as the model cards count it
+    assert resolve_name("glm-4.6").max_position_embeddings > resolve_name("glm-4.5").max_position_embeddings
+
+
+def test_moe_memory_counts_all_experts_and_speed_the_active_ones():
+    arch = air()
+    plan = plan_precision(arch, dev("cuda", 240))
+    rows = {r.precision: r for r in plan.rows}
+    assert plan.precision == "bf16"
+    assert rows["bf16"].weights_bytes == 2 * arch.num_parameters  # every expert is held
+    assert rows["bf16"].active_weights_bytes < rows["bf16"].weights_bytes / 6  # 8 of 128 experts are read
+    assert abs(rows["bf16"].active_weights_bytes - 2 * (arch.active_parameters - arch.embedding_params)) < GiB / 100
+    # the experts are 3-D tensors no quantizer touches: int4 only shrinks attention and the dense/shared MLPs
+    assert rows["int4"].weights_bytes > 2 * arch.expert_params
+    text = " ".join(plan.reasons)
+    assert "mixture of experts" in text and "106.85B" in text and "13.42B" in text
+    dense = plan_precision(glm9b(), dev("cuda", 80))
+    assert not any("mixture of experts" in r for r in dense.reasons)  # quiet for a dense model
+    assert dense.chosen.active_weights_bytes < dense.chosen.weights_bytes  # the embedding table is not read
+
+
+def test_moe_int4_fits_where_bf16_does_not():
+    arch = air()
+    probe = {r.precision: max(r.total_bytes, r.peak_bytes) for r in plan_precision(arch, dev("cuda", 1000)).rows}
+    assert probe["int4"] < probe["int8"] < probe["bf16"]
+    gib = (probe["int4"] + 0.3 * GiB) / SAFETY_FRACTION / GiB  # int4 fits, int8 and bf16 do not
+    plan = plan_precision(arch, dev("cuda", gib))
+    assert (plan.precision, plan.max_num_seqs, plan.max_model_len) == ("int4", 16, 4096), plan.table()
+    assert "bf16, int8 would not fit" in " ".join(plan.reasons)
+    assert "stay unquantized" in " ".join(plan.reasons)
+
+
+def test_moe_that_fits_nowhere_says_the_experts_stay_16bit():
+    with pytest.raises(ConfigError) as exc:
+        plan_precision(air(), dev("cuda", 80))
+    assert "routed experts" in str(exc.value) and "stay unquantized" in str(exc.value)
+
+
+def test_moe_on_cpu_int8_keeps_experts_fp32():
+    from autoglm.cli.plan import load_arch
+
+    arch = load_arch("autoglm-demo-moe")[0]
+    assert arch.is_moe and arch.n_routed_experts == 8 and arch.num_experts_per_tok == 2
+    plan = plan_precision(arch, dev("cpu", 8))
+    rows = {r.precision: r for r in plan.rows}
+    assert plan.precision == "int8"  # dynamic int8 runs the MoE (tests/engine/test_moe.py)
+    assert rows["int8"].weights_bytes > 4 * arch.expert_params  # experts stay fp32 under dynamic int8

@@ -121,6 +121,9 @@ def load_arch(name: str) -> tuple[Any, list[str]]:
         stored = _stored_config(spec)
         if stored is not None:
             return ModelArch.from_config(stored[0], name=spec.name), [f"architecture from {stored[1]}"]
+        if getattr(spec, "is_moe", False):  # a mixture of experts: the registry's own config, experts included
+            return (ModelArch.from_config(spec.config_dict(), name=spec.name),
+                    [f"architecture from the alias registry ({spec.hf_repo or spec.name})"])
         numbers = {k: getattr(spec, k, None) for k in (
             "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
             "intermediate_size", "vocab_size", "max_position_embeddings")}

@@ -8,7 +8,10 @@ dynamic int8 activation quantizations on CPU) into one, and some thirty small ro
 on a 16-sequence decode step of ``autoglm-demo-100m`` that is ~15% of the step.
 
 The rewrite runs before quantization (the quantizer then sees one larger linear) and only on
-modules whose class and projections it knows; anything else is left as it was. The arithmetic is
+modules whose class and projections it knows; anything else is left as it was, and
+:func:`fusion_skip_reason` says why in words for the log. GLM-4.5's mixture of experts
+(``Glm4MoeAttention``) is one it leaves alone: its rotary embedding rotates halves, not
+interleaved pairs, and it may normalise q and k per head, which this forward does not do. The arithmetic is
 the same as transformers' (``x0*cos - x1*sin`` equals ``x0*cos + (-x1)*sin`` exactly), so greedy
 output stays token-for-token equal to ``generate()`` on the unfused model (tests/engine).
 """
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["fuse_qkv", "FusedGlmAttention"]
+__all__ = ["fuse_qkv", "fusion_skip_reason", "FusedGlmAttention"]
 
 _ATTENTION_CLASSES = ("Glm4Attention", "GlmAttention")
 
@@ -105,6 +108,20 @@ def _fusable(module: nn.Module) -> bool:
         return False
     biases = {p.bias is None for p in projs}
     return len(biases) == 1 and getattr(module, "config", None) is not None
+
+
+def fusion_skip_reason(model: nn.Module) -> str | None:
+    """Why :func:`fuse_qkv` fuses nothing in ``model`` (for a log line), or None when it would fuse.
+
+    Names the attention classes found, so a log says "Glm4MoeAttention" rather than just "0"."""
+    if any(_fusable(m) for m in model.modules()):
+        return None
+    found = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Attention")})
+    arch = ",".join(getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])
+    if not found:
+        return f"{arch} has no attention module the Q/K/V fusion knows (it knows {', '.join(_ATTENTION_CLASSES)})"
+    return (f"{arch} attention {', '.join(found)} is not one the Q/K/V fusion knows "
+            f"({', '.join(_ATTENTION_CLASSES)}) or its projections are already quantized; left unfused")
 
 
 def fuse_qkv(model: nn.Module) -> int:

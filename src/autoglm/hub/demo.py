@@ -1,11 +1,14 @@
 """The embedded demo models: GLM-4-shaped models with random weights, built locally.
 
 ``autoglm-demo`` (about 7M parameters) and ``autoglm-demo-100m`` (about 100M) let every command,
-test and benchmark run without a download. A build is deterministic: the same name and seed give
+test and benchmark run without a download; ``autoglm-demo-moe`` is a tiny GLM-4.5-shaped mixture of
+experts (transformers ``Glm4MoeForCausalLM``: first layer dense, then 8 routed experts, top 2, and
+one shared expert) with the same tokenizer and chat template. A build is deterministic: the same name and seed give
 byte-identical ``model.safetensors`` and ``tokenizer.json``. The directory loads with
 ``transformers.AutoModelForCausalLM`` and ``AutoTokenizer`` like any GLM-4 checkpoint:
 
-* ``config.json`` / ``generation_config.json``: a transformers ``Glm4Config``; ``eos_token_id`` is the
+* ``config.json`` / ``generation_config.json``: a transformers ``Glm4Config`` (``Glm4MoeConfig`` for
+  the MoE variant); ``eos_token_id`` is the
   list of ``<|endoftext|>``, ``<|user|>`` and ``<|observation|>``, as GLM-4 has it.
 * ``model.safetensors``: seeded random weights (float32). The output is noise.
 * ``tokenizer.json`` / ``tokenizer_config.json``: a byte-level BPE tokenizer trained on the text in
@@ -95,6 +98,13 @@ class DemoSpec:
     intermediate_size: int
     description: str
     max_position_embeddings: int = MAX_POSITIONS
+    architecture: str = "Glm4ForCausalLM"
+    # mixture of experts (Glm4MoeForCausalLM only; 0 = dense)
+    n_routed_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    n_shared_experts: int = 0
+    first_k_dense_replace: int = 0
 
 
 DEMO_VARIANTS: dict[str, DemoSpec] = {
@@ -115,6 +125,22 @@ DEMO_VARIANTS: dict[str, DemoSpec] = {
         head_dim=64,
         intermediate_size=2432,
         description="GLM-4-shaped, ~100M random parameters: for load, memory and throughput tests.",
+    ),
+    "autoglm-demo-moe": DemoSpec(
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=384,
+        architecture="Glm4MoeForCausalLM",
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=96,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        description="GLM-4.5-shaped mixture of experts, ~3M random parameters: layer 0 dense, then 8 routed "
+                    "experts (top 2) and 1 shared expert per layer.",
     ),
 }
 
@@ -137,11 +163,14 @@ def _special_ids() -> dict[str, int]:
 
 
 def demo_config(name: str) -> Glm4Config:
-    """The transformers ``Glm4Config`` of demo variant ``name`` (no weights, nothing written)."""
+    """The transformers ``Glm4Config`` of demo variant ``name`` (``Glm4MoeConfig`` for a mixture of
+    experts; no weights, nothing written)."""
     from transformers import Glm4Config
 
     spec = _spec(name)
     ids = _special_ids()
+    if spec.n_routed_experts:
+        return _moe_config(spec, ids)
     return Glm4Config(
         vocab_size=VOCAB_SIZE,
         hidden_size=spec.hidden_size,
@@ -158,6 +187,39 @@ def demo_config(name: str) -> Glm4Config:
         eos_token_id=[ids[t] for t in EOS_TOKENS],
         bos_token_id=None,
         architectures=["Glm4ForCausalLM"],
+        dtype="float32",
+    )
+
+
+def _moe_config(spec: DemoSpec, ids: dict[str, int]) -> Any:
+    from transformers import Glm4MoeConfig
+
+    return Glm4MoeConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        moe_intermediate_size=spec.moe_intermediate_size,
+        n_routed_experts=spec.n_routed_experts,
+        num_experts_per_tok=spec.num_experts_per_tok,
+        n_shared_experts=spec.n_shared_experts,
+        first_k_dense_replace=spec.first_k_dense_replace,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=True,
+        use_qk_norm=False,
+        rms_norm_eps=1e-5,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        num_mtp_layers=0,  # no multi-token-prediction layer: nothing in the build would train or load it
+        pad_token_id=ids[PAD_TOKEN],
+        eos_token_id=[ids[t] for t in EOS_TOKENS],
+        bos_token_id=None,
+        architectures=[spec.architecture],
         dtype="float32",
     )
 
@@ -249,10 +311,11 @@ def _write_weights(name: str, config: Glm4Config, out: Path, seed: int) -> int:
     import torch
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-    from transformers import Glm4ForCausalLM
+    import transformers
 
+    model_class = getattr(transformers, (config.architectures or ["Glm4ForCausalLM"])[0])
     with torch.device("meta"):  # shapes only: nothing is allocated
-        shapes = {k: tuple(v.shape) for k, v in Glm4ForCausalLM(config).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
     n_params = sum(math.prod(s) for s in shapes.values())
     show = n_params > 50_000_000
     gen = torch.Generator().manual_seed(seed)
@@ -262,7 +325,7 @@ def _write_weights(name: str, config: Glm4Config, out: Path, seed: int) -> int:
         shape = shapes[key]
         if key.endswith("norm.weight"):
             tensors[key] = torch.ones(shape)
-        elif key.endswith(".bias"):
+        elif key.endswith(".bias") or key.endswith("e_score_correction_bias"):  # MoE router: no bias
             tensors[key] = torch.zeros(shape)
         else:
             tensors[key] = torch.randn(shape, generator=gen) * std
@@ -277,6 +340,8 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def _model_card(name: str, spec: DemoSpec, seed: int, n_params: int) -> str:
+    if spec.n_routed_experts:
+        return _moe_model_card(name, spec, seed, n_params)
     return f"""# {name}
 
 **The weights of this model are random. Its output is noise.** It was not trained on anything.
@@ -295,6 +360,30 @@ same code paths as a real GLM-4 checkpoint; nothing it writes means anything.
   JSON and Python corpus.
 
 For meaningful text use a real model, for example `glm-4-9b-chat` (`zai-org/glm-4-9b-chat-hf`).
+"""
+
+
+def _moe_model_card(name: str, spec: DemoSpec, seed: int, n_params: int) -> str:
+    return f"""# {name}
+
+**The weights of this model are random. Its output is noise.** It was not trained on anything.
+
+`{name}` is a demo model that Open-AutoGLM builds locally (`autoglm.hub.demo`, seed {seed}) so that
+servers, tests and benchmarks run without downloading a real model. It has the GLM-4.5 mixture-of-experts
+architecture (transformers `Glm4MoeForCausalLM`), GLM-4's special tokens and chat format, so it exercises
+the same code paths as GLM-4.5 / GLM-4.5-Air / GLM-4.6; nothing it writes means anything.
+
+- {spec.description}
+- Parameters: {n_params:,} (every expert counted)
+- Layers {spec.num_hidden_layers} (the first {spec.first_k_dense_replace} dense, MLP size {spec.intermediate_size}),
+  hidden size {spec.hidden_size}, attention heads {spec.num_attention_heads} ({spec.num_key_value_heads} key-value
+  heads of dimension {spec.head_dim}); {spec.n_routed_experts} routed experts of size {spec.moe_intermediate_size},
+  {spec.num_experts_per_tok} per token, {spec.n_shared_experts} shared; context {spec.max_position_embeddings}
+  tokens, float32.
+- Tokenizer: byte-level BPE with {VOCAB_SIZE} tokens, trained on a small original English, Chinese,
+  JSON and Python corpus.
+
+For meaningful text use a real model, for example `glm-4.5-air` (`zai-org/GLM-4.5-Air`).
 """
 
 

@@ -9,6 +9,11 @@ The numbers come from each model's published ``config.json`` (``hidden_size``, `
 gated MLP, norms, an untied ``lm_head``), which lands within a fraction of a percent of the published
 safetensors totals (9.40B for the GLM-4-9B family, 32.6B for GLM-4-32B).
 
+GLM-4.5, GLM-4.5-Air and GLM-4.6 are mixtures of experts (transformers ``Glm4MoeForCausalLM``):
+their specs carry the expert numbers too, ``num_parameters`` counts every expert (what memory
+holds) and ``num_active_parameters`` what one token runs through (what decode speed follows). Where
+each number comes from is written beside it in the table below.
+
 This module knows nothing about the network, the store or torch; lookups are case-insensitive.
 There is no ``glm-4-32b-chat``: the 32B GLM-4 models exist only as the 0414 release.
 """
@@ -41,6 +46,32 @@ class ModelSpec:
     max_position_embeddings: int | None = None
     num_parameters: int | None = None
     torch_dtype: str = "bfloat16"
+    architecture: str = ""  # the transformers class of the checkpoint's config.json, when known
+    # mixture of experts (None for dense models); names as in transformers' Glm4MoeConfig
+    n_routed_experts: int | None = None
+    num_experts_per_tok: int | None = None
+    moe_intermediate_size: int | None = None
+    n_shared_experts: int | None = None
+    first_k_dense_replace: int | None = None
+    use_qk_norm: bool = False
+    num_active_parameters: int | None = None
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.n_routed_experts)
+
+    def config_dict(self) -> dict[str, object]:
+        """The architecture as a transformers-style config dict (what ``ModelArch.from_config`` reads)."""
+        model_type = {"Glm4MoeForCausalLM": "glm4_moe", "Glm4ForCausalLM": "glm4"}.get(self.architecture, "glm")
+        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "intermediate_size", "vocab_size", "max_position_embeddings", "n_routed_experts",
+                "num_experts_per_tok", "moe_intermediate_size", "n_shared_experts", "first_k_dense_replace")
+        out: dict[str, object] = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        out.update(model_type=model_type, attention_bias=True, torch_dtype=self.torch_dtype,
+                   tie_word_embeddings=False, use_qk_norm=self.use_qk_norm)
+        if self.architecture:
+            out["architectures"] = [self.architecture]
+        return out
 
     @property
     def is_demo(self) -> bool:
@@ -63,48 +94,115 @@ def _count_parameters(hidden: int, layers: int, heads: int, kv_heads: int, head_
     return layers * (attention + mlp + norms) + embeddings + hidden
 
 
+def _count_moe_parameters(hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
+                          vocab: int, *, experts: int, per_token: int, moe_intermediate: int, shared: int,
+                          dense_layers: int, qk_norm: bool) -> tuple[int, int]:
+    """(total, active) parameters of a Glm4Moe model, as transformers loads it: attention with qkv bias
+    (+ per-head q/k norms), 2 norms a layer, ``dense_layers`` dense MLPs, then per MoE layer every
+    routed expert, the shared experts and the router. The checkpoint's multi-token-prediction layer
+    is left out: transformers does not load it."""
+    q, kv = heads * head_dim, kv_heads * head_dim
+    attention = hidden * (q + 2 * kv) + (q + 2 * kv) + q * hidden + (2 * head_dim if qk_norm else 0) + 2 * hidden
+    expert = 3 * hidden * moe_intermediate
+    moe_layer = (experts + shared) * expert + experts * hidden
+    total = (layers * attention + dense_layers * 3 * hidden * intermediate + (layers - dense_layers) * moe_layer
+             + 2 * vocab * hidden + hidden)
+    return total, total - (layers - dense_layers) * (experts - per_token) * expert
+
+
 def _glm4(name: str, hf: str, ms: str | None, description: str, *, hidden: int, layers: int, heads: int,
-          kv_heads: int, intermediate: int, context: int, head_dim: int = 128, vocab: int = 151552) -> ModelSpec:
+          kv_heads: int, intermediate: int, context: int, head_dim: int = 128, vocab: int = 151552,
+          architecture: str = "") -> ModelSpec:
     return ModelSpec(
         name=name, hf_repo=hf, modelscope_repo=ms, description=description,
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         head_dim=head_dim, intermediate_size=intermediate, vocab_size=vocab, max_position_embeddings=context,
         num_parameters=_count_parameters(hidden, layers, heads, kv_heads, head_dim, intermediate, vocab),
+        architecture=architecture,
+    )
+
+
+def _glm4_moe(name: str, hf: str, ms: str | None, description: str, *, hidden: int, layers: int, heads: int,
+              kv_heads: int, intermediate: int, context: int, experts: int, per_token: int, moe_intermediate: int,
+              shared: int, dense_layers: int, qk_norm: bool, head_dim: int = 128, vocab: int = 151552) -> ModelSpec:
+    total, active = _count_moe_parameters(hidden, layers, heads, kv_heads, head_dim, intermediate, vocab,
+                                          experts=experts, per_token=per_token, moe_intermediate=moe_intermediate,
+                                          shared=shared, dense_layers=dense_layers, qk_norm=qk_norm)
+    return ModelSpec(
+        name=name, hf_repo=hf, modelscope_repo=ms, description=description,
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim, intermediate_size=intermediate, vocab_size=vocab, max_position_embeddings=context,
+        num_parameters=total, architecture="Glm4MoeForCausalLM", n_routed_experts=experts,
+        num_experts_per_tok=per_token, moe_intermediate_size=moe_intermediate, n_shared_experts=shared,
+        first_k_dense_replace=dense_layers, use_qk_norm=qk_norm, num_active_parameters=active,
     )
 
 
 _9B = dict(hidden=4096, layers=40, heads=32, kv_heads=2, intermediate=13696)
 _32B = dict(hidden=6144, layers=61, heads=48, kv_heads=2, intermediate=23040)
+_HF = dict(architecture="GlmForCausalLM")  # the "-hf" conversions of GLM-4 (2024)
+_0414 = dict(architecture="Glm4ForCausalLM")  # GLM-4-0414 and GLM-Z1
+
+# GLM-4.5-Air (published: 106B total, 12B active). transformers' Glm4MoeConfig defaults are these
+# numbers (hidden 4096, intermediate 10944, 46 layers, 96 heads, 8 KV heads, experts of 1408, 8 of
+# 128 routed + 1 shared, first layer dense, 131072 positions, vocabulary 151552), and its
+# Glm4MoePreTrainedModel ignores "model.layers.46.*" (the MTP layer after 46 decoder layers).
+# head_dim 128 (the default would be 4096 / 96) and qkv bias are from the model card's config.json,
+# not verifiable offline; they are what makes the count land on the published 106B (106.85B as loaded;
+# active 13.42B of which 1.24B embeddings + lm_head, i.e. the published 12B without them).
+_AIR = dict(hidden=4096, layers=46, heads=96, kv_heads=8, intermediate=10944, experts=128, per_token=8,
+            moe_intermediate=1408, shared=1, dense_layers=1, qk_norm=False)
+# GLM-4.5 (published: 355B total, 32B active). The 92 layers are confirmed offline by transformers
+# ignoring "model.layers.92.*" (the MTP layer). hidden 5120, intermediate 12288, experts of 1536, 8 of
+# 160 routed + 1 shared, first 3 layers dense, q/k norms, 96 heads of 128, 8 KV heads: from the model
+# card's config.json, not verifiable offline; they give 352.80B as loaded (+3.99B for the MTP layer =
+# 356.8B on disk) and 33.63B active (32.1B without embeddings and lm_head): the published 355B / 32B.
+_355B = dict(hidden=5120, layers=92, heads=96, kv_heads=8, intermediate=12288, experts=160, per_token=8,
+             moe_intermediate=1536, shared=1, dense_layers=3, qk_norm=True)
 
 _MODELS: tuple[ModelSpec, ...] = (
     _glm4("glm-4-9b-chat", "zai-org/glm-4-9b-chat-hf", "ZhipuAI/glm-4-9b-chat-hf",
-          "GLM-4 9B chat, 128K context (transformers-native weights)", context=131072, **_9B),
+          "GLM-4 9B chat, 128K context (transformers-native weights)", context=131072, **_9B, **_HF),
     _glm4("glm-4-9b-chat-1m", "zai-org/glm-4-9b-chat-1m-hf", "ZhipuAI/glm-4-9b-chat-1m-hf",
-          "GLM-4 9B chat with a 1M-token context", context=1048576, **_9B),
+          "GLM-4 9B chat with a 1M-token context", context=1048576, **_9B, **_HF),
     _glm4("glm-4-9b", "zai-org/glm-4-9b-hf", "ZhipuAI/glm-4-9b-hf",
-          "GLM-4 9B base model (not chat-tuned), 8K context", context=8192, **_9B),
+          "GLM-4 9B base model (not chat-tuned), 8K context", context=8192, **_9B, **_HF),
     _glm4("glm-4-9b-0414", "zai-org/GLM-4-9B-0414", "ZhipuAI/GLM-4-9B-0414",
-          "GLM-4 9B, April 2025 release, 32K context", context=32768, **_9B),
+          "GLM-4 9B, April 2025 release, 32K context", context=32768, **_9B, **_0414),
     _glm4("glm-4-32b-0414", "zai-org/GLM-4-32B-0414", "ZhipuAI/GLM-4-32B-0414",
-          "GLM-4 32B, April 2025 release, 32K context", context=32768, **_32B),
+          "GLM-4 32B, April 2025 release, 32K context", context=32768, **_32B, **_0414),
     _glm4("glm-4-32b-base-0414", "zai-org/GLM-4-32B-Base-0414", "ZhipuAI/GLM-4-32B-Base-0414",
-          "GLM-4 32B base model, April 2025 release", context=32768, **_32B),
+          "GLM-4 32B base model, April 2025 release", context=32768, **_32B, **_0414),
     _glm4("glm-z1-9b-0414", "zai-org/GLM-Z1-9B-0414", "ZhipuAI/GLM-Z1-9B-0414",
-          "GLM-Z1 9B reasoning model, April 2025 release", context=32768, **_9B),
+          "GLM-Z1 9B reasoning model, April 2025 release", context=32768, **_9B, **_0414),
     _glm4("glm-z1-32b-0414", "zai-org/GLM-Z1-32B-0414", "ZhipuAI/GLM-Z1-32B-0414",
-          "GLM-Z1 32B reasoning model, April 2025 release", context=32768, **_32B),
+          "GLM-Z1 32B reasoning model, April 2025 release", context=32768, **_32B, **_0414),
+    # The ModelScope ids follow the ZhipuAI/<hf name> pattern of the rows above (not checked offline).
+    _glm4_moe("glm-4.5", "zai-org/GLM-4.5", "ZhipuAI/GLM-4.5",
+              "GLM-4.5 mixture of experts, 355B total / 32B active, 128K context", context=131072, **_355B),
+    _glm4_moe("glm-4.5-air", "zai-org/GLM-4.5-Air", "ZhipuAI/GLM-4.5-Air",
+              "GLM-4.5-Air mixture of experts, 106B total / 12B active, 128K context", context=131072, **_AIR),
+    # GLM-4.6: GLM-4.5's architecture with a 200K context; 202752 positions is the model card's
+    # config.json value (not verifiable offline).
+    _glm4_moe("glm-4.6", "zai-org/GLM-4.6", "ZhipuAI/GLM-4.6",
+              "GLM-4.6 mixture of experts, 355B total / 32B active, 200K context", context=202752, **_355B),
     ModelSpec(name="autoglm-demo", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE, torch_dtype="float32",
               description="tiny local GLM-4 with RANDOM weights (text is noise); built on first use, no network"),
     ModelSpec(name="autoglm-demo-100m", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE,
               torch_dtype="float32",
               description="~100M-parameter local GLM-4 with RANDOM weights (text is noise), for load tests"),
+    ModelSpec(name="autoglm-demo-moe", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE, torch_dtype="float32",
+              architecture="Glm4MoeForCausalLM",
+              description="tiny local GLM-4.5-shaped mixture of experts with RANDOM weights (text is noise)"),
 )
 _BY_NAME: dict[str, ModelSpec] = {spec.name: spec for spec in _MODELS}
 _BY_REPO: dict[str, ModelSpec] = {
     repo.lower(): spec for spec in _MODELS for repo in (spec.hf_repo, spec.modelscope_repo) if repo
 }
 _ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-                "intermediate_size", "vocab_size", "max_position_embeddings", "num_parameters")
+                "intermediate_size", "vocab_size", "max_position_embeddings", "num_parameters",
+                "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", "n_shared_experts",
+                "first_k_dense_replace")
 
 
 def _with_demo_architecture(spec: ModelSpec) -> ModelSpec:
@@ -121,12 +219,22 @@ def _with_demo_architecture(spec: ModelSpec) -> ModelSpec:
     def pick(key: str):
         return variant.get(key) if hasattr(variant, "get") else getattr(variant, key, None)
 
-    numbers = {k: pick(k) for k in _ARCH_FIELDS if isinstance(pick(k), int)}
+    numbers = {k: pick(k) for k in _ARCH_FIELDS if isinstance(pick(k), int) and not isinstance(pick(k), bool)}
+    if not numbers.get("n_routed_experts"):  # a dense demo: keep the MoE fields None
+        for k in ("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", "n_shared_experts",
+                  "first_k_dense_replace"):
+            numbers.pop(k, None)
     if "vocab_size" not in numbers and isinstance(getattr(demo, "VOCAB_SIZE", None), int):
         numbers["vocab_size"] = demo.VOCAB_SIZE  # the demo variants share one tokenizer
     arch = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
             "intermediate_size", "vocab_size")
-    if "num_parameters" not in numbers and all(k in numbers for k in arch):
+    if "num_parameters" not in numbers and all(k in numbers for k in arch) and numbers.get("n_routed_experts"):
+        numbers["num_parameters"], numbers["num_active_parameters"] = _count_moe_parameters(
+            *(numbers[k] for k in arch), experts=numbers["n_routed_experts"], per_token=numbers["num_experts_per_tok"],
+            moe_intermediate=numbers["moe_intermediate_size"], shared=numbers["n_shared_experts"],
+            dense_layers=numbers["first_k_dense_replace"], qk_norm=bool(pick("use_qk_norm")))
+        numbers["use_qk_norm"] = bool(pick("use_qk_norm"))
+    elif "num_parameters" not in numbers and all(k in numbers for k in arch):
         numbers["num_parameters"] = _count_parameters(*(numbers[k] for k in arch))
     return dataclasses.replace(spec, **numbers)
 

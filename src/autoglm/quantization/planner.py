@@ -21,6 +21,13 @@ Estimates (all in bytes; N = parameters):
   1 GiB: torch, tokenizer and Python) plus peak activations of one prefill of ``max_model_len``
   tokens, ``max_model_len * (4 * hidden + 3 * intermediate) * act_bytes``, plus the last-token logits
   and probabilities of a full batch, ``max_num_seqs * vocab * 8``.
+* mixture of experts (GLM-4.5 / 4.5-Air / 4.6, ``Glm4MoeForCausalLM``) -- memory holds every
+  expert: ``num_parameters`` is the total. The routed experts are 3-D tensors, not ``nn.Linear``, so
+  neither quantizer touches them: they stay in the compute dtype (16-bit under bitsandbytes, fp32 under
+  CPU dynamic int8) and only attention, dense MLPs and the shared experts shrink. Speed is the other
+  count: a decoded token reads only the shared and the top-k routed experts, so
+  :attr:`ModelArch.active_parameters` and ``PlanRow.active_weights_bytes`` (the weights one decode
+  step reads, the embedding table left out) are what memory bandwidth divides.
 * loading peak -- CPU int8 loads the checkpoint in its own dtype and quantizes layer by layer, so
   ``N * checkpoint_bytes + overhead`` must fit too.
 
@@ -82,6 +89,37 @@ class ModelArch:
     tie_word_embeddings: bool = False
     dtype: str = "bf16"  # the checkpoint's dtype
     name: str = ""
+    # -- mixture of experts (0 = a dense model); names as in transformers' Glm4MoeConfig --
+    n_routed_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    n_shared_experts: int = 0
+    first_k_dense_replace: int = 0  # the first k layers keep a dense MLP of intermediate_size
+
+    # -- mixture of experts --
+    @property
+    def is_moe(self) -> bool:
+        return self.n_routed_experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        return max(0, self.num_hidden_layers - self.first_k_dense_replace) if self.is_moe else 0
+
+    @property
+    def dense_layers(self) -> int:
+        return self.num_hidden_layers - self.moe_layers
+
+    @property
+    def expert_params(self) -> int:
+        """Weights of the routed experts (all of them): 3-D tensors that no quantizer here touches."""
+        return self.moe_layers * self.n_routed_experts * 3 * self.hidden_size * self.moe_intermediate_size
+
+    @property
+    def active_parameters(self) -> int:
+        """Parameters one token runs through: everything but the routed experts it is not sent to
+        (equals ``num_parameters`` for a dense model)."""
+        idle = max(0, self.n_routed_experts - self.num_experts_per_tok)
+        return self.num_parameters - self.moe_layers * idle * 3 * self.hidden_size * self.moe_intermediate_size
 
     # -- parts of num_parameters (the quantizers treat them differently) --
     @property
@@ -95,22 +133,29 @@ class ModelArch:
 
     @property
     def linear_params(self) -> int:
-        """Weights of the decoder layers' linear layers (q, k, v, o, gate_up, down); no biases."""
+        """Weights of the decoder layers' ``nn.Linear`` layers (q, k, v, o, gate_up, down; a MoE
+        layer's shared experts); no biases, no routed experts."""
         h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size
-        return self.num_hidden_layers * per_layer
+        attention = h * q + 2 * h * kv + q * h
+        shared = 3 * h * self.moe_intermediate_size * self.n_shared_experts
+        return (self.num_hidden_layers * attention + self.dense_layers * 3 * h * self.intermediate_size
+                + self.moe_layers * shared)
 
     @property
     def linear_rows(self) -> int:
         """Output rows of the decoder linears (one quantization scale each)."""
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        per_layer = q + 2 * kv + self.hidden_size + 2 * self.intermediate_size + self.hidden_size
-        return self.num_hidden_layers * per_layer
+        attention = q + 2 * kv + self.hidden_size
+        shared = 2 * self.moe_intermediate_size * self.n_shared_experts + self.hidden_size
+        return (self.num_hidden_layers * attention + self.dense_layers * (2 * self.intermediate_size + self.hidden_size)
+                + self.moe_layers * shared)
 
     @property
     def other_params(self) -> int:
-        """Norms and biases: whatever is not a linear weight, an embedding or the lm_head."""
-        return max(0, self.num_parameters - self.linear_params - self.embedding_params - self.lm_head_params)
+        """Norms, biases and MoE routers: whatever is not a linear weight, a routed expert, an
+        embedding or the lm_head."""
+        return max(0, self.num_parameters - self.linear_params - self.expert_params - self.embedding_params
+                   - self.lm_head_params)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -155,15 +200,30 @@ class ModelArch:
         bias = bool(cfg.get("attention_bias", cfg.get("add_qkv_bias", model_type in ("glm", "glm4", "chatglm"))))
         norms = 4 if model_type == "glm4" else 2
         dtype = _DTYPE_NAMES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or "").replace("torch.", ""), "bf16")
+        experts = int(cfg.get("n_routed_experts") or cfg.get("num_local_experts") or 0)
+        moe: dict[str, int] = {}
+        if experts:
+            moe = dict(n_routed_experts=experts, num_experts_per_tok=int(pick("num_experts_per_tok")),
+                       moe_intermediate_size=int(pick("moe_intermediate_size")),
+                       n_shared_experts=int(cfg.get("n_shared_experts") or 0),
+                       first_k_dense_replace=min(layers, int(cfg.get("first_k_dense_replace") or 0)))
 
         q, kv = heads * head_dim, kv_heads * head_dim
-        per_layer = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * inter + norms * hidden
+        attention = hidden * q + 2 * hidden * kv + q * hidden + norms * hidden
         if bias:
-            per_layer += q + 2 * kv
-        total = vocab * hidden + layers * per_layer + hidden + (0 if tied else vocab * hidden)
+            attention += q + 2 * kv
+        if experts and cfg.get("use_qk_norm"):
+            attention += 2 * head_dim
+        dense = moe.get("first_k_dense_replace", layers)
+        mlp = dense * 3 * hidden * inter
+        if experts:
+            mi = moe["moe_intermediate_size"]
+            per_moe = (experts + moe["n_shared_experts"]) * 3 * hidden * mi + experts * hidden  # + router
+            mlp += (layers - dense) * per_moe
+        total = vocab * hidden + layers * attention + mlp + hidden + (0 if tied else vocab * hidden)
         return cls(num_parameters=total, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                    num_key_value_heads=kv_heads, head_dim=head_dim, vocab_size=vocab, max_position_embeddings=max_pos,
-                   intermediate_size=inter, tie_word_embeddings=tied, dtype=dtype, name=name)
+                   intermediate_size=inter, tie_word_embeddings=tied, dtype=dtype, name=name, **moe)
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -225,6 +285,7 @@ class PlanRow:
     fits: bool
     chosen: bool = False
     note: str = ""  # why a precision is not available here
+    active_weights_bytes: int = 0  # weights one decode step reads per token (MoE: top-k experts only)
 
     @property
     def total_bytes(self) -> int:
@@ -236,15 +297,24 @@ def _weights_bytes(arch: ModelArch, precision: str, kind: str) -> int:
     if precision in _BYTES:
         return n * _BYTES[precision]
     rest16 = (arch.embedding_params + arch.lm_head_params + arch.other_params) * 2
+    experts = arch.expert_params * _compute_bytes(precision, kind)  # routed experts are not nn.Linear: kept as is
     if precision == "int8" and kind == "cpu":
         head_rows = arch.vocab_size  # lm_head is an nn.Linear, quantized too (a copy when tied)
         q = arch.linear_params + arch.vocab_size * arch.hidden_size
-        return q + 16 * (arch.linear_rows + head_rows) + 4 * (arch.embedding_params + arch.other_params)
+        return q + 16 * (arch.linear_rows + head_rows) + 4 * (arch.embedding_params + arch.other_params) + experts
     if precision == "int8":
-        return arch.linear_params + 4 * arch.linear_rows + rest16
+        return arch.linear_params + 4 * arch.linear_rows + rest16 + experts
     if precision == "int4":
-        return arch.linear_params // 2 + 4 * (arch.linear_params // 64) + rest16
+        return arch.linear_params // 2 + 4 * (arch.linear_params // 64) + rest16 + experts
     raise ConfigError(f"unknown precision {precision!r}")
+
+
+def _active_weights_bytes(arch: ModelArch, precision: str, kind: str, weights: int) -> int:
+    """What one decode step reads per token: all weights but the embedding table (one row is read)
+    and, in a MoE model, the routed experts the token is not sent to."""
+    embed = arch.embedding_params * (_BYTES.get(precision) or (4 if kind == "cpu" else 2))
+    idle = (arch.num_parameters - arch.active_parameters) * (_BYTES.get(precision) or _compute_bytes(precision, kind))
+    return max(0, weights - embed - idle)
 
 
 def _compute_bytes(precision: str, kind: str) -> int:
@@ -266,10 +336,29 @@ def estimate_row(arch: ModelArch, precision: str, device: DeviceInfo, max_model_
     if precision == "int8" and device.kind == "cpu":
         ckpt = _BYTES.get(arch.dtype, 2)
         peak = arch.num_parameters * ckpt + overhead
-    row = PlanRow(precision, weights, kv, overhead, peak if peak > weights + kv + overhead else 0, False)
+    row = PlanRow(precision, weights, kv, overhead, peak if peak > weights + kv + overhead else 0, False,
+                  active_weights_bytes=_active_weights_bytes(arch, precision, device.kind, weights))
     if budget is not None:
         row.fits = max(row.total_bytes, row.peak_bytes) <= budget
     return row
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def _moe_reason(arch: ModelArch, row: PlanRow) -> str:
+    read = row.active_weights_bytes
+    text = (f"mixture of experts: memory holds all {_count(arch.num_parameters)} parameters "
+            f"({arch.n_routed_experts} routed experts x {arch.moe_layers} layers); a token runs through "
+            f"{_count(arch.active_parameters)} ({arch.num_experts_per_tok} routed + "
+            f"{arch.n_shared_experts} shared), so a decode step reads ~"
+            + (f"{read / GiB:.2f} GiB" if read >= GiB // 10 else f"{read / 2**20:.1f} MiB")
+            + f" of {row.precision} weights per token")
+    if row.precision in ("int8", "int4"):
+        text += ("; the routed experts are not nn.Linear, so they stay unquantized "
+                 "(only attention, dense and shared MLPs shrink)")
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,7 +492,10 @@ def plan_precision(arch: ModelArch, device: DeviceInfo, requested: str = "auto",
                 f"{r.overhead_bytes / GiB:.2f} GiB overhead = {r.total_bytes / GiB:.2f} GiB"
                 + (f" ({r.peak_bytes / GiB:.2f} GiB peak while loading)" if r.peak_bytes else "")
                 + " even at "
-                f"max_num_seqs 1, max_model_len {length}; use a device with more memory"
+                f"max_num_seqs 1, max_model_len {length}"
+                + (f" (its routed experts, {arch.expert_params * _compute_bytes(smallest, device.kind) / GiB:.2f} GiB, "
+                   "are not nn.Linear and stay unquantized)" if arch.is_moe and smallest in ("int8", "int4") else "")
+                + "; use a device with more memory"
                 + (", a smaller model, or a GGUF with the llama.cpp engine" if device.kind != "cuda"
                    else ", --quantize int4, or a smaller model" if smallest != "int4" else " or a smaller model")
             )
@@ -427,6 +519,8 @@ def plan_precision(arch: ModelArch, device: DeviceInfo, requested: str = "auto",
                        f"{budget / GiB:.1f} GiB budget")
     if chosen.precision in ("int8", "int4") and device.kind == "cuda":
         reasons.append("int8/int4 on CUDA use bitsandbytes (`pip install autoglm[cuda]`); embeddings and lm_head stay 16-bit")
+    if arch.is_moe:
+        reasons.append(_moe_reason(arch, chosen))
     return Plan(precision=choice, device=device, max_model_len=length, max_num_seqs=seqs, rows=rows,
                 reasons=reasons, budget_bytes=budget, model=arch.name)
 

@@ -60,7 +60,7 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from autoglm.engine.fused import fuse_qkv
+    from autoglm.engine.fused import fuse_qkv, fusion_skip_reason
     from autoglm.hub.resolve import resolve_model
     from autoglm.quantization import ModelArch, apply_precision, detect_device, load_kwargs, plan_precision
     from autoglm.quantization.export import is_quantized_dir, load_quantized, read_manifest
@@ -97,6 +97,8 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
         fused = fuse_qkv(model)  # before quantizing: the quantizer then sees one larger linear
         if fused:
             log.info("fused the Q/K/V projections of %d attention layers", fused)
+        else:  # another architecture (e.g. GLM-4.5's Glm4MoeAttention): served as transformers has it
+            log.info("Q/K/V fusion skipped: %s", fusion_skip_reason(model))
         model = apply_precision(model, plan.precision, device)  # also places it on the device
     tokenizer = AutoTokenizer.from_pretrained(path)
     description = ""
