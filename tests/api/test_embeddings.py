@@ -80,7 +80,8 @@ def test_dimensions_when_the_model_allows():
     app, _ = _served(truncatable=True)
     with TestClient(app, raise_server_exceptions=False) as tc:
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=tc, max_retries=0)
-        full = np.array(client.embeddings.create(model=MODEL, input=TEXTS[0], encoding_format="float").data[0].embedding)
+        full = client.embeddings.create(model=MODEL, input=TEXTS[0], encoding_format="float").data[0].embedding
+        full = np.array(full)
         short = np.array(client.embeddings.create(model=MODEL, input=TEXTS[0], dimensions=64).data[0].embedding)
     assert short.shape == (64,) and abs(np.linalg.norm(short) - 1.0) < 1e-4
     assert np.allclose(short, full[:64] / np.linalg.norm(full[:64]), atol=1e-5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -126,6 +125,9 @@ def test_function_call_output_round_trip(served):
      "text.format.schema"),
     ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
     ({"input": "hi", "tool_choice": {"type": "file_search"}}, "tool_choice"),
+    ({"input": "hi", "tools": [{"type": "function", "parameters": {}}]}, "tools[0].name"),
+    ({"input": "x" * 100_000}, "input"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {"a": 1}}]}, "input[0]"),
 ])
 def test_bad_requests_name_the_field(served, body, param):
     _, tc, _ = served
@@ -141,6 +143,10 @@ def test_store_is_private_per_key_and_bounded():
     assert store.get("resp_0", "key-a") is None and len(store) == 2  # the oldest was dropped
     assert store.get("resp_2", "key-a") is not None
     assert store.get("resp_2", "key-b") is None and not store.delete("resp_2", "key-b")
+    small = ResponseStore(max_bytes=3000)
+    for i in range(5):
+        small.put(StoredResponse({"id": f"r{i}"}, [{"role": "user", "content": "x" * 1000}], owner=None))
+    assert len(small) == 2 and small.get("r4", None) is not None and small.get("r2", None) is None
 
 
 def test_through_the_gateway_keys_limits_usage_metrics(tmp_path):

@@ -151,11 +151,23 @@ def to_chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> tup
         return ChatCompletionRequest.model_validate(fields), turn
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise APIError(f"{where}: {first.get('msg')}", param=where or None) from None
+        where = _where(first.get("loc", ()))
+        raise APIError(f"Invalid value for '{where}': {first.get('msg')}.", param=where or None) from None
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """A chat-request location in this request's names: ``("tools", 0, "function", "name")`` -> ``tools[0].name``."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not (part == "function" and i >= 2 and loc[0] in ("tools", "tool_choice")):
+            out += f".{part}" if out else str(part)
+    return {"messages": "input", "max_completion_tokens": "max_output_tokens"}.get(out, out)
 
 
 _PARAMS = (("response_format.json_schema.schema", "text.format.schema"), ("response_format", "text.format"),
+           ("messages", "input"),
            ("max_tokens", "max_output_tokens"), ("tool_choice.function.name", "tool_choice.name"))
 
 

@@ -59,7 +59,8 @@ def owner_of(raw: Request) -> str | None:
     return getattr(key, "id", None)
 
 
-def stored_or_404(store: ResponseStore, response_id: str, owner: str | None, param: str | None = None) -> StoredResponse:
+def stored_or_404(store: ResponseStore, response_id: str, owner: str | None,
+                  param: str | None = None) -> StoredResponse:
     entry = store.get(response_id, owner)
     if entry is None:
         raise APIError(f"No stored response with id {response_id[:80]!r} (responses are kept in this server's "
