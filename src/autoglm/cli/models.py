@@ -2,6 +2,8 @@
 
 Thin: reads :mod:`autoglm.hub.registry` and :class:`~autoglm.hub.store.ModelStore`; touches no network.
 Demo models are marked: their weights are random, so what they write is noise.
+``models promote NAME VERSION`` / ``models rollback NAME`` move a registered model's ``champion`` alias
+(:mod:`autoglm.loop.promote`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--store", type=Path, default=None, help="store directory (default: $AUTOGLM_HOME or "
                    "~/.cache/autoglm)")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    pr = sub.add_parser("promote", help="point a registered model's alias (champion) at a version")
+    pr.add_argument("name", help="registered model name")
+    pr.add_argument("version", help="model version number")
+    rb = sub.add_parser("rollback", help="point the alias back at the version it named before")
+    rb.add_argument("name", help="registered model name")
+    for q in (pr, rb):
+        q.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
+        q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI "
+                       "or $AUTOGLM_HOME/mlflow.db)")
     p.set_defaults(func=run)
 
 
@@ -32,8 +44,28 @@ def _present(spec, have: set[str]) -> bool:
     return any(n and n.lower() in have for n in names)
 
 
+def _move_alias(args: argparse.Namespace) -> int:
+    from autoglm.config import tracking_uri
+    from autoglm.loop.promote import promote, rollback
+
+    uri = args.tracking_uri or tracking_uri()
+    if args.models_command == "promote":
+        done = promote(args.name, args.version, tracking_uri=uri, alias=args.alias)
+        if not done["changed"]:
+            print(f"{args.name} version {done['version']} is already @{args.alias}")
+        else:
+            print(f"{args.name} version {done['version']} is now @{args.alias} (was {done['previous'] or 'none'})")
+    else:
+        done = rollback(args.name, tracking_uri=uri, alias=args.alias)
+        print(f"{args.name} @{args.alias} rolled back from version {done['from']} to {done['version']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from autoglm.config import default_store_dir
+
+    if getattr(args, "models_command", None):
+        return _move_alias(args)
     from autoglm.hub.registry import list_models
     from autoglm.hub.store import ModelStore, format_size
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES
+from autoglm.loop.schema import ImproveConfig
 
 __all__ = [
     "DeployConfig",
@@ -249,6 +250,7 @@ class DeployConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     recommend: Optional[RecommendConfig] = None
+    improve: Optional[ImproveConfig] = None  # the improvement loop (`autoglm loop run`): autoglm.loop.schema
 
     def model_named(self, name: str) -> ModelConfig | None:
         for m in self.models:
