@@ -31,7 +31,7 @@ import numpy as np
 from autoglm.errors import ConfigError
 
 __all__ = ["Encoder", "HashingEncoder", "MiniLMEncoder", "SentenceTransformerEncoder", "ENCODERS",
-           "make_encoder", "is_cjk"]
+           "make_encoder", "is_cjk", "clip_head_tail"]
 
 _WORD = re.compile(r"[a-z0-9_]+(?:['.][a-z0-9_]+)*|[^\sa-z0-9_]", re.IGNORECASE)
 _MASK64 = (1 << 64) - 1
@@ -40,6 +40,14 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
 def is_cjk(ch: str) -> bool:
     return bool(_CJK.match(ch))
+
+
+def clip_head_tail(text: str, max_chars: int) -> str:
+    """The first two thirds and the last third of ``max_chars``: where a long prompt's instruction is."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars * 2 // 3
+    return text[:head] + " \n " + text[len(text) - (max_chars - head):]
 
 
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
@@ -82,10 +90,7 @@ class HashingEncoder(Encoder):
         return f"hashing-v1-d{self.dim}-c{self.char_ngrams[0]}{self.char_ngrams[1]}-m{self.max_chars}"
 
     def _clip(self, text: str) -> str:
-        if len(text) <= self.max_chars:
-            return text
-        head = self.max_chars * 2 // 3
-        return text[:head] + " \n " + text[len(text) - (self.max_chars - head):]
+        return clip_head_tail(text, self.max_chars)
 
     def hashed(self, text: str) -> np.ndarray:
         """The signed bucket hashes (``uint64``) of one text's features."""

@@ -18,6 +18,9 @@ import json
 import weakref
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
 __all__ = ["ROUTE_HEADER", "resolve_auto", "install_recommend_routes"]
 
 ROUTE_HEADER = "x-autoglm-route"
@@ -80,9 +83,6 @@ async def resolve_auto(router: Any, request: Any, body: Any, metrics: Any = None
 
 def install_recommend_routes(app: Any, router: Any) -> None:
     """``POST /v1/recommend``: the decision for a request, without generating (404 without a recommender)."""
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
     from autoglm.gateway.facade import GatewayError
 
     @app.post("/v1/recommend")

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from autoglm.recommend.encoders import Encoder, _CJK
+from autoglm.recommend.encoders import _CJK, Encoder, clip_head_tail
 from autoglm.recommend.index import TemplateIndex, build_index
 from autoglm.recommend.taxonomy import UNKNOWN, Taxonomy
 
@@ -43,6 +43,7 @@ __all__ = ["IdentifyParams", "RequestSignals", "Identification", "TaskIdentifier
            "detect_language", "fluency"]
 
 _LATIN = re.compile(r"[A-Za-z]")
+KEYWORD_CHARS = 1200  # keywords are looked for in the head and tail of a long prompt, like the encoder
 _EN_WORD = re.compile(r"[a-z']+")
 _FUNCTION_WORDS_EN = frozenset("""a an the i you he she it we they me my your our their this that these those is are
 was were be been am do does did have has had can could should would will shall may might must what why how
@@ -209,8 +210,8 @@ class TaskIdentifier:
                 knn += w * ix.vote(ix.encoder.encode([signals.text])[0], p.k)
                 total_w += w
             out["knn"] = knn / max(total_w, 1e-9)
-        lowered = signals.text.lower()
-        out["keywords"] = np.array([1.0 - 0.5 ** t.keyword_hits(lowered) for t in self.taxonomy.tasks.values()])
+        lowered = clip_head_tail(signals.text, KEYWORD_CHARS).lower()  # as the encoder reads a long prompt
+        out["keywords"] = 1.0 - 0.5 ** np.array(self.taxonomy.keyword_hits(lowered), dtype=np.float64)
         shape = np.zeros(n)
         if "extraction" in self._pos:
             if signals.response_format in ("json_object", "json_schema"):

@@ -3,8 +3,8 @@
 :func:`build_index` encodes the taxonomy's templates with an encoder once and keeps the
 ``float32 [N, dim]`` matrix in ``$AUTOGLM_HOME/recommend/index/<encoder fingerprint>-<content hash>.npy``,
 so a restart (or a second replica) does not encode 1,000 templates again, and a changed template or
-encoder setting makes a new file instead of reusing a stale one. :meth:`TemplateIndex.nearest` is one
-matrix-vector product (over the query's non-zero dimensions only) and an ``argpartition``.
+encoder setting makes a new file instead of reusing a stale one. :meth:`TemplateIndex.nearest` is a
+sparse dot product (postings per hashed dimension; a dense matmul for dense encoders) and an ``argpartition``.
 
 Knows nothing about tasks beyond their labels, nor about requests or models.
 """
@@ -40,17 +40,34 @@ class TemplateIndex:
     tasks: list[str]
 
     def __post_init__(self) -> None:
-        # [dim, N]: a sparse query (the hashing encoder's ~100 non-zero buckets of 4,096) reads only its
-        # rows - a few hundred KB instead of the whole matrix
-        self._by_dim = np.ascontiguousarray(self.matrix.T)
+        # Hashed features are sparse (a template touches ~100 of 4,096 buckets): keep the matrix also as
+        # postings per dimension, so a sparse query only visits the templates that share its buckets.
+        dims, rows = np.nonzero(self.matrix.T)  # sorted by dimension
+        self._sparse = len(dims) * 4 < self.matrix.size
+        if self._sparse:
+            self._rows = rows.astype(np.int64)
+            self._vals = self.matrix[rows, dims]
+            self._indptr = np.searchsorted(dims, np.arange(self.matrix.shape[1] + 1))
+
+    def similarities(self, query: np.ndarray) -> np.ndarray:
+        """Cosine similarity of ``query`` to every template: ``[N]``."""
+        nz = np.flatnonzero(query)
+        if not self._sparse or len(nz) * 4 >= len(query):
+            return self.matrix @ query
+        starts, ends = self._indptr[nz], self._indptr[nz + 1]
+        lens = ends - starts
+        total = int(lens.sum())
+        if total == 0:
+            return np.zeros(self.matrix.shape[0], dtype=np.float32)
+        # the concatenation of the ranges [starts[i], ends[i]) without a Python loop
+        offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lens)[:-1])), lens)
+        idx = offsets + np.arange(total)
+        weights = self._vals[idx] * np.repeat(query[nz], lens)
+        return np.bincount(self._rows[idx], weights=weights, minlength=self.matrix.shape[0])
 
     def nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(template indices, cosine similarities)`` of the ``k`` nearest templates, best first."""
-        nz = np.flatnonzero(query)
-        if len(nz) * 4 < len(query):
-            sims = query[nz] @ self._by_dim[nz]  # [N]
-        else:
-            sims = self.matrix @ query  # [N]
+        sims = self.similarities(query)
         k = min(k, len(sims))
         top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
         top = top[np.argsort(-sims[top])]

@@ -70,30 +70,51 @@ class _TaxonomyFile(BaseModel):
     tasks: list[_TaskSpec] = Field(min_length=1)
 
 
+_TOKEN = re.compile(r"[a-z0-9_]+|[^\sa-z0-9_]")
+
+
+def tokens(lowered: str) -> list[str]:
+    """Latin words and single symbols (CJK characters are matched as substrings instead)."""
+    return _TOKEN.findall(lowered)
+
+
 @dataclass
 class Task:
     name: str
     description: str = ""
     keywords: list[str] = field(default_factory=list)
     templates: list[tuple[str, str]] = field(default_factory=list)  # (language, text)
-    _pattern: re.Pattern[str] | None = field(default=None, repr=False)
+    _phrases: frozenset[tuple[str, ...]] = field(default=frozenset(), repr=False)
+    _cjk: tuple[str, ...] = field(default=(), repr=False)
+    _regexes: tuple[re.Pattern[str], ...] = field(default=(), repr=False)
 
     def compile(self) -> None:
-        parts = []
+        phrases, cjk, regexes = set(), [], []
         for k in dict.fromkeys(self.keywords):
             if k.startswith("re:"):
-                parts.append(f"(?:{k[3:]})")
+                regexes.append(re.compile(k[3:], re.IGNORECASE | re.MULTILINE))
             elif any(is_cjk(c) for c in k):
-                parts.append(re.escape(k.lower()))
+                cjk.append(k.lower())
             else:
-                parts.append(r"(?<![a-z0-9_])" + re.escape(k.lower()) + r"(?![a-z0-9_])")
-        self._pattern = re.compile("|".join(parts), re.IGNORECASE) if parts else None
+                phrases.add(tuple(tokens(k.lower())))
+        self._phrases, self._cjk, self._regexes = frozenset(phrases), tuple(cjk), tuple(regexes)
 
-    def keyword_hits(self, lowered: str) -> int:
-        """How many distinct keywords of this task occur in ``lowered`` text."""
-        if self._pattern is None:
-            return 0
-        return len({m.group(0).lower() for m in self._pattern.finditer(lowered)})
+    @property
+    def longest_phrase(self) -> int:
+        return max((len(p) for p in self._phrases), default=1)
+
+    def keyword_hits(self, lowered: str, ngrams: frozenset[tuple[str, ...]] | None = None) -> int:
+        """How many distinct keywords of this task occur in ``lowered`` text. ``ngrams``: the text's token
+        n-grams (see :meth:`Taxonomy.ngrams`), computed once for every task."""
+        if ngrams is None:
+            ngrams = ngram_set(lowered, self.longest_phrase)
+        hits = len(self._phrases & ngrams) + sum(k in lowered for k in self._cjk)
+        return hits + sum(1 for r in self._regexes if r.search(lowered))
+
+
+def ngram_set(lowered: str, n: int) -> frozenset[tuple[str, ...]]:
+    toks = tokens(lowered)
+    return frozenset(tuple(toks[i:i + k]) for k in range(1, n + 1) for i in range(len(toks) - k + 1))
 
 
 class Taxonomy:
@@ -107,6 +128,11 @@ class Taxonomy:
     @property
     def names(self) -> list[str]:
         return list(self.tasks)
+
+    def keyword_hits(self, lowered: str) -> list[int]:
+        """Distinct keyword hits per task, in :attr:`names` order."""
+        grams = ngram_set(lowered, max((t.longest_phrase for t in self.tasks.values()), default=1))
+        return [t.keyword_hits(lowered, grams) for t in self.tasks.values()]
 
     def templates(self) -> tuple[list[str], list[str]]:
         """``(texts, task names)``, aligned."""

@@ -1,0 +1,125 @@
+"""Task identification: accuracy on the shipped labelled sets, and the routing overhead of model "auto".
+
+    python benchmarks/task_identification.py [--minilm] [--out benchmarks/results/task_identification.md]
+
+1. Accuracy and confusion matrices (English, Chinese) with the built-in parameters, for the hashing
+   encoder (the default) and, with --minilm, hashing + MiniLM (needs the recommend extra).
+2. Held-out check of calibration: fit on one language's set, evaluate on the other's (the built-in
+   parameters themselves were fitted on both sets, so figure 1 is in-sample for the weights).
+3. Overhead of ``Recommender.decide`` (identification + constraints + score) with 1,000 templates:
+   p50/p95 over 500 requests, short and long (6,000-character) prompts, numpy limited to 2 threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "recommend" / "data"
+
+
+def accuracy_section(encoders: list[str], cache: Path) -> list[str]:
+    from autoglm.recommend.calibrate import evaluate, fit, format_report, read_labelled
+    from autoglm.recommend.encoders import make_encoder
+    from autoglm.recommend.identify import TaskIdentifier
+    from autoglm.recommend.taxonomy import load_taxonomy
+
+    t0 = time.perf_counter()
+    ident = TaskIdentifier(load_taxonomy(), [make_encoder(e) for e in encoders], cache=cache)
+    build_s = time.perf_counter() - t0
+    rows = {lang: read_labelled(DATA / f"labelled_{lang}.jsonl", ident.tasks) for lang in ("en", "zh")}
+    report = evaluate(ident, rows["en"] + rows["zh"])
+    out = [f"### encoders: {' + '.join(encoders)}", "",
+           f"index build (first start, no cache): {build_s:.1f} s", "",
+           "| set | accuracy | n |", "|---|---|---|"]
+    for lang in ("en", "zh"):
+        ok, n = report.by_language[lang]
+        out.append(f"| {lang} | {ok / n:.1%} | {n} |")
+    base = ident.params
+    for train, test in (("en", "zh"), ("zh", "en")):
+        params, _ = fit(ident, rows[train])
+        held = evaluate(ident, rows[test], params)
+        out.append(f"| {test}, weights fitted on {train} only | {held.accuracy:.1%} | {held.total} |")
+    ident.params = base
+    out += ["", "```", format_report(report), "```", ""]
+    return out
+
+
+def latency_section(cache: Path) -> list[str]:
+    from autoglm.recommend.encoders import HashingEncoder
+    from autoglm.recommend.identify import TaskIdentifier
+    from autoglm.recommend.profiles import ModelProfile
+    from autoglm.recommend.recommender import Recommender
+    from autoglm.recommend.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    texts, labels = tax.templates()
+    extra = cache / "many.yaml"
+    lines = ["tasks:"]
+    for name in tax.names:
+        own = [t for t, lab in zip(texts, labels) if lab == name]
+        lines += [f"  - name: {name}", "    templates:", "      en:"]
+        lines += ["        - " + json.dumps(f"{own[i % len(own)]} (variant {i})") for i in range(88)]
+    extra.write_text("\n".join(lines) + "\n")
+    ident = TaskIdentifier(load_taxonomy([extra]), [HashingEncoder()], cache=cache)
+    n_templates = ident.indexes[0].matrix.shape[0]
+    profiles = {"coder": ModelProfile("coder", {"code": 0.9}), "general": ModelProfile("general", {"chat": 0.8})}
+    rec = Recommender(ident, profiles, default="general")
+    doc = " ".join(f"Section {i}: the supplier shall deliver within {i} days." for i in range(120))
+    cases = {
+        "short English": "Write a Python function that merges two sorted lists",
+        "short Chinese": "请把这句话翻译成英文：明天的会议改到下午三点",
+        f"long ({len(doc) + 30} chars)": doc + " What is the delivery time in section 7?",
+    }
+    out = [f"templates in the index: {n_templates}; numpy threads: 2", "",
+           "| request | p50 (ms) | p95 (ms) | max (ms) |", "|---|---|---|---|"]
+    for name, text in cases.items():
+        body = {"messages": [{"role": "user", "content": text}], "max_tokens": 64}
+        for _ in range(20):
+            rec.decide(body)
+        times = []
+        for _ in range(500):
+            t0 = time.perf_counter()
+            rec.decide(body)
+            times.append((time.perf_counter() - t0) * 1000)
+        out.append(f"| {name} | {np.percentile(times, 50):.2f} | {np.percentile(times, 95):.2f} | "
+                   f"{max(times):.2f} |")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minilm", action="store_true", help="also measure hashing + MiniLM (recommend extra)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "task_identification.md"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
+        lines = ["# Task identification", "", "```bash", "python benchmarks/task_identification.py"
+                 + (" --minilm" if args.minilm else ""), "```", "",
+                 f"Machine: {os.cpu_count()} CPU cores (shared), Python {sys.version.split()[0]}.", "",
+                 "## Accuracy on tests/recommend/data (built-in parameters)", ""]
+        lines += accuracy_section(["hashing"], cache)
+        if args.minilm:
+            lines += accuracy_section(["hashing", "minilm"], cache)
+        lines += ["## Routing overhead of model \"auto\" (Recommender.decide)", ""]
+        lines += latency_section(cache)
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
