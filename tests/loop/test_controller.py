@@ -165,3 +165,49 @@ def test_a_crash_after_training_resumes_without_training_again(project, monkeypa
     # the cycle is finished: no new feedback, nothing fires, nothing is promoted twice
     assert _once(folder, home).status == "quiet"
     assert len(LoopState.load(home, "loop-credit")["champions"]) == 1
+
+
+def test_every_step_reaches_a_webhook_subscriber(project):
+    from autoglm.registry import webhook_store
+    from autoglm.registry.webhook_config import OutboundTarget
+    from autoglm.registry.webhooks import WebhookSender
+
+    folder, home, fs = project
+    (folder / "train.csv").write_text(_table(500, 11))
+    _feedback(fs, 3)
+    sender = WebhookSender([OutboundTarget(name="ops", url="http://127.0.0.1:9/hook")], fs.store)
+    cfg, base, _ = load_improve(folder / "improve.yaml")
+    outcome = run_loop_once(cfg, base_dir=base, home=home, store_url=str(home / "state.db"),
+                            subscribers=[sender.subscriber])
+    assert outcome.status == "promoted"
+    events = [d.event for d in webhook_store.list_deliveries(fs.store)]
+    for name in ("loop.fired", "loop.trained", "loop.accepted", "loop.promoted"):
+        assert name in events, events
+    # the pipeline's own register (challenger) and the promotion (champion), in MLflow's vocabulary
+    aliases = [json.loads(d.payload)["data"]["alias"] for d in webhook_store.list_deliveries(fs.store)
+               if d.event == "model_version_alias.created"]
+    assert sorted(aliases) == ["challenger", "champion"]
+
+
+def test_export_splits_feedback_into_train_and_holdout(project):
+    from autoglm.loop.controller import _export
+    from autoglm.loop.schema import ExportConfig, ImproveConfig
+
+    folder, home, fs = project
+    for i in range(40):
+        rid = uuid.uuid4().hex
+        fs.put_exchange(Exchange(rid, "k", "chat", "m", 1.0, 1, rid), json.dumps({"messages": [
+            {"role": "user", "content": f"question {i}"}]}), json.dumps({"choices": [
+                {"index": 0, "message": {"role": "assistant", "content": f"answer {i}"}}]}))
+        fs.add_feedback(Feedback(uuid.uuid4().hex, rid, 0, "k", "explicit", rating=1.0, created_at=1e9))
+    cfg = ImproveConfig.model_validate({"pipeline": "p.yaml", "triggers": [{"type": "schedule", "every": 1}],
+                                        "gate": {"metric": "eval_loss"},
+                                        "export": ExportConfig(holdout_fraction=0.25).model_dump()})
+    out = _export(cfg, fs, None, folder / "cycle")
+    assert out["rows_train"] + out["rows_holdout"] == 40 and 3 <= out["rows_holdout"] <= 20
+    train = [json.loads(x) for x in Path(out["train"]).read_text().splitlines()]
+    held = [json.loads(x) for x in Path(out["holdout"]).read_text().splitlines()]
+    assert train[0]["messages"][-1]["role"] == "assistant" and "weight" in train[0]
+    assert not {json.dumps(r, sort_keys=True) for r in train} & {json.dumps(r, sort_keys=True) for r in held}
+    assert _export(cfg, fs, None, folder / "again") == {**out, "train": str(folder / "again" / "train.jsonl"),
+                                                          "holdout": str(folder / "again" / "holdout.jsonl")}

@@ -128,7 +128,7 @@ def _resolve(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
-def _train(config: Any, cycle_dir: Path, home: Path, out: Any) -> dict[str, Any]:
+def _train(config: Any, cycle_dir: Path, home: Path, out: Any, subscribers: list[Any]) -> dict[str, Any]:
     """Run the pipeline (or its search); returns {"version", "run_id", "model_dir", "train_cached"}."""
     from autoglm.config import tracking_uri
 
@@ -153,7 +153,7 @@ def _train(config: Any, cycle_dir: Path, home: Path, out: Any) -> dict[str, Any]
                 "run_key": study.study_name, "metrics": {config.search.metric: study.best_value or 0.0}}
     from autoglm.training.pipeline import run_pipeline
 
-    result = run_pipeline(config, home=home, progress=False, out=out)
+    result = run_pipeline(config, home=home, progress=False, out=out, subscribers=subscribers)
     reg = result.registered or {}
     if not reg.get("registered"):
         raise ConfigError(f"the pipeline {config.name!r} registered no model: {reg.get('reason', 'no register stage')}")
@@ -232,7 +232,7 @@ def run_loop_once(cfg: ImproveConfig, *, base_dir: Path, home: Path | None = Non
         config = _with(pipeline, name=model, alias=cfg.candidate_alias, train=train_file)
         if cycle["phase"] in ("exported", "trained"):
             # once more after a crash at "trained": every stage is found finished, nothing is redone
-            trained = _train(config, cycle_dir, home, out)
+            trained = _train(config, cycle_dir, home, out, list(subscribers or []))
             if cycle.get("candidate") and cycle["candidate"]["version"] != trained["version"]:
                 raise ConfigError("the pipeline produced another model than this cycle trained; its files changed")
             cycle["candidate"] = trained
@@ -274,9 +274,14 @@ def run_loop_once(cfg: ImproveConfig, *, base_dir: Path, home: Path | None = Non
             if decision["promote"]:
                 done = promote(model, cand["version"], tracking_uri=uri, alias=cfg.champion_alias,
                                reason=f"loop {name} cycle {cycle['id']}")
-                state["champions"].append({"version": cand["version"], "previous": done["previous"], "at": time.time(),
-                                           "cycle": cycle["id"]})
+                if not any(c["cycle"] == cycle["id"] for c in state["champions"]):  # (a resumed promotion)
+                    state["champions"].append({"version": cand["version"], "previous": done["previous"],
+                                               "at": time.time(), "cycle": cycle["id"]})
                 cycle["phase"] = "promoted"
+                if done["changed"]:  # MLflow's own event name for receivers that know it
+                    bus.emit(TrainingEvent("registry", "loop", "alias-set", f"{model} version {cand['version']} is now "
+                                           f"@{cfg.champion_alias}", data={"name": model, "alias": cfg.champion_alias,
+                                                                          "version": cand["version"]}))
                 step("promote", "promoted", f"{model} version {cand['version']} is now @{cfg.champion_alias} "
                                             f"(was {done['previous'] or 'none'})", version=cand["version"],
                      previous=done["previous"] or "")
