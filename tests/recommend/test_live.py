@@ -60,10 +60,9 @@ def server(autoglm_home, tmp_path_factory):
     path.write_text(DEPLOY.format(admin=ADMIN, state=tmp / "state.db", port=port))
     env = {**os.environ, "AUTOGLM_HOME": str(autoglm_home), "PYTHONUNBUFFERED": "1"}
     log_path = tmp / "deploy.log"
-    launcher = Path(__file__).with_name("_deploy_with_recommender.py")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(launcher), str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, cwd=Path(__file__).parents[2])
+        proc = subprocess.Popen([sys.executable, "-m", "autoglm", "deploy", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[2])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:

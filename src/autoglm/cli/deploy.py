@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from autoglm._runtime import run_async, tune_allocator
@@ -68,7 +69,7 @@ def run_config(path: str, *, dry_run: bool = False, host: str | None = None, por
     check_port_free(config.server.host, config.server.port)
     try:
         tune_allocator()
-        run_async(serve(config, echo=lambda s: print(s, flush=True)))
+        run_async(serve(config, echo=lambda s: print(s, flush=True), base_dir=Path(path).resolve().parent))
     except KeyboardInterrupt:
         pass  # Ctrl-C before the server was up (pulling, loading); once up, a signal drains and returns
     print("autoglm: stopped", file=sys.stderr)

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from autoglm.config import EngineSettings, ServerSettings
@@ -58,13 +59,19 @@ class Assembly:
         return {b.label: b.engine for r in self.router.routes for b in r.backends if b.engine is not None}
 
 
-def assemble(config: DeployConfig, *, base: EngineSettings | None = None, gateway: Any = None) -> Assembly:
-    """Engines (built, not started), router, app and shutdown gate for ``config``."""
+def assemble(config: DeployConfig, *, base: EngineSettings | None = None, gateway: Any = None,
+             base_dir: Path | None = None) -> Assembly:
+    """Engines (built, not started), router, app and shutdown gate for ``config``; ``base_dir`` is the
+    deploy file's folder (relative paths in it, e.g. ``recommend.templates``, start there)."""
     from autoglm.api.app import build_app
     from autoglm.deploy.shutdown import ShutdownGate
 
     server = server_settings(config)
     router = build_router(config, base)
+    if getattr(config, "recommend", None) is not None:  # model "auto": task identification + profiles
+        from autoglm.recommend import build_recommender
+
+        router.recommender = build_recommender(config, base_dir=base_dir)
     app = build_app({}, server, router=router, gateway=gateway)
     return Assembly(config=config, server=server, router=router, app=app, asgi=ShutdownGate(app))
 
@@ -134,7 +141,7 @@ def _is_demo(model: str) -> bool:
 
 
 async def serve(config: DeployConfig, *, base: EngineSettings | None = None, progress: bool = True,
-                echo: Echo = print) -> None:
+                echo: Echo = print, base_dir: Path | None = None) -> None:
     """Pull, start engines, run uvicorn until a signal drains and stops it (see the module docstring)."""
     from autoglm.monitoring.access_log import configure_access_log
 
@@ -147,7 +154,7 @@ async def serve(config: DeployConfig, *, base: EngineSettings | None = None, pro
     configure_access_log(server.access_log)
     gateway = await open_gateway(server)
     try:
-        await _run(assemble(config, base=base, gateway=gateway), echo)
+        await _run(assemble(config, base=base, gateway=gateway, base_dir=base_dir), echo)
     finally:
         if gateway is not None:
             await gateway.close()
