@@ -16,7 +16,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow]"
+	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend]"
 	touch $@
 
 venv: $(VENV)/.base
