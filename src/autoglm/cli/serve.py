@@ -137,6 +137,11 @@ def register(subparsers: Any) -> None:
     lim.add_argument("--max-schema-bytes", type=_int_at_least(256), metavar="N",
                      default=ServerSettings.max_schema_bytes,
                      help="larger JSON schemas (response_format, tools) get 400 (default: 131072, 128 KiB)")
+    p.add_argument("--embedding-model", metavar="NAME", default=None,
+                   help="also serve POST /v1/embeddings: 'minilm' (packaged all-MiniLM-L6-v2, offline; the recommend "
+                        "extra) or a sentence-transformers model name or path")
+    p.add_argument("--embedding-truncatable", action="store_true",
+                   help="the embedding model was trained for shorter `dimensions` (Matryoshka): allow them")
     lim.add_argument("--allow-control-tokens", action="store_true",
                      help="let text such as '<|user|>' in a message be the real control token (default: off, "
                           "it is kept as plain text)")
@@ -185,7 +190,9 @@ def deploy_config_from_args(args: argparse.Namespace) -> DeployConfig:
                               shutdown_grace=getattr(args, "shutdown_grace", ServerSettings.shutdown_grace),
                               max_request_bytes=getattr(args, "max_request_bytes", ServerSettings.max_request_bytes),
                               max_schema_bytes=getattr(args, "max_schema_bytes", ServerSettings.max_schema_bytes),
-                              allow_control_tokens=getattr(args, "allow_control_tokens", False))
+                              allow_control_tokens=getattr(args, "allow_control_tokens", False),
+                              embedding_model=getattr(args, "embedding_model", None),
+                              embedding_truncatable=getattr(args, "embedding_truncatable", False))
         return DeployConfig(models=[model], gateway=gateway, server=server)
     except ValidationError as exc:
         err = exc.errors()[0]

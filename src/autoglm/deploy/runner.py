@@ -171,6 +171,7 @@ def server_settings(config: DeployConfig) -> ServerSettings:
                           api_keys=[k.get_secret_value() for k in s.api_keys], shutdown_grace=s.shutdown_grace,
                           max_request_bytes=s.max_request_bytes, max_schema_bytes=s.max_schema_bytes,
                           allow_control_tokens=s.allow_control_tokens,
+                          embedding_model=s.embedding_model, embedding_truncatable=s.embedding_truncatable,
                           gateway=gateway_settings(config) if config.gateway.enabled else None,
                           capture=_capture_settings(config))
 
