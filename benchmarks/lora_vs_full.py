@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| 2 (gloo, 1 thread each) | {tok2:,} | {tps2:,.0f} |",
         "",
         f"2 processes reach {tps2 / tps1:.2f}x the tokens/s of 1 process on the same {os.cpu_count()} cores "
-        "(1 process runs 2 intra-op threads, each of the 2 processes 1; on this small model one thread per process wastes less). The machine is shared with other jobs: an earlier, contended run of this script measured every number about 10x slower.",
+        f"(1 process runs {os.cpu_count()} intra-op threads, each of the 2 processes {max(1, (os.cpu_count() or 2) // 2)}). "
+        f"Load average when it finished: {os.getloadavg()[0]:.2f} (figures from shared, loaded cores are not comparable).",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
