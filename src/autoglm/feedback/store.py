@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from autoglm.errors import ConfigError
-from autoglm.gateway.store import StateStore
+from autoglm.gateway.store import StateStore, where_clause
 
 __all__ = ["FEEDBACK_MIGRATIONS", "FeedbackStore", "Exchange", "Feedback", "migrate_feedback", "parse_since"]
 
@@ -279,14 +279,12 @@ class FeedbackStore:
 
     @staticmethod
     def _where(since: float | None, key_id: str | None, source: str | None) -> tuple[str, tuple]:
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("created_at >= ?")
-            params.append(since)
-        if key_id is not None:
-            clauses.append("key_id = ?")
-            params.append(key_id)
-        if source is not None:
-            clauses.append("source = ?")
-            params.append(source)
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+        return where_clause(("created_at >= ?", since), ("key_id = ?", key_id), ("source = ?", source))
+
+    def exchange_requests(self, since: float | None = None, until: float | None = None) -> Iterator[tuple[str, Any]]:
+        """``(kind, request dict)`` of the exchanges captured in [since, until) whose request was kept, oldest first."""
+        where, params = where_clause(("created_at >= ?", since), ("created_at < ?", until))
+        for kind, request in self.store.execute(
+                f"SELECT kind, request FROM fb_exchanges{where} ORDER BY created_at", params):
+            if request is not None:
+                yield kind, json.loads(request)

@@ -122,24 +122,9 @@ def _prompt_text(kind: str, request: dict[str, Any]) -> str | None:
 
 
 def captured_prompts(fs: Any, since: float | None, until: float | None) -> list[str]:
-    """The user text of exchanges captured in [since, until) (the feedback tables, read only)."""
-    clauses, params = [], []
-    if since is not None:
-        clauses.append("created_at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("created_at < ?")
-        params.append(until)
-    where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    out = []
-    for kind, request in fs.store.execute(f"SELECT kind, request FROM fb_exchanges{where} ORDER BY created_at",
-                                          tuple(params)):
-        if request is None:
-            continue
-        text = _prompt_text(kind, json.loads(request))
-        if text:
-            out.append(text)
-    return out
+    """The user text of exchanges captured in [since, until) (the feedback store, read only)."""
+    texts = (_prompt_text(kind, request) for kind, request in fs.exchange_requests(since, until))
+    return [t for t in texts if t]
 
 
 def _file_prompts(path: Path) -> list[str]:

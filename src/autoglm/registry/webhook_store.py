@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from autoglm.gateway.store import StateStore
+from autoglm.gateway.store import StateStore, where_clause
 
 __all__ = ["Delivery", "migrate_webhooks", "add_delivery", "get_delivery", "list_deliveries", "due_deliveries",
            "claim_delivery", "finish_attempt", "requeue_delivery", "next_due_at", "DELIVERY_COLUMNS",
@@ -127,14 +127,8 @@ def get_delivery(store: StateStore, delivery_id: str) -> Delivery | None:
 
 def list_deliveries(store: StateStore, *, status: str | None = None, target: str | None = None,
                     limit: int = 50) -> list[Delivery]:
-    where, params = [], []
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
-    if target is not None:
-        where.append("target = ?")
-        params.append(target)
-    sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY created_at DESC LIMIT ?"
+    where, params = where_clause(("status = ?", status), ("target = ?", target))
+    sql = _SELECT + where + " ORDER BY created_at DESC LIMIT ?"
     return [_row(r) for r in store.execute(sql, (*params, int(limit)))]
 
 

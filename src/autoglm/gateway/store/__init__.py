@@ -12,6 +12,8 @@ from autoglm.gateway.store._base import (
     open_store,
     redact_url,
     register_store,
+    where_clause,
 )
 
-__all__ = ["StateStore", "StoreUnavailable", "MIGRATIONS", "open_store", "register_store", "redact_url"]
+__all__ = ["StateStore", "StoreUnavailable", "MIGRATIONS", "open_store", "register_store", "redact_url",
+           "where_clause"]

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from autoglm.errors import ConfigError
 
 __all__ = ["StateStore", "StoreUnavailable", "MIGRATIONS", "register_store", "open_store", "redact_url",
-           "STORE_SCHEMES"]
+           "where_clause", "STORE_SCHEMES"]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,15 @@ def open_store(url: str | Path | None = None, *, migrate: bool = True) -> StateS
             store.close()
             raise
     return store
+
+
+def where_clause(*conditions: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """``(" WHERE a >= ? AND b = ?", (1, 2))`` from ``("a >= ?", 1), ("b = ?", None), ("b = ?", 2)``:
+    conditions whose value is None are left out; ``("", ())`` when none is left."""
+    kept = [(sql, value) for sql, value in conditions if value is not None]
+    if not kept:
+        return "", ()
+    return " WHERE " + " AND ".join(sql for sql, _ in kept), tuple(value for _, value in kept)
 
 
 def redact_url(url: str) -> str:
