@@ -171,7 +171,12 @@ def demo_config(name: str) -> Glm4Config:
     ids = _special_ids()
     if spec.n_routed_experts:
         return _moe_config(spec, ids)
-    return Glm4Config(
+    return Glm4Config(**_common_config(spec, ids), architectures=["Glm4ForCausalLM"])
+
+
+def _common_config(spec: DemoSpec, ids: dict[str, int]) -> dict[str, Any]:
+    """The settings every demo architecture shares (sizes from its spec, the one tokenizer's ids)."""
+    return dict(
         vocab_size=VOCAB_SIZE,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -186,7 +191,6 @@ def demo_config(name: str) -> Glm4Config:
         pad_token_id=ids[PAD_TOKEN],
         eos_token_id=[ids[t] for t in EOS_TOKENS],
         bos_token_id=None,
-        architectures=["Glm4ForCausalLM"],
         dtype="float32",
     )
 
@@ -195,14 +199,7 @@ def _moe_config(spec: DemoSpec, ids: dict[str, int]) -> Any:
     from transformers import Glm4MoeConfig
 
     return Glm4MoeConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_position_embeddings,
+        **_common_config(spec, ids),
         moe_intermediate_size=spec.moe_intermediate_size,
         n_routed_experts=spec.n_routed_experts,
         num_experts_per_tok=spec.num_experts_per_tok,
@@ -212,15 +209,8 @@ def _moe_config(spec: DemoSpec, ids: dict[str, int]) -> Any:
         topk_group=1,
         norm_topk_prob=True,
         use_qk_norm=False,
-        rms_norm_eps=1e-5,
-        attention_bias=True,
-        tie_word_embeddings=False,
         num_mtp_layers=0,  # no multi-token-prediction layer: nothing in the build would train or load it
-        pad_token_id=ids[PAD_TOKEN],
-        eos_token_id=[ids[t] for t in EOS_TOKENS],
-        bos_token_id=None,
         architectures=[spec.architecture],
-        dtype="float32",
     )
 
 
