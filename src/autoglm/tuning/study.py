@@ -2,8 +2,9 @@
 
 :func:`tune` is ``autoglm tune FILE``: it opens (or creates) the study in its storage, fails the trials
 that a dead worker left ``RUNNING`` and queues their parameters again (once: only the process whose
-state change wins re-queues), queues a grid's points once, starts ``workers`` worker processes,
-waits, then registers the best trial's model and writes the report. :func:`work` is one worker's
+state change wins re-queues), queues a grid's points once, starts ``workers`` worker processes —
+each placed by the load-aware trial scheduler (:mod:`autoglm.tuning.scheduler`) on a device with room
+for a trial's planned memory — waits, then registers the best trial's model and writes the report. :func:`work` is one worker's
 loop (``autoglm tune FILE --worker``, also on other machines with the same ``--storage`` and
 ``--study``): ask a trial, run the trial's pipeline up to evaluation as a child MLflow run, feed the
 pruner from the metrics the trainer reports, tell the result; until the budget is spent.
@@ -328,10 +329,7 @@ def tune(file: str | Path, *, storage: str | None = None, study_name: str | None
     if workers <= 1:
         _work_with_progress(config, storage, name, home, parent, progress, out)
     else:
-        env = {**os.environ, "AUTOGLM_HOME": str(home), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))}
-        procs = [subprocess.Popen(_worker_command(file, storage, name, parent), env=env) for _ in range(workers)]
-        _watch(study, procs, _budget(config), progress, out)
-        codes = [p.wait() for p in procs]
+        codes = _run_placed_workers(config, file, storage, name, parent, workers, home, study, progress, out)
         bad = [c for c in codes if c != 0]
         if bad:
             print(f"{len(bad)} worker(s) exited with {bad}; finished trials are kept — run the same command to "
@@ -356,6 +354,68 @@ def tune(file: str | Path, *, storage: str | None = None, study_name: str | None
     tracker.end("FINISHED")
     print(f"report: {result.report_dir / 'report.md'}", file=out)
     return result
+
+
+def trial_memory(config: Any) -> int:
+    """Planned memory of one trial of ``config`` in bytes: the precision planner's fp32 training-size estimate
+    for a language model (weights + gradients + Adam moments: 4x the weights, plus the planner's overhead),
+    a fixed small budget for tabular and fusion trials."""
+    if getattr(config.train, "trainer", None) != "causal-lm":
+        return 512 * 1024**2
+    try:
+        from transformers import AutoConfig
+
+        from autoglm.config import EngineSettings
+        from autoglm.hub.resolve import resolve_model
+        from autoglm.quantization.planner import ModelArch
+        from autoglm.tuning.scheduler import planned_memory
+
+        path = resolve_model(config.train.model, EngineSettings(), progress=False).path
+        arch = ModelArch.from_config(AutoConfig.from_pretrained(path))
+        serving = planned_memory(arch, "fp32", kind="cpu", max_model_len=512)
+        return serving + 3 * 4 * arch.num_parameters  # gradients and two Adam moments beside the weights
+    except Exception:  # noqa: BLE001 - an estimate; the trial itself reports a model it cannot load
+        return 4 * 1024**3
+
+
+def _run_placed_workers(config: Any, file: Path, storage: str, name: str, parent: str | None, workers: int,
+                        home: Path, study: Any, progress: bool, out: Any) -> list[int]:
+    """Start ``workers`` worker processes, each placed by the load-aware scheduler (a GPU or CPU slots with
+    room for its planned memory, its thread count and ``CUDA_VISIBLE_DEVICES`` in its environment); a
+    worker that does not fit waits for one to finish instead of oversubscribing the machine."""
+    from autoglm.tuning.devices import SystemProbe
+    from autoglm.tuning.scheduler import Scheduler, TrialRequest
+
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    scheduler = Scheduler("load-aware", probe=SystemProbe(threads_per_trial=threads, owner_pid=os.getpid()))
+    memory = trial_memory(config)
+    codes: list[int] = []
+    procs: list[Any] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        request = TrialRequest(f"worker-{i}", memory, threads=threads, bucket=config.name)
+        with scheduler.acquire(request) as placement:
+            env = {**os.environ, "AUTOGLM_HOME": str(home), "OMP_NUM_THREADS": str(threads), **placement.env}
+            proc = subprocess.Popen(_worker_command(file, storage, name, parent), env=env)
+            with lock:
+                procs.append(proc)
+            log.info("worker %d on %s (%.2f GiB planned per trial)", i, placement.device_id, memory / 1024**3)
+            code = proc.wait()
+        with lock:
+            codes.append(code)
+
+    starters = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(workers)]
+    for t in starters:
+        t.start()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(study, None, _budget(config), progress, out, stop), daemon=True)
+    watcher.start()
+    for t in starters:
+        t.join()
+    stop.set()
+    watcher.join(timeout=5)
+    return codes
 
 
 def _work_with_progress(config: Any, storage: str, name: str, home: Path, parent: str | None, progress: bool,
