@@ -202,3 +202,28 @@ def test_a_trials_planned_memory_comes_from_the_planner_for_language_models(tmp_
     small = trial_memory(lm)
     bigger = trial_memory(lm.model_copy(update={"train": lm.train.model_copy(update={"model": "autoglm-demo-100m"})}))
     assert 0 < small < bigger  # a ~100M-parameter model plans more than the 7M demo
+
+
+def test_optuna_dashboard_opens_the_study(tmp_path, fresh_home):
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    dashboard = pytest.importorskip("optuna_dashboard")
+    path = write(tmp_path, """\
+  strategy: random
+  metric: test_auc
+  n_trials: 3
+  pruner: {type: none}
+  params:
+    train.params.num_leaves: {type: int, low: 2, high: 16}
+""", extra="tracking: {enabled: false}\n")
+    tune(path, home=fresh_home, progress=False, register=False)
+    app = dashboard.wsgi(_storage(str(fresh_home / "studies" / "unit-search.journal")))  # the default storage
+    status: list[str] = []
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = "/api/studies"
+    body = b"".join(app(environ, lambda s, headers, exc=None: status.append(s)))
+    assert status[0].startswith("200")
+    studies = {s["study_name"]: s for s in json.loads(body)["study_summaries"]}
+    assert "unit-search" in studies
