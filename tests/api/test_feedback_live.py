@@ -205,13 +205,22 @@ def test_streamed_response_correction_and_preference_export(server, tmp_path):
     assert stats["corrections"] >= 1 and stats["preferences"] >= 1 and stats["exchanges"] >= 2
 
     env = {**os.environ, "AUTOGLM_HOME": str(server.home)}
-    out = {}
-    for fmt in ("sft", "dpo"):
+
+    def export(fmt: str) -> list[dict]:
         path = tmp_path / f"{fmt}.jsonl"
         run = subprocess.run([sys.executable, "-m", "autoglm", "feedback", "--store", server.store_url, "export",
                               "--format", fmt, "--out", str(path)], capture_output=True, text=True, env=env)
         assert run.returncode == 0, run.stderr
-        out[fmt] = [json.loads(line) for line in path.read_text().splitlines()]
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    # the capture writer stores exchanges off the request path: give it a moment (seen once on PostgreSQL)
+    deadline = time.monotonic() + 10
+    while True:
+        out = {fmt: export(fmt) for fmt in ("sft", "dpo")}
+        if any(row["messages"][-1] == {"role": "assistant", "content": "Paris."} for row in out["sft"]):
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(0.5)
     assert any(row["messages"][-1] == {"role": "assistant", "content": "Paris."} for row in out["sft"])
     pairs = [row for row in out["dpo"] if row["messages"] == messages]
     assert any(row["chosen"] == "Paris." for row in pairs)
