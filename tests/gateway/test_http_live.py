@@ -277,6 +277,7 @@ def test_access_log_lines(server, user_key):
         model=MODEL, messages=[{"role": "user", "content": secret_prompt}], max_tokens=3, stream=True).close()
     r = client(server, user_key).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": secret_prompt}], max_tokens=3)
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer agl-wrong"}).status_code == 401
     deadline = time.monotonic() + 5
     while True:  # the line is written when the response is complete
         text = server.access_log.read_text()
