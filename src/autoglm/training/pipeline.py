@@ -81,8 +81,9 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
     """Run (or resume, or find finished) the pipeline; see the module docstring.
 
     ``until`` stops after that stage; ``nproc`` overrides ``train.distributed.nproc``; ``out`` receives
-    the one-line-per-stage summary (default stderr); ``progress`` turns the stages' progress bars on. ``tags`` go on the MLflow run (``mlflow.parentRunId`` makes it a child run); ``on_metrics``
-    sees every metric a stage reports as it is reported (a search's pruner listens here and may raise).
+    the one-line-per-stage summary (default stderr); ``progress`` turns the stages' progress bars on.
+    ``tags`` go on the MLflow run (``mlflow.parentRunId`` makes it a child run); ``on_metrics`` sees every
+    metric a stage reports as it is reported (a search's pruner listens here and may raise).
     """
     config = _as_config(pipeline)
     home = Path(home) if home is not None else default_store_dir()
