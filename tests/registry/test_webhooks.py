@@ -143,7 +143,7 @@ def test_always_failing_target_is_a_dead_letter_then_redelivered(store, receiver
         assert [d.id for d in db.list_deliveries(store, status="dead")] == [delivery_id]
 
         again = sender.redeliver(delivery_id)  # the receiver answers 200 now
-        assert (again.status, again.attempts) == ("pending", 0)
+        assert again.status in ("pending", "sending") and again.attempts == 0  # the sender may take it at once
         assert sender.flush(10)
     finally:
         sender.close()

@@ -210,7 +210,8 @@ def run_loop_once(cfg: ImproveConfig, *, base_dir: Path, home: Path | None = Non
             if fired is None:
                 step("trigger", "quiet", "no trigger fired")
                 return LoopOutcome(name, "quiet", "no trigger fired", None, list(bus.events))
-            cycle = {"id": f"{int(now)}", "phase": "fired", "started_at": now, "trigger": fired.trigger,
+            cycle = {"id": f"{int(now)}-{len(state['history']) + 1}",  # unique even within one second
+                     "phase": "fired", "started_at": now, "trigger": fired.trigger,
                      "reason": fired.reason, "since": state["last_cycle_at"]}
             state["cycle"] = cycle
             state.save()
