@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from autoglm.errors import AutoGLMError, ConfigError
 from autoglm.tuning.serve_space import (
-    PARAMS,
     Objective,
     Request,
     ServeSpace,

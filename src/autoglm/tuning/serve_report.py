@@ -67,7 +67,7 @@ def markdown_report(result: ServeTuningResult) -> str:
            f"- workload: {result.workload_text}",
            f"- objective: {obj.describe()}",
            f"- study: {result.study_name} (sampler {result.sampler}, storage {result.storage or 'in-memory'})",
-           f"- space: " + "; ".join(f"{k} {list(v)}" for k, v in result.space.items()),
+           "- space: " + "; ".join(f"{k} {list(v)}" for k, v in result.space.items()),
            "", *lines, "",
            "Times in ms. `(defaults)` is `autoglm serve --model M` with no flags; every server ran with "
            "`--no-gateway --access-log off` (no response cache), every request with ignore_eos.", "",
