@@ -70,29 +70,35 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def live_server(autoglm_home, request) -> LiveServer:
+def start_live_server(home: Path, model: str = "autoglm-demo", *args: str) -> LiveServer:
+    """A real ``python -m autoglm serve --model MODEL ARGS`` on a free port, healthy (or the test fails with
+    its log); the caller stops it with ``_stop(server.process)``."""
     port = free_port()
-    log_path = autoglm_home / f"serve-{port}.log"
-    env = {**os.environ, "AUTOGLM_HOME": str(autoglm_home), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "autoglm", "serve", "--model", "autoglm-demo", "--port", str(port),
-           "--max-num-seqs", "8", "--log-level", "warning"]
+    log_path = home / f"serve-{model}-{port}.log"
+    env = {**os.environ, "AUTOGLM_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "autoglm", "serve", "--model", model, "--port", str(port), *args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path)
+    server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model=model)
     deadline = time.monotonic() + LIVE_START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             pytest.fail(f"autoglm serve exited with {proc.returncode} before it was healthy:\n{server.log_tail()}")
         try:
             if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                break
+                return server
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             _stop(proc)
             pytest.fail(f"autoglm serve not healthy after {LIVE_START_TIMEOUT_S:.0f}s:\n{server.log_tail()}")
         time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def live_server(autoglm_home, request) -> LiveServer:
+    server = start_live_server(autoglm_home, "autoglm-demo", "--max-num-seqs", "8", "--log-level", "warning")
+    proc, log_path = server.process, server.log_path
     yield server
     _stop(proc)
     if request.session.testsfailed:

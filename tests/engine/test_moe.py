@@ -124,39 +124,13 @@ def test_cpu_dynamic_int8_runs_the_moe_and_leaves_experts_fp32(moe_dir, moe):
 
 @pytest.fixture(scope="module")
 def moe_server(autoglm_home, moe_dir):
-    import os
-    import subprocess
-    import sys
-    import time
+    from tests.conftest import _stop, start_live_server
 
-    import httpx
-
-    from tests.conftest import LIVE_START_TIMEOUT_S, LiveServer, _stop, free_port
-
-    port = free_port()
-    log_path = autoglm_home / f"serve-moe-{port}.log"
-    env = {**os.environ, "AUTOGLM_HOME": str(autoglm_home), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "autoglm", "serve", "--model", "autoglm-demo-moe", "--port", str(port),
-           "--max-num-seqs", "4", "--log-level", "info"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model="autoglm-demo-moe")
-    deadline = time.monotonic() + LIVE_START_TIMEOUT_S
+    server = start_live_server(autoglm_home, "autoglm-demo-moe", "--max-num-seqs", "4", "--log-level", "info")
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"autoglm serve exited with {proc.returncode}:\n{server.log_tail()}")
-            try:
-                if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"autoglm serve not healthy after {LIVE_START_TIMEOUT_S:.0f}s:\n{server.log_tail()}")
-            time.sleep(0.25)
         yield server
     finally:
-        _stop(proc)
+        _stop(server.process)
 
 
 def test_serve_moe_demo_end_to_end_with_the_openai_sdk(moe_server, moe_dir, moe):

@@ -218,12 +218,9 @@ class PreferenceSplit:
 
 
 def load_preference_split(prepared: Path, name: str) -> PreferenceSplit:
-    import pyarrow.parquet as pq
+    from autoglm.training.text_data import read_split_table
 
-    path = Path(prepared) / f"{name}.parquet"
-    if not path.is_file():
-        raise ConfigError(f"the prepared directory {prepared} has no {name!r} split")
-    t = pq.read_table(path).to_pydict()
+    t = read_split_table(prepared, name)
     return PreferenceSplit(t["chosen_ids"], t["chosen_labels"], t.get("rejected_ids"), t.get("rejected_labels"),
                            [bool(x) for x in t["label"]], [float(w) for w in t["weight"]])
 

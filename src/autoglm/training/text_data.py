@@ -292,11 +292,16 @@ class Split:
         return len(self.input_ids)
 
 
-def load_split(prepared: Path, name: str) -> Split:
+def read_split_table(prepared: Path, name: str) -> dict[str, list[Any]]:
+    """The columns of the prepared split ``name`` (a clear error when preprocessing did not write it)."""
     import pyarrow.parquet as pq
 
     path = Path(prepared) / f"{name}.parquet"
     if not path.is_file():
         raise ConfigError(f"the prepared directory {prepared} has no {name!r} split")
-    t = pq.read_table(path).to_pydict()
+    return pq.read_table(path).to_pydict()
+
+
+def load_split(prepared: Path, name: str) -> Split:
+    t = read_split_table(prepared, name)
     return Split(t["input_ids"], t["labels"], [float(w) for w in t["weight"]])
