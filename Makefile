@@ -15,8 +15,21 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.base
+$(VENV)/.test: $(VENV)/.base $(VENV)/.system
 	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend]"
+	touch $@
+
+# Tools the suite drives besides Python: Debian's chromium (console tests) and promtool (alert-rule
+# tests). Installed with apt-get when missing and this is root; otherwise their tests say they skip.
+SYSTEM_PKGS := chromium prometheus
+$(VENV)/.system: $(VENV)/.base
+	@if command -v chromium >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SYSTEM_PKGS) (Debian packages) for the browser and alert-rule tests"; \
+	  apt-get install -y -q --no-install-recommends $(SYSTEM_PKGS) >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $(SYSTEM_PKGS) >/dev/null; } || \
+	  echo "note: could not install $(SYSTEM_PKGS); the tests that need them will skip"; \
+	else echo "note: chromium/promtool missing (apt-get install $(SYSTEM_PKGS)); the tests that need them will skip"; fi
 	touch $@
 
 venv: $(VENV)/.base

@@ -37,6 +37,11 @@ from autoglm.api.limits import RequestLimits
 from autoglm.api.middleware import BodyLimitMiddleware, HeadMiddleware, InternalErrorMiddleware
 from autoglm.api.routes_feedback import install_feedback_routes
 from autoglm.api.routes_hooks import install_hook_routes
+from autoglm.api.routes_admin import install_admin_api
+from autoglm.api.routes_batch import install_batch_routes
+from autoglm.api.routes_deployments import install_deployment_routes
+from autoglm.console import install_console
+from autoglm.monitoring.served import install_monitoring
 from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, ModelCard
 from autoglm.api.serving_chat import create_chat_completion
 from autoglm.api.serving_completions import create_completion
@@ -155,6 +160,11 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     install_feedback_routes(app, gw, server)  # POST /v1/feedback, /admin/feedback, capture when on
     install_hook_routes(app, gw)  # POST /admin/hooks/{name}: signed webhooks in (autoglm.api.routes_hooks)
     install_recommend_routes(app, router)  # POST /v1/recommend (autoglm.recommend.http)
+    install_monitoring(app, gw, server, router, metrics)  # drift and quality of the served model (monitoring.served)
+    install_deployment_routes(app, gw, router, server)  # /admin/deployments: launch, stop, swap
+    install_admin_api(app, gw, server)  # /admin/pipelines, runs, studies, models (api.routes_admin)
+    install_batch_routes(app, gw, server, router)  # /v1/files, /v1/batches (api.routes_batch)
+    install_console(app, server)  # the web console at /ui (autoglm.console)
 
     def card(entry: dict[str, Any]) -> dict[str, Any]:
         base = ModelCard(id=entry["id"], description=entry["description"] or "",
