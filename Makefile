@@ -16,7 +16,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base $(VENV)/.system
-	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend]"
+	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend,batch,grpc-dev]"
 	touch $@
 
 # Tools the suite drives besides Python: Debian's chromium (console tests) and promtool (alert-rule

@@ -84,8 +84,17 @@ class ServerSettings:
     gateway: Any = None
     # An autoglm.feedback.CaptureSettings (deploy file: gateway.capture); None: capture off.
     capture: Any = None
+    # An autoglm.batch.BatchSettings (deploy file: batch; serve --batch-queue ...); None: the defaults
+    # (/v1/batches on, Redis Streams when the gateway has a Redis URL, else a table in the state store).
+    batch: Any = None
     # POST /v1/embeddings (autoglm.api.serving_embeddings): "minilm" (the packaged all-MiniLM-L6-v2,
     # offline) or a sentence-transformers model name/path; None: no embeddings. truncatable: the model
     # was trained to be shortened (Matryoshka), so `dimensions` below its size is allowed.
     embedding_model: str | None = None
     embedding_truncatable: bool = False
+    # An autoglm.monitoring.settings.MonitorSettings (deploy file: monitoring); None: the defaults (on).
+    monitoring: Any = None
+    # The web console at /ui (autoglm.console): True/False, or None = on when ``host`` is a loopback address.
+    ui: bool | None = None
+    # gRPC beside HTTP (autoglm.rpc): the port of the autoglm.v1.Generation and KServe V2 services; None: off.
+    grpc_port: int | None = None

@@ -11,6 +11,7 @@ __all__ = [
     "AutoGLMError",
     "ConfigError",
     "ModelNotFoundError",
+    "NotFoundError",
     "DownloadError",
     "UnsupportedError",
     "InvalidRequestError",
@@ -34,6 +35,15 @@ class ConfigError(AutoGLMError):
 
 class ModelNotFoundError(AutoGLMError):
     """A model name resolves to nothing (not an alias, not a repo id, not a local directory)."""
+
+
+class NotFoundError(AutoGLMError):
+    """A named record (pipeline, run, study, registered model) does not exist; the message lists what does.
+    ``param`` names the argument that held the name (the HTTP layer answers 404)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        self.param = param
+        super().__init__(message)
 
 
 class DownloadError(AutoGLMError):

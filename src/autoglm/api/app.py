@@ -76,6 +76,8 @@ def _metrics(engines: dict[str, Any], enabled: bool) -> Any:
 def _hold_until_done(d: Dispatched[Response]) -> Response:
     """Keep the replica's outstanding count until a streamed body has been sent (or abandoned)."""
     response = d.result
+    if d.backend.version:  # which registry version answered (it changes with a swap: autoglm.deploy.live)
+        response.headers["x-autoglm-model-version"] = d.backend.version
     body = getattr(response, "body_iterator", None)
     if body is None:
         d.release()
@@ -155,6 +157,7 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     install_stored_response_routes(app, responses_store)  # GET/DELETE /v1/responses/{id}
     embedding = (EmbeddingModel(server.embedding_model, truncatable=server.embedding_truncatable)
                  if server.embedding_model else None)
+    app.state.embedding = embedding  # the batch worker runs /v1/embeddings lines with it
     install_embedding_routes(app, gw, embedding)  # POST /v1/embeddings (404 unless embedding_model is set)
     install_admin_routes(app, gw)
     install_feedback_routes(app, gw, server)  # POST /v1/feedback, /admin/feedback, capture when on

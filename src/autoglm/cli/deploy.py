@@ -67,6 +67,8 @@ def run_config(path: str, *, dry_run: bool = False, host: str | None = None, por
         print(f"autoglm: warning: listening on {config.server.host} without keys or an admin key: anyone who "
               "can reach this machine can use the models.", file=sys.stderr, flush=True)
     check_port_free(config.server.host, config.server.port)
+    if config.server.grpc_port is not None:
+        check_port_free(config.server.host, config.server.grpc_port)
     try:
         tune_allocator()
         run_async(serve(config, echo=lambda s: print(s, flush=True), base_dir=Path(path).resolve().parent))

@@ -21,7 +21,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Subcommand modules, in help order. A missing module is skipped (commands land one by one).
 COMMANDS = ["serve", "pull", "models", "bench", "plan", "quantize", "convert", "compress", "keys", "deploy",
-            "pipeline", "tune", "webhooks", "recommend", "feedback", "loop"]
+            "pipeline", "tune", "webhooks", "recommend", "feedback", "loop", "monitor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -148,6 +148,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("--shutdown-grace", type=_non_negative_float, default=ServerSettings.shutdown_grace, metavar="S",
                    help="on SIGTERM or Ctrl-C: seconds running requests and streams get to finish (new ones get "
                         "503) before they are stopped with an error event (default: 30)")
+    p.add_argument("--ui", dest="ui", action=argparse.BooleanOptionalAction, default=None,
+                   help="the web console at /ui (default: on when --host is a loopback address; --no-ui: off)")
+    b = p.add_argument_group("batch", "the Batch API (/v1/files, /v1/batches) and its queue")
+    b.add_argument("--batch-queue", default=None, metavar="URL",
+                   help="redis://HOST:6379/0, nats://HOST:4222, amqp://USER:PASS@HOST:5672/ or sqlite (a table in the "
+                        "state store; default: --redis-url when set, else sqlite)")
+    b.add_argument("--batch-queue-name", default="autoglm-batch", metavar="NAME",
+                   help="stream / queue name on the broker (default: autoglm-batch)")
+    b.add_argument("--batch-max-concurrency", type=_positive_int, default=4, metavar="N",
+                   help="batch requests running at once (default: 4)")
+    b.add_argument("--batch-max-waiting", type=_non_negative_int, default=0, metavar="N",
+                   help="start a batch request only while at most N requests wait in the engine (default: 0)")
+    b.add_argument("--batch-lease", type=_positive_float, default=60.0, metavar="S",
+                   help="seconds before a dead worker's unfinished batch request runs again (default: 60)")
+    p.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                   help="also serve gRPC on PORT: streaming generate (autoglm.v1.Generation) and the KServe V2 "
+                        "inference protocol, behind the same keys and limits (the grpc extra)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default: info)")
     p.set_defaults(func=run)
 
@@ -157,6 +174,7 @@ def deploy_config_from_args(args: argparse.Namespace) -> DeployConfig:
     from pydantic import ValidationError
 
     from autoglm.deploy.schema import (
+        BatchConfig,
         CacheConfig,
         DeployConfig,
         GatewayConfig,
@@ -192,8 +210,14 @@ def deploy_config_from_args(args: argparse.Namespace) -> DeployConfig:
                               max_schema_bytes=getattr(args, "max_schema_bytes", ServerSettings.max_schema_bytes),
                               allow_control_tokens=getattr(args, "allow_control_tokens", False),
                               embedding_model=getattr(args, "embedding_model", None),
-                              embedding_truncatable=getattr(args, "embedding_truncatable", False))
-        return DeployConfig(models=[model], gateway=gateway, server=server)
+                              embedding_truncatable=getattr(args, "embedding_truncatable", False),
+                              ui=getattr(args, "ui", None), grpc_port=getattr(args, "grpc_port", None))
+        batch = BatchConfig(queue=getattr(args, "batch_queue", None),
+                            queue_name=getattr(args, "batch_queue_name", "autoglm-batch"),
+                            max_concurrency=getattr(args, "batch_max_concurrency", 4),
+                            max_waiting=getattr(args, "batch_max_waiting", 0),
+                            lease_seconds=getattr(args, "batch_lease", 60.0))
+        return DeployConfig(models=[model], gateway=gateway, server=server, batch=batch)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "settings"
@@ -252,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
               "exist (`autoglm keys create`), anyone who can reach this machine can use the model.",
               file=sys.stderr, flush=True)
     check_port_free(s.host, s.port)
+    if s.grpc_port is not None:
+        check_port_free(s.host, s.grpc_port)
     try:
         tune_allocator()
         run_async(serve(config, echo=lambda line: print(line, flush=True)))

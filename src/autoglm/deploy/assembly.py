@@ -213,12 +213,19 @@ async def _run(parts: Assembly, echo: Echo) -> None:
                                        lifespan="on", timeout_graceful_shutdown=_UVICORN_SHUTDOWN_S))
     task = asyncio.create_task(uv.serve())
     drain = asyncio.create_task(drain_on_signal(uv, parts.asgi, server.shutdown_grace, echo))
+    rpc = None
     try:
         while not uv.started and not task.done():
             await asyncio.sleep(0.05)
         if task.done():  # failed to bind or to start; its exception (or SystemExit) surfaces here
             await task
             return
+        if server.grpc_port is not None:  # gRPC calls go through parts.asgi: the same gate, keys and limits
+            from autoglm.rpc.server import GrpcServer
+
+            rpc = GrpcServer(parts.asgi, router, host=server.host, port=server.grpc_port)
+            await rpc.start()
+            echo(f"autoglm: gRPC (autoglm.v1.Generation, KServe V2) at {rpc.target}")
         ready = asyncio.create_task(_wait_ready(router, config.routing.ready_timeout, echo))
         await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
@@ -229,8 +236,14 @@ async def _run(parts: Assembly, echo: Echo) -> None:
                 echo(f"autoglm: {names} -> {url}/v1 ({'remote' if route.is_remote else 'local'}, {route.status()})")
             echo(f"autoglm: serving {len(router.routes)} model(s) at {url}/v1 (OpenAI-compatible; health at "
                  f"{url}/health)")
+            from autoglm.console import console_enabled
+
+            if console_enabled(server):
+                echo(f"autoglm: web console at {url}/ui")
         else:  # stopped while waiting for a model: no need to wait any longer
             ready.cancel()
         await task
     finally:
         drain.cancel()
+        if rpc is not None:
+            await rpc.stop(grace=1.0)  # the drain already ended its calls (they are requests to parts.asgi)

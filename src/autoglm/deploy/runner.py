@@ -172,8 +172,22 @@ def server_settings(config: DeployConfig) -> ServerSettings:
                           max_request_bytes=s.max_request_bytes, max_schema_bytes=s.max_schema_bytes,
                           allow_control_tokens=s.allow_control_tokens,
                           embedding_model=s.embedding_model, embedding_truncatable=s.embedding_truncatable,
+                          ui=s.ui, grpc_port=s.grpc_port,
                           gateway=gateway_settings(config) if config.gateway.enabled else None,
-                          capture=_capture_settings(config))
+                          capture=_capture_settings(config), monitoring=_monitor_settings(config),
+                          batch=_batch_settings(config))
+
+
+def _batch_settings(config: DeployConfig) -> Any:
+    from autoglm.batch.settings import BatchSettings
+
+    return BatchSettings.from_config(config.batch)
+
+
+def _monitor_settings(config: DeployConfig) -> Any:
+    from autoglm.monitoring.settings import MonitorSettings
+
+    return MonitorSettings.from_config(config.monitoring)
 
 
 def _capture_settings(config: DeployConfig) -> Any:

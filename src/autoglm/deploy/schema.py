@@ -30,6 +30,8 @@ from pydantic import (
 
 from autoglm.config import DEVICE_CHOICES, QUANTIZE_CHOICES
 from autoglm.loop.schema import ImproveConfig
+from autoglm.recommend.schema import QualityConfig
+from autoglm.monitoring.settings import MonitoringConfig
 
 __all__ = [
     "DeployConfig",
@@ -40,6 +42,7 @@ __all__ = [
     "RateLimitConfig",
     "CacheConfig",
     "CaptureConfig",
+    "BatchConfig",
     "ServerConfig",
     "RoutingConfig",
     "ProfileConfig",
@@ -219,6 +222,8 @@ class ServerConfig(_Strict):
     # POST /v1/embeddings: "minilm" (packaged, offline) or a sentence-transformers model; None: off
     embedding_model: Optional[str] = Field(default=None, min_length=1)
     embedding_truncatable: bool = False  # the model was trained for shorter `dimensions` (Matryoshka)
+    ui: Optional[bool] = None  # the web console at /ui; default: on when host is a loopback address
+    grpc_port: Optional[int] = Field(default=None, ge=1, le=65535)  # gRPC generate + KServe V2 (grpc extra)
 
 
 class RoutingConfig(_Strict):
@@ -242,6 +247,35 @@ class RecommendConfig(_Strict):
     calibration_dir: Optional[str] = None  # default: <AUTOGLM_HOME>/recommend/calibration
     cost_weight: float = Field(default=0.1, ge=0)
     latency_weight: float = Field(default=0.1, ge=0)
+    quality: QualityConfig = Field(default_factory=QualityConfig)  # feedback/evaluations -> quality: recommend.schema
+
+
+_QUEUE_SCHEMES = ("redis", "rediss", "unix", "nats", "tls", "amqp", "amqps")
+
+
+class BatchConfig(_Strict):
+    """The Batch API (``/v1/files``, ``/v1/batches``): its queue and its share of the engines."""
+
+    enabled: bool = True
+    queue: Optional[str] = None  # redis://... | nats://... | amqp://... | sqlite; default: redis_url, else sqlite
+    queue_name: str = Field(default="autoglm-batch", min_length=1, max_length=100)
+    max_concurrency: PositiveInt = 4  # batch requests running at once per server process
+    max_waiting: NonNegativeInt = 0  # start one only while the engines' waiting queues hold at most this many
+    lease_seconds: PositiveFloat = 60.0  # a dead worker's unacked request runs again after this long
+    max_requests: PositiveInt = 50_000  # lines of one input file
+    max_attempts: PositiveInt = 6  # tries of a request refused as overloaded before it fails
+    poll_seconds: PositiveFloat = 1.0
+
+    @field_validator("queue")
+    @classmethod
+    def _scheme(cls, value: Optional[str]) -> Optional[str]:
+        if value is None or value in ("sqlite", "store"):
+            return value
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in _QUEUE_SCHEMES:
+            raise ValueError(f"queue must be redis://HOST:6379/0, nats://HOST:4222, amqp://USER:PASS@HOST:5672/ or "
+                             f"sqlite, got {value.split('@')[-1][:60]!r}")
+        return value
 
 
 class DeployConfig(_Strict):
@@ -251,6 +285,9 @@ class DeployConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     recommend: Optional[RecommendConfig] = None
     improve: Optional[ImproveConfig] = None  # the improvement loop (`autoglm loop run`): autoglm.loop.schema
+    # drift and quality of the served models (on by default): autoglm.monitoring.settings
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)  # the Batch API's queue and share: autoglm.batch
 
     def model_named(self, name: str) -> ModelConfig | None:
         for m in self.models:

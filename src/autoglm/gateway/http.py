@@ -79,6 +79,9 @@ class GatewayHTTP:
     def __init__(self, gateway: Gateway | None, static_keys: list[str] | None = None, metrics: Any = None):
         self.gateway, self.metrics = gateway, metrics
         self._static = [k.encode("utf-8") for k in static_keys or [] if k]
+        # async (request, response dict) -> None, awaited with each replayed cache hit (the served-model
+        # monitor counts hits too: autoglm.monitoring.served); it must only queue work
+        self.on_cache_hit: Callable[[Request, dict[str, Any]], Awaitable[None]] | None = None
 
     # -- authentication ------------------------------------------------------------------------
     def _static_match(self, presented: str | None) -> bool:
@@ -225,6 +228,8 @@ class GatewayHTTP:
                 log.warning("recording usage of a cache hit failed", exc_info=True)
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         fresh = {**stored, "id": f"{prefix}-{secrets.token_hex(12)}", "created": int(time.time())}
+        if self.on_cache_hit is not None:
+            await self.on_cache_hit(request, fresh)
         usage = fresh.get("usage") or {}
         if record is not None:
             record.cache = "hit"
@@ -378,7 +383,8 @@ class GatewayMiddleware:
 
         try:
             path = scope.get("path", "")
-            if path not in OPEN_PATHS and not path.startswith("/admin/"):
+            # /ui: the console's static pages (autoglm.console), which ask for a key themselves
+            if path not in OPEN_PATHS and not path.startswith(("/admin/", "/ui/")) and path != "/ui":
                 try:
                     if path == "/metrics":
                         key = await self.owner.authenticate_metrics(headers)

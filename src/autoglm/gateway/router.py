@@ -11,6 +11,13 @@ saturated (429), the route's fallback model is tried; when nothing is left the c
 503 :class:`~autoglm.gateway.facade.GatewayError` (or the 429 itself when saturation was the cause).
 
 Outstanding counts last until :meth:`Dispatched.release` (for a stream: when the stream ends).
+
+What is served can change while the server runs (:mod:`autoglm.deploy.live`): :meth:`Router.add_route`,
+:meth:`Router.remove_route` and :meth:`Router.replace_backends` each change the routing in one step
+with no ``await`` in between, so a request sees either the old routing or the new one, never a mix.
+A replaced or removed replica is *retired*: no new request picks it (a retry waiting on it picks
+another), while the requests it already serves finish there and release it; its ``outstanding``
+count reaching 0 is how the caller knows it is drained.
 Knows nothing about FastAPI or OpenAI request shapes: the caller passes what to do with an engine
 and with an upstream.
 """
@@ -41,6 +48,8 @@ class Backend:
         self.engine, self.upstream = engine, upstream
         self.label = label or (upstream.base_url if upstream is not None else getattr(engine, "model_name", "local"))
         self.healthy = True
+        self.retired = False  # replaced or removed: finishes what it serves, takes nothing new
+        self.version: str | None = None  # a registry version, when known (the x-autoglm-model-version header)
         self.outstanding = 0  # requests started and not yet released
         self.served = 0  # requests ever started here (tie-breaker: spreads equal loads)
         self.failures = 0  # consecutive connection failures
@@ -50,6 +59,8 @@ class Backend:
         return "remote" if self.upstream is not None else "local"
 
     def is_up(self) -> bool:
+        if self.retired:
+            return False
         if self.engine is not None:
             try:
                 self.engine.stats()
@@ -120,13 +131,52 @@ class Router:
         # model "auto": an autoglm.recommend.Recommender set by the assembly (build_recommender); the app
         # resolves its aliases to a concrete model before dispatch (autoglm.recommend.http.resolve_auto)
         self.recommender: Any = None
-        self._by_name: dict[str, Route] = {}
-        for route in self.routes:
-            for name in [route.name, *route.aliases]:
-                if name in self._by_name:
-                    raise ValueError(f"model name {name!r} is used twice")
-                self._by_name[name] = route
+        self._by_name: dict[str, Route] = self._names_of(self.routes)
         self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _names_of(routes: list[Route]) -> dict[str, Route]:
+        by_name: dict[str, Route] = {}
+        for route in routes:
+            for name in [route.name, *route.aliases]:
+                if name in by_name:
+                    raise ValueError(f"model name {name!r} is used twice")
+                by_name[name] = route
+        return by_name
+
+    # -- changing what is served (no await inside: each is one atomic step for the event loop) -------
+    def add_route(self, route: Route) -> None:
+        """Serve ``route`` too; ValueError when one of its names is taken (nothing changes then)."""
+        routes = [*self.routes, route]
+        by_name = self._names_of(routes)  # raises before anything changes
+        self.routes, self._by_name = routes, by_name
+
+    def remove_route(self, name: str) -> Route:
+        """Stop routing ``name`` (a served name); its replicas are retired and returned with the route.
+        Unknown -> ModelNotFoundError; the last route -> ValueError (a router serves something)."""
+        route = self._by_name.get(name)
+        if route is None or route.name != name:
+            raise ModelNotFoundError(f"no model is served as {name!r}; served: {', '.join(r.name for r in self.routes)}")
+        if len(self.routes) == 1:
+            raise ValueError(f"{name!r} is the only model served; launch another before stopping it")
+        routes = [r for r in self.routes if r is not route]
+        self.routes, self._by_name = routes, self._names_of(routes)
+        for backend in route.backends:
+            backend.retired = True
+        return route
+
+    def replace_backends(self, name: str, backends: list[Backend]) -> list[Backend]:
+        """Point the route ``name`` at ``backends`` in one step; the old replicas are retired and returned
+        (they finish what they serve). Unknown -> ModelNotFoundError."""
+        if not backends:
+            raise ValueError("a route needs at least one backend")
+        route = self._by_name.get(name)
+        if route is None or route.name != name:
+            raise ModelNotFoundError(f"no model is served as {name!r}; served: {', '.join(r.name for r in self.routes)}")
+        old, route.backends = route.backends, list(backends)
+        for backend in old:
+            backend.retired = True
+        return old
 
     @classmethod
     def from_engines(cls, engines: Mapping[str, Any], **kwargs: Any) -> Router:

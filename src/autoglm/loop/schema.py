@@ -31,12 +31,17 @@ class DriftTrigger(_Strict):
     """Fires when the prompts captured since the last cycle drift from the reference (KL above ``threshold``).
 
     The reference is ``reference`` (a JSONL/CSV file with a ``prompt`` column or chat ``messages``), else
-    the prompts captured before the last cycle."""
+    the prompts captured before the last cycle. With ``served_rate`` it reads the served model's drift
+    instead (:mod:`autoglm.monitoring`, no capture needed): it fires when the share of fired windows of the
+    last ``served_window`` seconds (since the last cycle at most) is at least ``served_rate``."""
 
     type: Literal["drift"]
     threshold: PositiveFloat = 0.1
     reference: Optional[str] = None
     min_prompts: PositiveInt = 20  # fewer captured prompts than this: too little to tell
+    served_rate: Optional[float] = Field(None, gt=0.0, le=1.0)  # autoglm:prediction_drift_rate at or above this
+    served_model: Optional[str] = None  # whose windows (default: every served model's)
+    served_window: PositiveFloat = 3600.0
 
 
 class QualityDropTrigger(_Strict):

@@ -153,6 +153,16 @@ class DriftTrigger(Trigger):
         from autoglm.training.guards.drift import build_profile, check
 
         fs = _need_store(ctx, self.type)
+        if self.config.served_rate is not None:  # the monitor's windows in the same store
+            from autoglm.monitoring.window_store import served_drift_rate
+
+            since = max(ctx.now - self.config.served_window, ctx.last_cycle_at or 0.0)
+            rate = served_drift_rate(fs.store, model=self.config.served_model, since=since)
+            if rate.tested and rate.rate >= self.config.served_rate:
+                return Fired(self.type, f"served drift rate {rate.rate:.2f} ({rate.fired} of {rate.tested} windows "
+                                        f"fired; threshold {self.config.served_rate:g})",
+                             {"drift_rate": round(rate.rate, 6), "fired": rate.fired, "tested": rate.tested})
+            return None
         current = captured_prompts(fs, ctx.last_cycle_at, None)
         if self.config.reference:
             ref_path = Path(self.config.reference)

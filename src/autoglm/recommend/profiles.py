@@ -3,10 +3,8 @@
 A :class:`ModelProfile` comes from a deploy file's ``models[].profile`` (tasks with a quality score in
 0..1, ``context_length``, ``modality``, ``cost``). Two things change while a deployment runs:
 
-* quality - :class:`QualityBook` keeps evaluation results and feedback ratings per (model, task) in
-  ``$AUTOGLM_HOME/recommend/quality.json``; :meth:`QualityBook.quality` blends the profile's score (worth
-  ``prior_weight`` observations) with the mean of what was recorded, so ten ratings move a score
-  noticeably and one does not. The file is re-read when it changes (another process may write it).
+* quality - :class:`~autoglm.recommend.quality.QualityBook` blends the profile's score (the prior)
+  with evaluation results and feedback ratings recorded per (model, task) in the state store;
 * latency - measured by the server itself: :func:`metrics_latency` reads the p95 of time to first token
   and of inter-token latency (TPOT) per model from the app's Prometheus histograms.
 
@@ -14,20 +12,12 @@ Knows nothing about requests, tasks' meaning or HTTP.
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelProfile", "QualityBook", "Latency", "metrics_latency", "histogram_quantile"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ModelProfile", "Latency", "metrics_latency", "histogram_quantile"]
 
 
 @dataclass(frozen=True)
@@ -47,68 +37,6 @@ class ModelProfile:
 class Latency:
     ttft_p95: float | None  # seconds
     tpot_p95: float | None
-
-
-class QualityBook:
-    """Recorded quality per (model, task): ``{model: {task: {"mean": m, "n": n}}}`` in one JSON file."""
-
-    def __init__(self, path: Path | None = None, prior_weight: float = 5.0):
-        if path is None:
-            from autoglm.config import default_store_dir
-
-            path = default_store_dir() / "recommend" / "quality.json"
-        self.path, self.prior_weight = Path(path), float(prior_weight)
-        self._lock = threading.Lock()
-        self._data: dict[str, dict[str, dict[str, float]]] = {}
-        self._mtime: float | None = None
-        self._checked = 0.0
-
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return
-        self._checked = now
-        try:
-            mtime = self.path.stat().st_mtime
-        except FileNotFoundError:
-            self._data, self._mtime = {}, None
-            return
-        if mtime != self._mtime:
-            try:
-                self._data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                log.warning("quality file %s is unreadable (%s); using the profiles' scores", self.path, exc)
-                self._data = {}
-            self._mtime = mtime
-
-    def quality(self, profile: ModelProfile, task: str) -> float:
-        with self._lock:
-            self._refresh()
-            rec = self._data.get(profile.name, {}).get(task)
-        prior = profile.quality(task)
-        if not rec or not rec.get("n"):
-            return prior
-        n, mean = float(rec["n"]), float(rec["mean"])
-        return (self.prior_weight * prior + n * mean) / (self.prior_weight + n)
-
-    def record(self, model: str, task: str, score: float, weight: float = 1.0) -> dict[str, float]:
-        """Add an evaluation result or a rating (0..1) with ``weight`` observations; returns the entry."""
-        if not 0.0 <= score <= 1.0:
-            raise ValueError(f"a quality score is between 0 and 1; got {score}")
-        with self._lock:
-            self._checked = 0.0
-            self._refresh()
-            entry = self._data.setdefault(model, {}).setdefault(task, {"mean": 0.0, "n": 0.0})
-            n = entry["n"] + weight
-            entry["mean"] = (entry["mean"] * entry["n"] + score * weight) / n
-            entry["n"] = n
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._data, f, indent=1)
-            os.replace(tmp, self.path)
-            self._mtime = self.path.stat().st_mtime
-            return dict(entry)
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

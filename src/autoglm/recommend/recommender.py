@@ -9,7 +9,12 @@ a request body (dict) and the caller's constraints and returns the decision; it 
 Calibration reload: at most once a second :meth:`Recommender.decide` looks for a newer ``v<N>.json``
 in the calibration directory and, if there is one, swaps the identifier's parameters (the template
 index is unchanged, so this is a few microseconds). A ``recommend.threshold`` in the deploy file wins
-over the calibrated threshold. Knows nothing about HTTP.
+over the calibrated threshold.
+
+Quality: ``quality`` is a :class:`~autoglm.recommend.quality.QualityBook` on the deployment's state
+store (``recommend.quality.store``, else ``gateway.state_store``, else ``<AUTOGLM_HOME>/state.db``);
+the app keeps it current with :class:`~autoglm.recommend.learn.QualitySync` (``recommend.quality``:
+feedback on routed responses, pipeline evaluations). Knows nothing about HTTP.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from autoglm.errors import ConfigError
 from autoglm.recommend.calibrate import CalibrationStore
 from autoglm.recommend.encoders import Encoder, make_encoder
 from autoglm.recommend.identify import IdentifyParams, TaskIdentifier, signals_from_request
-from autoglm.recommend.profiles import Latency, ModelProfile, QualityBook
+from autoglm.recommend.profiles import Latency, ModelProfile
+from autoglm.recommend.quality import QualityBook
+from autoglm.recommend.schema import QualityConfig
 from autoglm.recommend.route import RouteDecision, RouteWeights, choose
 from autoglm.recommend.taxonomy import load_taxonomy
 
@@ -38,12 +45,13 @@ class Recommender:
     def __init__(self, identifier: TaskIdentifier, profiles: Mapping[str, ModelProfile], *, default: str,
                  aliases: list[str] = ("auto",), weights: RouteWeights = RouteWeights(),
                  quality: QualityBook | None = None, calibration: CalibrationStore | None = None,
-                 threshold: float | None = None):
+                 threshold: float | None = None, quality_config: QualityConfig = QualityConfig()):
         if default not in profiles:
             raise ConfigError(f"the default model {default!r} has no profile; use one of {', '.join(profiles)}")
         self.identifier, self.profiles, self.default = identifier, dict(profiles), default
         self.aliases, self.weights, self.quality = frozenset(aliases), weights, quality
         self.calibration, self.threshold = calibration, threshold
+        self.quality_config = quality_config  # how feedback and evaluations update ``quality`` (recommend.learn)
         self.calibration_version: int | None = None
         self.latency: Callable[[str], Latency] | None = None  # live p95s; the app sets it from its metrics
         self._base_params = identifier.params
@@ -139,6 +147,16 @@ def build_recommender(config: Any, *, base_dir: Path | None = None) -> Recommend
         profiles[m.name] = ModelProfile(
             m.name, dict(p.tasks) if p else {}, context_length=(p.context_length if p else None) or m.max_model_len,
             modality=tuple(p.modality) if p else ("text",), cost=p.cost if p else 1.0)
+    qc = getattr(rec, "quality", None) or QualityConfig()
+    for i, link in enumerate(qc.evaluations):
+        where = f"recommend.quality.evaluations[{i}]"
+        if link.model not in profiles:
+            raise ConfigError(f"{where}.model: {link.model!r} is not a model of this file; use one of "
+                              f"{', '.join(profiles)}")
+        if link.task not in taxonomy.tasks:
+            raise ConfigError(f"{where}.task: unknown task {link.task!r}; the taxonomy has {', '.join(taxonomy.names)}")
+    gateway = getattr(config, "gateway", None)
+    store_url = qc.store or getattr(gateway, "state_store", None)
     default = rec.default or config.models[0].name
     target = config.model_named(default)
     default = target.name if target is not None else default
@@ -146,4 +164,5 @@ def build_recommender(config: Any, *, base_dir: Path | None = None) -> Recommend
     calibration = CalibrationStore(Path(rec.calibration_dir) if rec.calibration_dir else None)
     return Recommender(identifier, profiles, default=default, aliases=list(rec.aliases),
                        weights=RouteWeights(cost=rec.cost_weight, latency=rec.latency_weight),
-                       quality=QualityBook(), calibration=calibration, threshold=rec.threshold)
+                       quality=QualityBook(store_url, prior_weight=qc.prior_weight), calibration=calibration,
+                       threshold=rec.threshold, quality_config=qc)

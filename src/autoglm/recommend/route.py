@@ -9,7 +9,7 @@ Hard constraints (a model that fails one is never chosen, and the decision says 
 
 Among the rest, ``score = quality(task) - w_cost * cost / max_cost - w_latency * ttft_p95 / max_ttft_p95``
 where ``quality`` is the profile's score for the task blended with recorded evaluations and ratings
-(:class:`~autoglm.recommend.profiles.QualityBook`), ``max_*`` are over the candidates (so both
+(:class:`~autoglm.recommend.quality.QualityBook`), ``max_*`` are over the candidates (so both
 penalties are in 0..1), and a model with no latency measured yet counts as the median of those that
 have one. The highest score wins; the runner-up is the second. When the task is ``unknown`` the default
 model is chosen if it passes the constraints (else the best score for ``chat``).
@@ -24,7 +24,7 @@ from statistics import median
 from typing import Any
 
 from autoglm.recommend.identify import Identification
-from autoglm.recommend.profiles import Latency, ModelProfile, QualityBook
+from autoglm.recommend.profiles import Latency, ModelProfile
 from autoglm.recommend.taxonomy import UNKNOWN
 
 __all__ = ["RouteWeights", "RouteDecision", "RouteError", "choose"]
@@ -81,7 +81,7 @@ def _excluded(profile: ModelProfile, *, allowed: Callable[[str], bool], healthy:
 
 
 def choose(identification: Identification, profiles: Mapping[str, ModelProfile], *, default: str,
-           quality: QualityBook | None = None, allowed: Callable[[str], bool] = lambda _: True,
+           quality: Any = None, allowed: Callable[[str], bool] = lambda _: True,
            healthy: Callable[[str], bool] = lambda _: True, need_tokens: int = 0, needs_image: bool = False,
            latency: Callable[[str], Latency] | None = None, weights: RouteWeights = RouteWeights()) -> RouteDecision:
     """The decision for one request (see the module docstring); :class:`RouteError` when nothing fits."""

@@ -6,7 +6,9 @@ left half-done by a crash resumes in its work directory), tracks the run in MLfl
 :class:`PipelineResult`. One line is printed per stage when it ends. A second process running the
 same run stops at once with a clear message; runs that share a stage (a search's trials share
 preprocessing) take turns on it, and the second finds it done. :func:`pipeline_runs`
-lists the run records for ``autoglm pipeline status``. Knows nothing about argparse.
+lists the run records for ``autoglm pipeline status``; :func:`plan_run` computes a run's keys without
+running it (is it finished already?). Each run appends the metrics and events it reports to
+``runs/<run key>.log.jsonl`` (:mod:`autoglm.training.runlog`). Knows nothing about argparse.
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from autoglm._filelock import exclusive_lock
 from autoglm.config import default_store_dir, tracking_uri
 from autoglm.training.events import EventBus, TrainingEvent, log_subscriber
 from autoglm.training.rundir import PipelineHome, content_key, list_runs, read_json, write_json
+from autoglm.training.runlog import RunLog, run_log_path
 from autoglm.training.schema import PipelineConfig
 from autoglm.training.stages import StageInputs, pipeline_stages
 from autoglm.training.trainers import StageContext, create_trainer
 from autoglm.training.tracking import MlflowTracker, NullTracker, flatten_params
 
-__all__ = ["run_pipeline", "PipelineResult", "pipeline_runs", "STAGES"]
+__all__ = ["run_pipeline", "plan_run", "RunPlan", "PipelineResult", "pipeline_runs", "STAGES"]
 
 log = logging.getLogger("autoglm.training")
 STAGES = ("preprocess", "train", "evaluate", "register")
@@ -92,14 +95,10 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
     env = torchrun_env()
     if env is not None and env.world_size > 1:
         nproc = env.world_size
-    config = _with_nproc(config, nproc)  # the number of processes is part of the training key
-    if until is not None and until not in STAGES:
-        from autoglm.errors import ConfigError
-
-        raise ConfigError(f"--until: expected one of {', '.join(STAGES)}; got {until!r}")
+    plan = plan_run(config, home, until=until, nproc=nproc)
+    config, trainer, stages, keys, dirs = plan.config, plan.trainer, plan.stages, plan.keys, plan.dirs
+    run_key, run_path = plan.run_key, plan.run_path
     out = out if out is not None else sys.stderr
-    trainer = create_trainer(config.train.trainer, config.train, config.data, config.preprocess)
-    ph = PipelineHome(home, config.name)
     bus = EventBus()
     bus.subscribe(log_subscriber)
     for fn in subscribers or []:
@@ -107,21 +106,6 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
     from autoglm.training import prometheus
 
     bus.subscribe(prometheus.count_event)
-
-    stages = [s for s in pipeline_stages() if s.enabled(config)]
-    names = [s.name for s in stages]
-    if until is not None and until in names:
-        stages = stages[:names.index(until) + 1]
-    # Keys first (cheap: hashes of settings and file bytes), so the run is known before any work.
-    keys: dict[str, str] = {}
-    dirs = {}
-    for stage in stages:
-        inputs = StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs}, None)
-        upstream = {n: keys[n] for n in stage.reads if n in keys}
-        keys[stage.name] = content_key(stage.name, upstream, stage.key_parts(inputs))
-        dirs[stage.name] = ph.stage(stage.name, keys[stage.name])
-    run_key = content_key(config.name, keys)
-    run_path = ph.run_path(run_key)
     if env is not None and env.world_size > 1 and env.rank != 0 and "train" in dirs:
         from autoglm.training.launch import follow
 
@@ -146,9 +130,14 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
                        "config": resolved, "home": str(home), "updated_at": time.time(), "pid": os.getpid()})
         record.setdefault("started_at", time.time())
         write_json(run_path, record)
+        run_log = RunLog(run_log_path(run_path)) if not all_done else None  # metrics and events, as they come
+        if run_log is not None:
+            bus.subscribe(run_log.event)
 
         def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
             tracker.log_metrics(metrics, step)
+            if run_log is not None:
+                run_log.metrics(metrics, step)
             if on_metrics is not None:
                 on_metrics(metrics, step)
 
@@ -195,6 +184,54 @@ def run_pipeline(pipeline: PipelineConfig | str | Path, *, home: Path | None = N
     model_dir = Path(results["train"]["dir"]) / "model" if "train" in results else None
     return PipelineResult(config.name, run_key, results, metrics, model_dir, record.get("mlflow_run_id"),
                           record.get("tracking_uri"), list(bus.events))
+
+
+@dataclass
+class RunPlan:
+    """What a run of a pipeline consists of, known before any work: its stages and their keys."""
+
+    config: PipelineConfig
+    trainer: Any
+    stages: list[Any]
+    keys: dict[str, str]  # stage name -> content key
+    dirs: dict[str, Any]  # stage name -> StageDir
+    run_key: str
+    run_path: Path  # runs/<run key>.json
+
+    def is_finished(self) -> bool:
+        """Every stage done and the run recorded as finished: running it again does no work."""
+        if not self.run_path.is_file() or not all(d.is_done() for d in self.dirs.values()):
+            return False
+        try:
+            return read_json(self.run_path).get("status") == "finished"
+        except (OSError, ValueError):
+            return False
+
+
+def plan_run(pipeline: PipelineConfig | str | Path, home: Path | None = None, *, until: str | None = None,
+             nproc: int | None = None) -> RunPlan:
+    """Keys first (cheap: hashes of settings and file bytes), so the run is known before any work."""
+    config = _with_nproc(_as_config(pipeline), nproc)  # the number of processes is part of the training key
+    home = Path(home) if home is not None else default_store_dir()
+    if until is not None and until not in STAGES:
+        from autoglm.errors import ConfigError
+
+        raise ConfigError(f"--until: expected one of {', '.join(STAGES)}; got {until!r}")
+    trainer = create_trainer(config.train.trainer, config.train, config.data, config.preprocess)
+    ph = PipelineHome(home, config.name)
+    stages = [s for s in pipeline_stages() if s.enabled(config)]
+    names = [s.name for s in stages]
+    if until is not None and until in names:
+        stages = stages[:names.index(until) + 1]
+    keys: dict[str, str] = {}
+    dirs = {}
+    for stage in stages:
+        inputs = StageInputs(config, trainer, {n: dirs[n] for n in stage.reads if n in dirs}, None)
+        upstream = {n: keys[n] for n in stage.reads if n in keys}
+        keys[stage.name] = content_key(stage.name, upstream, stage.key_parts(inputs))
+        dirs[stage.name] = ph.stage(stage.name, keys[stage.name])
+    run_key = content_key(config.name, keys)
+    return RunPlan(config, trainer, stages, keys, dirs, run_key, ph.run_path(run_key))
 
 
 def _with_nproc(config: PipelineConfig, nproc: int | None) -> PipelineConfig:

@@ -1,0 +1,484 @@
+"""What a running server serves, changed while it runs: list, launch, stop and zero-downtime swap.
+
+:class:`Deployments` (``app.state.deployments``) owns the served models of one server process. It
+works on the :class:`~autoglm.gateway.router.Router` (whose ``add_route``, ``remove_route`` and
+``replace_backends`` change routing in one step) and on the app's engine map (what ``/metrics`` and
+the lifespan's shutdown see):
+
+- :meth:`Deployments.list` - one dict per served model: name, source, registry version, status
+  (``ok``/``down``/``loading``/``draining``), replicas, engine, quantize, started_at.
+- :meth:`Deployments.launch` - a ``models:`` entry of a deploy file (checked by
+  :class:`~autoglm.deploy.schema.ModelConfig`): pulled, started, health-checked, then routed.
+- :meth:`Deployments.stop` - routing stops at once; the replicas finish what they serve (bounded by
+  ``drain_s``) and are shut down.
+- :meth:`Deployments.swap` - the new version (``models:/NAME@ALIAS``, a local directory, a model id)
+  is loaded beside the old one and must answer a real short generation; only then do the route's
+  backends change, in one step. The old replicas finish their outstanding requests and streams
+  (bounded by ``drain_s``; past it their streams end with an error) and are shut down. A source that
+  does not resolve is a :class:`SwapRefused` (409), one that does not load or answer a
+  :class:`SwapFailed` (502); either way the old version keeps serving.
+- :meth:`Deployments.on_alias_set` - the inbound webhook's redeploy: every route whose source is
+  ``models:/NAME@ALIAS`` is swapped to what that alias names now.
+
+A LoRA adapter version whose base is the model a transformers replica already has in memory is built
+from that copy (:mod:`autoglm.deploy.adapter_swap`: base weights copied, adapter deltas merged), not
+reloaded from disk; on vLLM the adapter is loaded into the running engine (untested without a GPU).
+
+Knows the router, engines and the hub; not HTTP (:mod:`autoglm.api.routes_deployments` is the API).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from autoglm.config import EngineSettings
+from autoglm.deploy.schema import ModelConfig
+from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
+
+__all__ = ["Deployments", "DeploymentError", "DeploymentBusy", "SwapRefused", "SwapFailed", "DEFAULT_DRAIN_S"]
+
+log = logging.getLogger("autoglm.deploy")
+
+DEFAULT_DRAIN_S = 120.0  # the longest an old version waits for its streams before they are ended
+HEALTH_TIMEOUT_S = 120.0  # a new version's first short generation (the first step warms it up)
+_HEALTH_PROMPT = "Hello"
+
+
+class DeploymentError(AutoGLMError):
+    """A deployment change that cannot be done now; ``status``/``code`` are what the API answers."""
+
+    status, code = 409, "deployment_conflict"
+
+
+class DeploymentBusy(DeploymentError):
+    """Another launch, stop or swap of this model is running."""
+
+    code = "deployment_busy"
+
+
+class SwapRefused(DeploymentError):
+    """The new source does not resolve to a model (nothing was loaded; the old one keeps serving)."""
+
+    code = "swap_refused"
+
+
+class SwapFailed(DeploymentError):
+    """The new version did not load or did not answer its health check (the old one keeps serving)."""
+
+    status, code = 502, "swap_failed"
+
+
+@dataclass
+class _Served:
+    name: str
+    source: str
+    engine: str | None  # backend name (transformers, llamacpp, vllm); None for a remote route
+    quantize: str | None
+    started_at: float
+    version: str | None = None
+    phase: str | None = None  # "loading" | "draining" while a change runs; else the route's health says
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _engine_kind(engine: Any) -> str:
+    """``transformers`` for TransformersEngine (its backend module's name), ``vllm``, ``llamacpp``..."""
+    kind = getattr(engine, "engine_kind", None)
+    return kind or type(engine).__module__.rsplit(".", 1)[-1]
+
+
+def registry_version(path: str | Path | None) -> str | None:
+    """The registry version of a directory :func:`autoglm.registry.models.resolve_registered_model`
+    wrote (``<store>/registry/NAME/v3`` -> ``"3"``); None for anything else."""
+    if not path:
+        return None
+    p = Path(path)
+    for d in (p, p.parent):  # a version dir, or its model/ subfolder
+        m = re.fullmatch(r"v([0-9]+)", d.name)
+        if m and d.parent.parent.name == "registry" and (d / ".complete").is_file():
+            return m.group(1)
+    return None
+
+
+def _first_error(exc: Any) -> tuple[str, str]:
+    """(key path, message) of a pydantic ValidationError's first problem."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ())) or "(entry)"
+    return loc, err.get("msg", "invalid value")
+
+
+class Deployments:
+    """The served models of one server; see the module docstring.
+
+    ``engines``: the app's label -> engine map (``app.state.engines``), kept in step in place.
+    ``base``: engine settings a launch starts from (store dir, offline mode); default: the first
+    local engine's, else :class:`~autoglm.config.EngineSettings`. ``on_switch``: called (awaited)
+    after routing changed, e.g. to clear the response cache so no old answer is replayed.
+    """
+
+    def __init__(self, router: Any, engines: MutableMapping[str, Any] | None = None, *,
+                 base: EngineSettings | None = None, drain_s: float = DEFAULT_DRAIN_S,
+                 health_timeout_s: float = HEALTH_TIMEOUT_S,
+                 on_switch: Callable[[str], Awaitable[None]] | None = None,
+                 engine_factory: Callable[[EngineSettings], Any] | None = None):
+        self.router = router
+        self.engines = engines if engines is not None else {}
+        self.drain_s, self.health_timeout_s = drain_s, health_timeout_s
+        self.on_switch = on_switch
+        self._factory = engine_factory
+        self._base = base
+        self._served: dict[str, _Served] = {}
+        now = time.time()
+        for route in router.routes:
+            self._served[route.name] = self._adopt(route, now)
+
+    # -- what is served ---------------------------------------------------------------------------
+    def _adopt(self, route: Any, now: float) -> _Served:
+        local = [b.engine for b in route.backends if b.engine is not None]
+        if not local:
+            return _Served(route.name, ", ".join(b.label for b in route.backends), None, None, now)
+        settings = getattr(local[0], "settings", None)
+        source = getattr(settings, "model", None) or route.name
+        quantize = getattr(settings, "quantize", None)
+        return _Served(route.name, source, _engine_kind(local[0]), quantize, now)
+
+    def _route(self, name: str) -> Any:
+        route = next((r for r in self.router.routes if r.name == name), None)
+        if route is None or name not in self._served:
+            served = ", ".join(r.name for r in self.router.routes)
+            raise ModelNotFoundError(f"no model is served as {name!r}; served: {served}")
+        return route
+
+    def _entry(self, route: Any) -> dict[str, Any]:
+        served = self._served[route.name]
+        local = [b for b in route.backends if b.engine is not None]
+        if local:
+            info = getattr(local[0].engine, "info", None) or {}
+            if served.version is None and served.source.startswith("models:/"):
+                served.version = registry_version(info.get("path"))
+            for b in local:
+                b.version = b.version or served.version
+            if info.get("precision"):  # what the planner chose for "auto"
+                served.quantize = info["precision"]
+        status = served.phase or route.status()
+        return {"name": route.name, "source": served.source, "version": served.version, "status": status,
+                "replicas": len(route.backends), "engine": served.engine if local else "remote",
+                "quantize": served.quantize, "started_at": served.started_at}
+
+    def list(self) -> list[dict[str, Any]]:
+        """One dict per served model (see the module docstring)."""
+        return [self._entry(r) for r in self.router.routes if r.name in self._served]
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self._entry(self._route(name))
+
+    def _base_settings(self) -> EngineSettings:
+        if self._base is not None:
+            return self._base
+        for engine in self.router.local_engines():
+            settings = getattr(engine, "settings", None)
+            if isinstance(settings, EngineSettings):
+                return settings
+        return EngineSettings()
+
+    def _create(self, settings: EngineSettings) -> Any:
+        if self._factory is not None:
+            return self._factory(settings)
+        from autoglm.engine.base import create_engine
+
+        return create_engine(settings)
+
+    # -- launch and stop --------------------------------------------------------------------------
+    async def launch(self, spec: Mapping[str, Any] | ModelConfig) -> dict[str, Any]:
+        """Serve one more model (a ``models:`` entry); returns its :meth:`list` entry."""
+        from pydantic import ValidationError
+
+        from autoglm.deploy.runner import engine_settings_for
+        from autoglm.gateway.router import Backend, Route
+
+        if not isinstance(spec, ModelConfig):
+            if not isinstance(spec, Mapping):
+                raise ConfigError("a deployment is one models: entry, a JSON object such as "
+                                  '{"name": "demo2", "source": "autoglm-demo"}')
+            try:
+                spec = ModelConfig.model_validate(dict(spec))
+            except ValidationError as exc:
+                loc, msg = _first_error(exc)
+                raise ConfigError(f"models entry: {loc}: {msg}", ) from None
+        taken = set(self.router.names()) | set(self._served)
+        for n in [spec.name, *spec.aliases]:
+            if n in taken:
+                raise ConfigError(f"models entry: name: {n!r} is already served; stop it first, or swap it "
+                                  "(POST /admin/deployments/{name}/swap)")
+        if spec.fallback is not None and spec.fallback not in self.router.names():
+            raise ConfigError(f"models entry: fallback: no model is named {spec.fallback!r}; served: "
+                              f"{', '.join(self.router.names())}")
+        served = _Served(spec.name, spec.model_source if spec.upstream is None else ", ".join(spec.upstream.all_urls),
+                         None if spec.upstream is not None else spec.engine, spec.quantize, time.time(),
+                         phase="loading")
+        self._served[spec.name] = served
+        try:
+            if spec.upstream is not None:
+                from autoglm.deploy.runner import _secret
+                from autoglm.gateway.upstream import Upstream
+
+                up = spec.upstream
+                backends = [Backend(upstream=Upstream(url, api_key=_secret(up.api_key), model=up.model or spec.name,
+                                                      timeout=up.timeout, connect_timeout=up.connect_timeout))
+                            for url in up.all_urls]
+            else:
+                settings = engine_settings_for(spec, self._base_settings())
+                if not spec.model_source.lower().endswith(".gguf"):
+                    from autoglm.hub.resolve import resolve_model
+
+                    await asyncio.to_thread(resolve_model, spec.model_source, settings, False)  # pull when missing
+                labels = [spec.name] if spec.replicas == 1 else [f"{spec.name}#{i}" for i in range(spec.replicas)]
+                engines = [self._create(settings) for _ in labels]
+                await self._start_checked(engines, spec.model_source)
+                backends = [Backend(engine=e, label=label) for e, label in zip(engines, labels)]
+                served.engine = _engine_kind(engines[0])
+            route = Route(spec.name, backends, aliases=list(spec.aliases), fallback=spec.fallback,
+                          description=spec.description)
+            try:
+                self.router.add_route(route)
+            except ValueError as exc:
+                await self._shutdown([b.engine for b in backends if b.engine is not None])
+                raise ConfigError(f"models entry: name: {exc}") from None
+        except BaseException:
+            self._served.pop(spec.name, None)
+            raise
+        for b in backends:
+            if b.engine is not None:
+                self.engines[b.label] = b.engine
+        await self.router.start()  # the health check, when the new route has upstreams
+        served.phase = None
+        log.info("deployments: launched %s (%s)", spec.name, served.source)
+        return self._entry(route)
+
+    async def stop(self, name: str, *, drain_s: float | None = None) -> dict[str, Any]:
+        """Stop routing ``name``; its replicas finish what they serve, then shut down."""
+        route = self._route(name)
+        served = self._served[name]
+        if served.lock.locked():
+            raise DeploymentBusy(f"{name!r} is being changed (a swap or stop is running); retry when it is done")
+        async with served.lock:
+            entry = self._entry(route)
+            try:
+                old = self.router.remove_route(name)
+            except ValueError as exc:
+                raise DeploymentError(str(exc)) from None
+            served.phase = "draining"
+            drained = await self._drain(old.backends, self.drain_s if drain_s is None else drain_s)
+            await self._retire(old.backends, keep=[])
+            self._served.pop(name, None)
+        log.info("deployments: stopped %s (%s)", name, "drained" if drained else "drain timed out")
+        return {**entry, "status": "down", "drained": drained}
+
+    # -- swap -------------------------------------------------------------------------------------
+    async def swap(self, name: str, source: str, *, drain_s: float | None = None) -> dict[str, Any]:
+        """Load ``source`` beside the old version, check it, switch, drain and shut the old one down.
+
+        Returns ``{"name", "from", "to", "switched_at", "drained"}`` (plus ``from_version``,
+        ``to_version``, ``mode`` -- ``adapter`` when built on the loaded base, else ``full`` -- and
+        ``load_s``). Raises :class:`SwapRefused` / :class:`SwapFailed` with the reason, the old
+        version serving on."""
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError("swap: source: give what to load, e.g. models:/NAME@champion, a directory or a model id")
+        source = source.strip()
+        if drain_s is not None and not drain_s >= 0:
+            raise ConfigError(f"swap: drain_s: must be 0 or more seconds; got {drain_s!r}")
+        route = self._route(name)
+        served = self._served[name]
+        if served.lock.locked():
+            raise DeploymentBusy(f"{name!r} is being changed (another swap or stop is running); retry when it is done")
+        async with served.lock:
+            old_backends = list(route.backends)
+            old_engines = [b.engine for b in old_backends if b.engine is not None]
+            if len(old_engines) != len(old_backends):
+                raise DeploymentError(f"{name!r} is served by a remote upstream; a swap replaces local engines "
+                                      "(stop it and launch the new one instead)")
+            before = self._entry(route)
+            served.phase = "loading"
+            try:
+                t0 = time.monotonic()
+                new_engines, mode, path = await self._load_beside(old_engines, source)
+                load_s = time.monotonic() - t0
+            finally:
+                served.phase = None
+            from autoglm.gateway.router import Backend
+
+            version = registry_version(path) if source.startswith("models:/") else None
+            new_backends = [Backend(engine=e, label=b.label) for e, b in zip(new_engines, old_backends)]
+            for b in new_backends:
+                b.version = version
+            # the switch: one step, no await between the router and the engine map
+            self.router.replace_backends(name, new_backends)
+            for b in new_backends:
+                self.engines[b.label] = b.engine
+            switched_at = time.time()
+            served.source, served.version, served.started_at = source, version, switched_at
+            served.engine = _engine_kind(new_engines[0])
+            log.info("deployments: %s now serves %s%s (%s load, %.1fs); draining the old version", name, source,
+                     f" v{version}" if version else "", mode, load_s)
+            await self._switched(name)
+            served.phase = "draining"
+            try:
+                drained = await self._drain(old_backends, self.drain_s if drain_s is None else drain_s)
+                await self._retire(old_backends, keep=new_engines)
+            finally:
+                served.phase = None
+            await self._switched(name)  # again: an old request may have stored its answer while draining
+        return {"name": name, "from": before["source"], "to": source, "switched_at": switched_at, "drained": drained,
+                "from_version": before["version"], "to_version": version, "mode": mode, "load_s": round(load_s, 3)}
+
+    async def _load_beside(self, old_engines: list[Any], source: str) -> tuple[list[Any], str, str | None]:
+        """New engines for ``source``, started and health-checked; (engines, mode, resolved path)."""
+        from autoglm.deploy import adapter_swap
+
+        settings = replace(getattr(old_engines[0], "settings", None) or self._base_settings(), model=source,
+                           revision=None)
+        try:
+            local = await asyncio.to_thread(adapter_swap.locate, source, settings)
+        except AutoGLMError as exc:
+            raise SwapRefused(f"cannot swap to {source}: {exc}") from None
+        engines: list[Any] | None = None
+        mode = "full"
+        if local is not None and adapter_swap.is_adapter_dir(local):
+            engines, why = adapter_swap.adapter_engines(old_engines, local, settings)
+            if engines is not None:
+                mode = "adapter"
+            else:
+                log.info("deployments: %s is a LoRA adapter; building it from the loaded base is not possible "
+                         "(%s): loading it in full", source, why)
+        if engines is None:
+            try:
+                resolved = await asyncio.to_thread(_resolve, str(local) if local is not None else source, settings)
+            except AutoGLMError as exc:
+                raise SwapRefused(f"cannot swap to {source}: {exc}") from None
+            settings = replace(settings, model=str(resolved))
+            engines = [self._create(settings) for _ in old_engines]
+        await self._start_checked(engines, source)
+        return engines, mode, str(local) if local is not None else None
+
+    async def _start_checked(self, engines: list[Any], source: str) -> None:
+        """Start each engine and make it generate a few tokens; shut them all down on any failure."""
+        try:
+            for engine in engines:
+                try:
+                    await engine.start()
+                except AutoGLMError as exc:
+                    raise SwapFailed(f"{source} did not load: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - any loader failure is the new version's fault
+                    raise SwapFailed(f"{source} did not load ({type(exc).__name__}: {exc})") from None
+                await self._health_check(engine, source)
+        except BaseException:
+            await self._shutdown(engines)
+            raise
+
+    async def _health_check(self, engine: Any, source: str) -> None:
+        from autoglm.engine.io_struct import EngineRequest, SamplingParams
+
+        try:
+            ids = list(engine.tokenizer.encode(_HEALTH_PROMPT, add_special_tokens=False))[:8] or [0]
+            request = EngineRequest(f"health-{uuid.uuid4().hex[:12]}", ids,
+                                    SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+
+            async def run() -> int:
+                n = 0
+                async for out in engine.generate(request):
+                    n += len(out.token_ids)
+                    if out.finished:
+                        if out.finish_reason not in ("length", "stop"):
+                            raise AutoGLMError(f"finished with {out.finish_reason!r}")
+                        return n
+                raise AutoGLMError("the stream ended without a finished output")
+
+            produced = await asyncio.wait_for(run(), self.health_timeout_s)
+        except asyncio.TimeoutError:
+            raise SwapFailed(f"{source} loaded but did not answer a 2-token health check within "
+                             f"{self.health_timeout_s:g}s") from None
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the new version is not healthy
+            raise SwapFailed(f"{source} loaded but failed its health check ({type(exc).__name__}: {exc})") from None
+        if produced < 1:
+            raise SwapFailed(f"{source} loaded but generated nothing in its health check")
+
+    async def _drain(self, backends: list[Any], drain_s: float) -> bool:
+        """Wait until no request runs on ``backends`` (True) or ``drain_s`` passed (False)."""
+        deadline = time.monotonic() + drain_s
+        while any(b.outstanding > 0 for b in backends):
+            if time.monotonic() >= deadline:
+                left = sum(max(0, b.outstanding) for b in backends)
+                log.warning("deployments: %d request(s) still on the old version after %gs; ending them", left, drain_s)
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _retire(self, backends: list[Any], *, keep: list[Any]) -> None:
+        """Shut down the engines of retired ``backends`` (not one an engine in ``keep`` still runs on)."""
+        from autoglm.deploy.adapter_swap import root_engine
+
+        kept = {id(root_engine(e)) for e in keep}
+        engines = []
+        for b in backends:
+            if b.engine is not None:
+                if self.engines.get(b.label) is b.engine:
+                    self.engines.pop(b.label, None)
+                if id(root_engine(b.engine)) not in kept:
+                    engines.append(b.engine)
+            elif b.upstream is not None:
+                try:
+                    await b.upstream.close()
+                except Exception:  # noqa: BLE001 - closing a client must not fail the stop
+                    log.debug("closing upstream %s failed", b.label, exc_info=True)
+        await self._shutdown(engines, end_streams=True)
+
+    @staticmethod
+    async def _shutdown(engines: list[Any], *, end_streams: bool = False) -> None:
+        for engine in engines:
+            if end_streams and getattr(engine, "_queues", None):
+                # past the drain: streams still open end with an error instead of waiting forever
+                fail = getattr(engine, "_fail_all", None)
+                if fail is not None:
+                    fail(AutoGLMError("this model version was replaced; retry the request"))
+            try:
+                await engine.shutdown()
+            except Exception:  # noqa: BLE001 - shut the others down regardless
+                log.exception("shutting down a replaced engine failed")
+
+    async def _switched(self, name: str) -> None:
+        if self.on_switch is not None:
+            try:
+                await self.on_switch(name)
+            except Exception:  # noqa: BLE001 - the swap is done; a cache that cannot be cleared is logged
+                log.warning("deployments: after switching %s the on_switch hook failed", name, exc_info=True)
+
+    # -- redeploy on promotion --------------------------------------------------------------------
+    async def on_alias_set(self, model: str, alias: str, version: str) -> dict[str, Any]:
+        """Swap every route served from ``models:/MODEL@ALIAS`` to the version the alias names now."""
+        uri = f"models:/{model}@{alias}"
+        targets = [s for s in self._served.values() if s.source == uri]
+        if not targets:
+            return {"redeployed": False, "reason": f"no model on this server is served from {uri}"}
+        swapped, skipped = [], []
+        for served in targets:
+            self.get(served.name)  # refreshes the version of a route nothing asked about yet
+            if served.version is not None and served.version == str(version):
+                skipped.append({"name": served.name, "reason": f"already serves version {version}"})
+                continue
+            result = await self.swap(served.name, uri)
+            swapped.append({k: result[k] for k in ("name", "from_version", "to_version", "drained", "mode")})
+        return {"redeployed": bool(swapped), "swapped": swapped, "skipped": skipped}
+
+
+def _resolve(source: str, settings: EngineSettings) -> Path:
+    from autoglm.hub.resolve import resolve_model
+
+    if source.lower().endswith(".gguf"):
+        return Path(source)
+    return resolve_model(source, settings, progress=False).path
