@@ -16,7 +16,8 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base $(VENV)/.system
-	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend,batch,grpc-dev]"
+	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend,batch,grpc-dev,k8s]"
+	$(PIP) install -q -c constraints.txt -e apps/risk
 	touch $@
 
 # Tools the suite drives besides Python: Debian's chromium (console tests) and promtool (alert-rule

@@ -9,6 +9,7 @@ to start and when any test of the session failed.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def start_live_server(home: Path, model: str = "autoglm-demo", *args: str) -> Li
     """A real ``python -m autoglm serve --model MODEL ARGS`` on a free port, healthy (or the test fails with
     its log); the caller stops it with ``_stop(server.process)``."""
     port = free_port()
-    log_path = home / f"serve-{model}-{port}.log"
+    log_path = home / f"serve-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}-{port}.log"  # models:/X@Y is no file name
     env = {**os.environ, "AUTOGLM_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "autoglm", "serve", "--model", model, "--port", str(port), *args]
     with open(log_path, "wb") as log:

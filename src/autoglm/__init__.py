@@ -7,4 +7,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "Client"]
+
+
+def __getattr__(name: str):  # autoglm.Client without importing httpx at `import autoglm`
+    if name == "Client":
+        from autoglm.client import Client
+
+        return Client
+    raise AttributeError(f"module 'autoglm' has no attribute {name!r}")

@@ -93,3 +93,18 @@ def test_a_quantized_or_other_base_is_refused_with_the_reason(tmp_path, base, lo
     small.model.layers[0].self_attn.o_proj = torch.nn.Linear(8, 8)
     merges, why = plan_merge(small, a1)
     assert merges is None and "do not fit" in why
+
+
+def test_the_copy_shares_the_weights_the_adapter_does_not_touch(tmp_path, base, loaded):
+    from autoglm.deploy.adapter_swap import apply_merge, copy_sharing_untouched, plan_merge
+
+    merges, _ = plan_merge(loaded, _adapter(base, tmp_path / "a1", seed=1))
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    ours = copy_sharing_untouched(loaded, {m.module for m in merges})
+    apply_merge(ours, merges)
+    attn = ours.model.layers[0].self_attn
+    assert attn.qkv_proj.weight.data_ptr() != loaded.model.layers[0].self_attn.qkv_proj.weight.data_ptr()
+    assert ours.model.embed_tokens.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert ours.lm_head.weight.data_ptr() == loaded.lm_head.weight.data_ptr()
+    for k, v in loaded.state_dict().items():  # the served model was not written to
+        assert torch.equal(v, before[k]), k

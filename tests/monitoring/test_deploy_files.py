@@ -30,7 +30,10 @@ def exported_names() -> set[str]:
         c.labels("m", "k")
     m.auth_failures.labels("", "", "missing_key")
     m.http_requests.labels("/v1/models", "200")
-    return {s.name for fam in text_string_to_metric_families(m.render().decode()) for s in fam.samples}
+    from autoglm.monitoring.served import MONITOR_METRICS  # the served-model monitor's (test_monitor_settings.py)
+
+    names = {s.name for fam in text_string_to_metric_families(m.render().decode()) for s in fam.samples}
+    return names | {"autoglm:" + n for n in MONITOR_METRICS}
 
 
 def test_alert_rules_cover_the_asked_conditions_with_real_metrics():

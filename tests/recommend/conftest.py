@@ -15,3 +15,7 @@ def identifier(tmp_path_factory):
     from autoglm.recommend.taxonomy import load_taxonomy
 
     return TaskIdentifier(load_taxonomy(), [HashingEncoder()], cache=tmp_path_factory.mktemp("index"))
+
+
+# every state store backend (SQLite file, PostgreSQL schema) for the quality tables
+from tests.gateway.conftest import pg_database, pg_url, store_url  # noqa: E402,F401

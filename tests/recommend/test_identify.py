@@ -8,7 +8,8 @@ import pytest
 from autoglm.errors import ConfigError
 from autoglm.recommend.calibrate import evaluate, format_report, read_labelled
 from autoglm.recommend.encoders import HashingEncoder, make_encoder
-from autoglm.recommend.identify import RequestSignals, TaskIdentifier, detect_language, signals_from_request
+from autoglm.recommend.identify import RequestSignals, TaskIdentifier, detect_language, signals_from_request, \
+    split_material
 from autoglm.recommend.taxonomy import DEFAULT_TASKS, UNKNOWN, load_taxonomy
 
 from tests.recommend.conftest import DATA
@@ -31,6 +32,44 @@ def test_accuracy_on_the_shipped_labelled_set_meets_the_goal(identifier, lang):
     assert len(rows) >= 200
     report = evaluate(identifier, rows)
     assert report.accuracy >= GOALS[lang] - MARGIN, format_report(report)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_prompts_that_carry_a_document_are_read_by_their_instruction(identifier, lang):
+    rows = read_labelled(DATA / f"labelled_long_{lang}.jsonl", identifier.tasks)  # dev rows with long texts
+    report = evaluate(identifier, rows)
+    assert report.accuracy >= 0.85, format_report(report)
+
+
+REPORT = ("Injury collisions fell from 142 to 101, a reduction of 29 percent; pedestrian collisions fell from 38 to "
+          "21. Average speeds fell from 38 to 31 km/h and the share above 40 km/h from 27 to 9 percent. The pilot "
+          "cost 1.3 million, of which 0.8 million was for cameras; fines brought in 0.5 million. ") * 2
+
+
+def test_a_document_full_of_numbers_is_not_a_maths_question(identifier):
+    assert split_material("Summarise this: " + REPORT, 100) == ("Summarise this", " " + REPORT)
+    assert split_material("short: text", 100) == ("short: text", "")
+    asked = identifier.identify(REPORT + "\n\nWhich costs does the report mention?")
+    assert asked.task == "long_doc_qa" and asked.signals["material"]["long_doc_qa"] > 0, asked.to_dict()
+    assert identifier.identify("Summarise this report in three bullet points:\n\n" + REPORT).task == "summarization"
+    code = "def total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s / len(xs)\n" * 6
+    assert identifier.identify("This crashes on an empty list, can you fix it?\n\n" + code).task == "code"
+
+
+def test_the_heldout_set_is_separate(identifier):
+    """The held-out set (benchmarks/data/task_identification) shares no prompt with the dev set or templates."""
+    from pathlib import Path
+
+    heldout = Path(__file__).parents[2] / "benchmarks" / "data" / "task_identification"
+    texts, _ = identifier.taxonomy.templates()
+    dev = [r.signals.text.strip().lower() for f in DATA.glob("labelled_*.jsonl") for r in read_labelled(f, identifier.tasks)]
+    known = [t.strip().lower() for t in texts] + dev
+    for lang in ("en", "zh"):
+        rows = read_labelled(heldout / f"heldout_{lang}.jsonl", identifier.tasks)
+        assert len(rows) >= 200 and {r.language for r in rows} == {lang}
+        for r in rows:
+            text = r.signals.text.strip().lower()
+            assert not [k for k in known if k == text or (len(k) > 15 and k in text)], r.signals.text[:80]
 
 
 def test_labelled_sets_are_not_the_templates(identifier):
@@ -112,9 +151,8 @@ def test_template_embeddings_are_cached_on_disk_by_content(tmp_path):
     assert len(list(tmp_path.glob("hashing-*.npy"))) == 2
 
 
-def test_identification_is_fast_with_1000_templates(tmp_path):
-    import time
-
+def test_identification_with_1000_templates(tmp_path):
+    # (how fast: benchmarks/task_identification.py measures it; a test on shared cores must not time it)
     tax = load_taxonomy()
     texts, labels = tax.templates()
     extra = tmp_path / "many.yaml"
@@ -126,9 +164,5 @@ def test_identification_is_fast_with_1000_templates(tmp_path):
     extra.write_text("\n".join(lines) + "\n")
     ident = TaskIdentifier(load_taxonomy([extra]), [HashingEncoder()], cache=tmp_path)
     assert ident.indexes[0].matrix.shape[0] >= 1000
-    times = []
-    for i in range(200):
-        t0 = time.perf_counter()
-        ident.identify(RequestSignals(f"Write a Python function number {i} that sorts a list", 60))
-        times.append(time.perf_counter() - t0)
-    assert float(np.percentile(times, 95)) < 0.010  # shared CI cores: the benchmark reports the real figure
+    for i in range(20):
+        assert ident.identify(RequestSignals(f"Write a Python function number {i} that sorts a list", 60)).task == "code"

@@ -1,7 +1,9 @@
 """model "auto" end to end: a real deploy process with two demo models, the official openai SDK.
 
 ``coder`` and ``general`` are both ``autoglm-demo`` (random weights: the text is noise) with different
-profiles; the routing, the header, ``/v1/recommend``, the metric and the key restriction are real.
+profiles; the routing, the header, ``/v1/recommend``, the metric, the key restriction, ``auto`` in
+``/v1/models``, the ratings endpoint and feedback moving the routing are real. The feedback test is
+last: it changes how summaries are routed for the rest of the module's server.
 """
 from __future__ import annotations
 
@@ -39,9 +41,12 @@ models:
 recommend:
   aliases: [auto]
   default: general
+  latency_weight: 0  # both are the same demo model: live TTFT differences are noise the tests must not see
 gateway:
   admin_key: {admin}
   state_store: {state}
+  capture:
+    enabled: true
   keys:
     - name: everything
     - name: code-only
@@ -142,3 +147,78 @@ def test_decisions_are_counted_in_metrics(server):
     text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30).text
     m = re.search(r'autoglm:route_decisions_total\{model="coder",task="code"\} (\d+)', text)
     assert m and int(m.group(1)) >= 1, [line for line in text.splitlines() if "route_decisions" in line]
+
+
+def test_auto_is_a_model_in_the_list_with_what_it_routes_among(server):
+    url, keys = server
+    cards = {m.id: m for m in client(url, keys["everything"]).models.list().data}
+    assert set(cards) == {"coder", "general", "auto"}
+    assert "coder, general" in cards["auto"].description and "(unknown tasks: general)" in cards["auto"].description
+    one = client(url, keys["everything"]).models.retrieve("auto")
+    assert one.id == "auto" and one.description == cards["auto"].description
+    restricted = client(url, keys["code-only"]).models.retrieve("auto")
+    assert "one of: coder" in restricted.description and "general" not in restricted.description.split(";")[0]
+    with pytest.raises(openai.NotFoundError):
+        client(url, keys["everything"]).models.retrieve("automatic")
+
+
+def test_ratings_endpoint_records_quality_and_refuses_bad_input(server):
+    url, keys = server
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    body = {"model": "coder", "task": "extraction", "score": 0.9, "weight": 3}
+    r = httpx.post(url + "/v1/recommend/ratings", headers=admin, json=body, timeout=30)
+    assert r.status_code == 201, r.text
+    row = next(x for x in r.json()["data"] if x["task"] == "extraction")
+    assert row["model"] == "coder" and row["n"] == 3.0 and row["sources"]["manual"]["mean"] == 0.9
+    assert row["prior"] == 0.3 and row["quality"] == pytest.approx((5 * 0.3 + 3 * 0.9) / 8, abs=1e-4)
+    user = {"Authorization": f"Bearer {keys['everything']}"}
+    assert httpx.post(url + "/v1/recommend/ratings", headers=user, json=body, timeout=30).status_code == 401
+    for bad, param in (({**body, "model": "gpt-9"}, "model"), ({**body, "task": "poetry"}, "task"),
+                       ({**body, "score": 1.5}, "score"), ({"ratings": [{**body, "rating": 0.1}]}, "ratings[0].score"),
+                       ({**body, "colour": "red"}, "colour")):
+        r = httpx.post(url + "/v1/recommend/ratings", headers=admin, json=bad, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (bad, r.text)
+    r = httpx.post(url + "/v1/recommend/ratings", headers=admin, content=b"{nope", timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    table = httpx.get(url + "/v1/recommend/quality", headers={"Authorization": f"Bearer {keys['code-only']}"},
+                      timeout=30).json()
+    assert {x["model"] for x in table["data"]} == {"coder"}  # only the models this key may use
+    assert any(x["task"] == "extraction" and x["n"] == 3.0 for x in table["data"])
+
+
+SUMMARY = "Summarise this for me: the meeting moved to Friday, Anna brings the slides and Ben books a room."
+
+
+def test_bad_feedback_on_routed_answers_moves_auto_to_the_other_model(server):
+    url, keys = server
+    c = client(url, keys["everything"])
+    h = {"Authorization": f"Bearer {keys['everything']}"}
+
+    def quality(model: str) -> dict:
+        rows = httpx.get(url + "/v1/recommend/quality", headers=h, timeout=30).json()["data"]
+        return next(x for x in rows if x["model"] == model and x["task"] == "summarization")
+
+    def feedback(reply, thumbs: str) -> None:
+        r = httpx.post(url + "/v1/feedback", headers=h, json={"id": reply.id, "thumbs": thumbs}, timeout=30)
+        assert r.status_code == 201, r.text
+
+    def decided() -> str:  # the decision without generating (a repeated request would be a regeneration)
+        return httpx.post(url + "/v1/recommend", headers=h, json={"text": SUMMARY}, timeout=30).json()["model"]
+
+    assert decided() == "general"
+    # no change without such feedback: thumbs down on answers to requests that named the model
+    for i in range(4):
+        named = c.chat.completions.create(model="general", max_tokens=2,
+                                          messages=[{"role": "user", "content": f"{SUMMARY} (take {i})"}])
+        feedback(named, "down")
+    assert quality("general")["n"] == 0 and decided() == "general"
+    for i in range(12):  # now the condition: routed by auto, rated down (each a different request)
+        header, reply = ask(c, f"{SUMMARY} (version {i})")
+        assert "task=summarization" in header and "model=general" in header, header
+        feedback(reply, "down")
+    row = quality("general")  # (runs a sync pass first)
+    assert row["n"] == 12.0 and row["sources"]["feedback"]["mean"] == 0.0
+    assert row["quality"] == pytest.approx(5 * 0.8 / 17, abs=1e-4)
+    header, reply = ask(c, SUMMARY)
+    assert "task=summarization" in header and "model=coder" in header and "runner_up=general" in header, header
+    assert reply.model == "coder"

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from autoglm.recommend.identify import Identification
-from autoglm.recommend.profiles import Latency, ModelProfile, QualityBook, histogram_quantile
+from autoglm.recommend.profiles import Latency, ModelProfile, histogram_quantile
+from autoglm.recommend.quality import QualityBook
 from autoglm.recommend.route import RouteError, RouteWeights, choose
 
 
@@ -60,14 +61,19 @@ def test_cost_and_live_latency_move_the_choice():
 
 
 def test_recorded_quality_blends_with_the_profile(tmp_path):
-    book = QualityBook(tmp_path / "q.json", prior_weight=5)
+    book = QualityBook(tmp_path / "state.db", prior_weight=5)
     p = PROFILES["general"]
     assert book.quality(p, "code") == pytest.approx(0.3)
     book.record("general", "code", 1.0, weight=5)
     assert book.quality(p, "code") == pytest.approx(0.65)
-    assert QualityBook(tmp_path / "q.json").quality(p, "code") == pytest.approx(0.65)  # persisted
+    again = QualityBook(tmp_path / "state.db")
+    assert again.quality(p, "code") == pytest.approx(0.3)  # a snapshot: read from the store on refresh
+    again.refresh()
+    assert again.quality(p, "code") == pytest.approx(0.65)  # persisted
     with pytest.raises(ValueError):
         book.record("general", "code", 1.5)
+    book.close()
+    again.close()
 
 
 def test_histogram_quantile_matches_prometheus():

@@ -53,7 +53,7 @@ from autoglm.api.serving_embeddings import EmbeddingModel, install_embedding_rou
 from autoglm.config import ServerSettings
 from autoglm.gateway.http import GatewayHTTP, GatewayMiddleware, install_admin_routes, install_gateway_handlers
 from autoglm.gateway.router import Dispatched, Router
-from autoglm.recommend.http import ROUTE_HEADER, install_recommend_routes, resolve_auto
+from autoglm.recommend.http import ROUTE_HEADER, auto_cards, install_recommend_routes, resolve_auto
 from autoglm.gateway.upstream import UpstreamOverloaded, proxy
 
 __all__ = ["build_app"]
@@ -162,7 +162,7 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     install_admin_routes(app, gw)
     install_feedback_routes(app, gw, server)  # POST /v1/feedback, /admin/feedback, capture when on
     install_hook_routes(app, gw)  # POST /admin/hooks/{name}: signed webhooks in (autoglm.api.routes_hooks)
-    install_recommend_routes(app, router)  # POST /v1/recommend (autoglm.recommend.http)
+    install_recommend_routes(app, router, gw)  # /v1/recommend, quality, ratings (autoglm.recommend.http)
     install_monitoring(app, gw, server, router, metrics)  # drift and quality of the served model (monitoring.served)
     install_deployment_routes(app, gw, router, server)  # /admin/deployments: launch, stop, swap
     install_admin_api(app, gw, server)  # /admin/pipelines, runs, studies, models (api.routes_admin)
@@ -220,6 +220,7 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     async def list_models(request: Request) -> dict[str, Any]:
         key = request.scope.get("state", {}).get("autoglm_key")
         cards = [card(c) for c in router.model_cards() if key is None or key.allows_model(c["root"])]
+        cards += [card(c) for c in auto_cards(router, key)]  # model "auto" (autoglm.recommend.http)
         return {"object": "list", "data": cards}
 
     @app.get("/metrics", include_in_schema=False)
@@ -233,6 +234,9 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
         key = request.scope.get("state", {}).get("autoglm_key")
+        auto = next((c for c in auto_cards(router, key) if c["id"] == model_id), None)
+        if auto is not None:  # model "auto" (autoglm.recommend.http)
+            return card(auto)
         if key is None:
             router.resolve(model_id)  # 404 listing the names when unknown
         visible = [c for c in router.model_cards() if key is None or key.allows_model(c["root"])]

@@ -1,11 +1,201 @@
-"""The admin REST API: pipelines, runs, studies, models, feedback. (Stub: issue 10.6.)"""
+"""The admin REST API: pipelines, runs, studies, registered models and the loop (issue 10.6).
+
+:func:`install_admin_api` mounts, under the OpenAPI tag ``admin``:
+
+=======  ===================================  =====================================================
+GET      /admin/pipelines                     pipelines under $AUTOGLM_HOME with their runs
+GET      /admin/pipelines/{name}              one pipeline: runs, per-stage status, durations, metrics
+POST     /admin/pipelines/validate            {"yaml"|"path", "base_dir"?} -> {"ok", "errors": [{line, key, message}]}
+POST     /admin/pipelines/run                 {"path"|"yaml", "base_dir"?, "until"?} -> a run handle (202; 200 finished)
+GET      /admin/runs/{run_id}                 stage status, metric history, learning rate, guard and LR events
+GET      /admin/studies                       Optuna studies (journal files under $AUTOGLM_HOME/studies)
+GET      /admin/studies/{name}                trials, best trial, parameter importances
+GET      /admin/models                        registered models (MLflow): versions and aliases
+GET      /admin/models/{name}                 one registered model
+POST     /admin/models/{name}/promote         {"version", "alias"?} -> the alias moved (+ webhooks)
+POST     /admin/models/{name}/rollback        {"alias"?} -> the alias moved back (+ webhooks)
+GET      /admin/loop                          each loop's state: cycle in progress, history, decisions
+=======  ===================================  =====================================================
+
+Feedback (``/admin/feedback``), keys (``/admin/keys``) and deployments (``/admin/deployments``) are
+mounted by their own modules. Who may call: the admin key (``AUTOGLM_ADMIN_KEY``) or a static
+``--api-key``; a server with neither (an open server) answers only clients on the loopback interface
+(403 for others); a server with API keys but no admin key answers 401 saying to set one. Errors are
+OpenAI error objects: 404 for an unknown name, 400 naming the body field. Every route is thin: the
+work is in :mod:`autoglm.training.records`, :mod:`autoglm.tuning.records`, :mod:`autoglm.registry.records`
+and :mod:`autoglm.loop.state`, run in a worker thread (they read files, Optuna and MLflow).
+"""
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import ipaddress
+from typing import Any, Literal, Optional
 
-__all__ = ["install_admin_api"]
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoglm.api.errors import APIError
+from autoglm.errors import AutoGLMError, NotFoundError
+
+__all__ = ["install_admin_api", "PipelineSource", "RunRequest", "PromoteRequest", "RollbackRequest"]
+
+_MAX_YAML = 1 << 20
+_ALIAS = r"^[A-Za-z0-9_\-]{1,64}$"
 
 
-def install_admin_api(app: Any, owner: Any, server: Any) -> None:
-    """Mount the admin REST routes (admin key) on ``app``."""
-    return None
+class PipelineSource(BaseModel):
+    """A pipeline file on the server (``path``) or its text (``yaml``; relative data paths start at
+    ``base_dir``, default the server's working directory)."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: Optional[str] = Field(None, max_length=4096, description="a pipeline YAML file on the server")
+    yaml: Optional[str] = Field(None, max_length=_MAX_YAML, description="the pipeline file's text")
+    base_dir: Optional[str] = Field(None, max_length=4096, description="where relative paths in `yaml` start")
+
+
+class RunRequest(PipelineSource):
+    until: Optional[Literal["preprocess", "train", "evaluate", "register"]] = None
+    tracking: bool = Field(True, description="log to MLflow")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(..., ge=1, description="the model version to point the alias at")
+    alias: str = Field("champion", pattern=_ALIAS)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alias: str = Field("champion", pattern=_ALIAS)
+
+
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client is not None else ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_guard(owner: Any) -> Any:
+    """A FastAPI dependency: the admin key, a static key, or (on an open server) a loopback client."""
+    from autoglm.gateway.facade import ADMIN_KEY_INFO, GatewayError, extract_api_key
+
+    async def guard(request: Request) -> None:
+        gw = owner.gateway
+        if owner._static_match(extract_api_key(request.headers)) or (gw is not None and gw.is_admin(request.headers)):
+            record = request.scope.get("state", {}).get("autoglm_record")
+            if record is not None:
+                record.key_name = ADMIN_KEY_INFO.name
+            return
+        protected = bool(owner._static) or (gw is not None and (bool(gw.settings.admin_key)
+                                                               or not await gw.open_mode()))
+        if protected:
+            owner.count_auth_failure(None, None, "admin")
+            if gw is not None:
+                gw.require_admin(request.headers)  # raises 401 with the hint
+            raise owner._missing(extract_api_key(request.headers))
+        if not _loopback(request):
+            raise GatewayError(403, "admin_loopback_only", "this server has no admin key, so /admin/* answers only "
+                               "clients on this machine; set AUTOGLM_ADMIN_KEY (or --api-key) on the server")
+
+    return guard
+
+
+async def _call(fn: Any, *args: Any, param: str | None = None, **kwargs: Any) -> Any:
+    """``fn`` in a thread; a :class:`NotFoundError` is a 404, any other user error a 400 naming ``param``."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except NotFoundError as exc:
+        raise APIError(str(exc), 404, code="not_found", param=exc.param) from None
+    except AutoGLMError as exc:
+        raise APIError(str(exc), 400, code="invalid_value", param=getattr(exc, "param", None) or param) from None
+
+
+def _source(body: PipelineSource) -> dict[str, Any]:
+    if (body.path is None) == (body.yaml is None):
+        raise APIError("give exactly one of 'path' (a pipeline file on the server) or 'yaml' (its text)", 400,
+                       code="invalid_value", param="yaml" if body.path is None else "path")
+    if body.base_dir is not None and body.yaml is None:
+        raise APIError("'base_dir' goes with 'yaml' (a file's relative paths start at its own folder)", 400,
+                       code="invalid_value", param="base_dir")
+    return {"path": body.path, "text": body.yaml, "base_dir": body.base_dir}
+
+
+def _listed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"object": "list", "data": rows}
+
+
+def install_admin_api(app: FastAPI, owner: Any, server: Any) -> None:
+    """Mount the admin REST routes on ``app`` (see the module docstring); ``owner`` is the app's GatewayHTTP."""
+    from autoglm.config import default_store_dir
+    from autoglm.loop.state import list_states
+    from autoglm.registry import records as models
+    from autoglm.training import records as pipelines
+    from autoglm.training.records import PipelineLauncher
+    from autoglm.tuning import records as studies
+
+    home = default_store_dir()
+    launcher = PipelineLauncher(home)
+    app.state.pipeline_launcher = launcher
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_guard(owner))])
+
+    @router.get("/pipelines", summary="Pipelines under $AUTOGLM_HOME/pipelines with their runs")
+    async def list_pipelines() -> dict[str, Any]:
+        return _listed(await _call(pipelines.list_pipelines, home))
+
+    @router.post("/pipelines/validate", summary="Check a pipeline file without running it")
+    async def validate_pipeline(body: PipelineSource) -> dict[str, Any]:
+        src = _source(body)
+        return await _call(pipelines.validate_pipeline, param="yaml" if body.yaml is not None else "path", **src)
+
+    @router.post("/pipelines/run", status_code=202, summary="Run (or resume, or find finished) a pipeline "
+                 "in the background")
+    async def run_pipeline(body: RunRequest) -> JSONResponse:
+        src = _source(body)
+        handle = await _call(launcher.start, until=body.until, tracking=body.tracking,
+                             param="yaml" if body.yaml is not None else "path", **src)
+        return JSONResponse(handle, status_code=200 if handle["status"] == "finished" else 202)
+
+    @router.get("/pipelines/{name}", summary="One pipeline: its runs, per-stage status, durations, metrics")
+    async def get_pipeline(name: str) -> dict[str, Any]:
+        return await _call(pipelines.get_pipeline, name, home)
+
+    @router.get("/runs/{run_id}", summary="A pipeline run: stages, metric history, learning rate, events")
+    async def get_run(run_id: str) -> dict[str, Any]:
+        return await _call(pipelines.get_run, run_id, home)
+
+    @router.get("/studies", summary="Hyper-parameter studies (Optuna)")
+    async def list_studies() -> dict[str, Any]:
+        return _listed(await _call(studies.list_studies, home))
+
+    @router.get("/studies/{name}", summary="A study: trials, the best trial, parameter importances")
+    async def get_study(name: str) -> dict[str, Any]:
+        return await _call(studies.get_study, name, home)
+
+    @router.get("/models", summary="Registered models (MLflow): versions and aliases")
+    async def list_models() -> dict[str, Any]:
+        return _listed(await _call(models.list_models))
+
+    @router.get("/models/{name}", summary="One registered model")
+    async def get_model(name: str) -> dict[str, Any]:
+        return await _call(models.get_model, name)
+
+    @router.post("/models/{name}/promote", summary="Point an alias (champion) at a version; fires the webhooks")
+    async def promote_model(name: str, body: PromoteRequest) -> dict[str, Any]:
+        await _call(models.get_model, name)  # 404 for an unknown model, before anything moves
+        return await _call(models.promote_model, name, body.version, alias=body.alias, param="version")
+
+    @router.post("/models/{name}/rollback", summary="Point an alias back at the version it named before")
+    async def rollback_model(name: str, body: Optional[RollbackRequest] = None) -> dict[str, Any]:
+        await _call(models.get_model, name)
+        return await _call(models.rollback_model, name, alias=(body or RollbackRequest()).alias, param="alias")
+
+    @router.get("/loop", summary="The improvement loop: cycles, decisions, promotions")
+    async def loop_state() -> dict[str, Any]:
+        return _listed(await _call(list_states, home))
+
+    app.include_router(router)

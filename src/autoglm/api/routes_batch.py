@@ -18,7 +18,8 @@ share of capacity through :func:`_Executor.__call__`: the same router, :meth:`Ga
 the key that created the batch (a key revoked since then fails its remaining requests with 401).
 
 Files and batches live in the gateway's state store (:mod:`autoglm.batch.records`); without a gateway
-(``--no-gateway``) every batch route is a 404 that says so. The queue is ``server.batch.queue`` (:class:`~autoglm.batch.BatchSettings`):
+(``--no-gateway``) every batch route is a 404 that says so. The queue is ``server.batch.queue``
+(:class:`~autoglm.batch.BatchSettings`):
 Redis Streams when the gateway has a Redis URL, else a table in the state store.
 Uploads are limited by ``server.max_request_bytes`` (4 MiB by default; a larger file is a 413).
 Knows FastAPI, the OpenAI shapes and the gateway's request path; the queue and records are
@@ -33,7 +34,8 @@ import logging
 import math
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response

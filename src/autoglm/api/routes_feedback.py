@@ -17,7 +17,9 @@ queue when the app shuts down, and adds the routes.
 It is keyed like every other route, and a key may rate only responses it received: another key's
 response, or an id never captured, is a 404. Bad values are a 400 naming the field; capture off for
 this key is a 409 that says so. 201 returns the stored feedback. Admin routes (the admin key):
-``GET /admin/feedback?since=7d&key=ID&source=explicit&limit=100`` and ``GET /admin/feedback/stats?since=``.
+``GET /admin/feedback?since=7d&key=ID&source=explicit&limit=100``, ``GET /admin/feedback/stats?since=`` and
+``GET /admin/feedback/export?format=sft|dpo|kto&since=&lr=&half_life_days=&implicit_weight=&min_support=``
+(the rows ``autoglm feedback export`` writes, as JSON).
 Knows FastAPI and the OpenAI error shape; the storage is :mod:`autoglm.feedback`'s.
 """
 from __future__ import annotations
@@ -235,3 +237,22 @@ def install_feedback_routes(app: FastAPI, owner: Any, server: Any) -> None:
         admin(request)
         ts = _since(since)
         return await store_call(lambda: service.feedback_store().stats(since=ts))
+
+    @app.get("/admin/feedback/export")
+    async def feedback_export(request: Request, format: str = "sft", since: str | None = None, lr: float = 1.0,
+                              half_life_days: float = 30.0, implicit_weight: float = 0.5,
+                              min_support: int = 1) -> dict[str, Any]:
+        """The rows ``autoglm feedback export --format sft|dpo|kto`` writes, as JSON (autoglm.feedback.export)."""
+        from autoglm.feedback.export import ExportOptions, export_rows
+
+        admin(request)
+        ts = _since(since)
+        try:
+            options = ExportOptions(format=format, since=ts, lr=lr, half_life_days=half_life_days,
+                                    implicit_weight=implicit_weight, min_support=min_support)
+        except ConfigError as exc:
+            named = {"export format": "format", "half-life": "half_life_days", "min-support": "min_support",
+                     "implicit-weight": "implicit_weight"}
+            raise _bad(str(exc), next((v for k, v in named.items() if str(exc).startswith(k)), "format")) from None
+        result = await store_call(lambda: export_rows(service.feedback_store(), options))
+        return {"object": "list", "format": format, "data": result.rows, "stats": result.stats}

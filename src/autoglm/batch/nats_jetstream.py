@@ -9,9 +9,8 @@ shuts down gives its messages back with ``nak``. Publishing waits for the stream
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
 import json
+from typing import Any
 
 from autoglm.batch._base import Delivery, Queue, QueueUnavailable, register_queue, require, safe_name
 
@@ -109,8 +108,9 @@ class JetStreamQueue(Queue):
 
     async def close(self) -> None:
         if self._nc is not None:
+            # close, not drain: drain waits out a pending pull; what is unacked comes back after ack_wait
             try:
-                await self._nc.drain()
-            except Exception:  # noqa: BLE001 - closing anyway
                 await self._nc.close()
+            except Exception:  # noqa: BLE001 - gone already
+                pass
             self._nc = self._js = self._sub = None

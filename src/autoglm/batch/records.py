@@ -156,7 +156,7 @@ class BatchRecord:
             "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
             "metadata": self.metadata, "model": self.model,
         }
-        for status, column in _STAMPS.items():
+        for column in _STAMPS.values():
             value = self.stamps.get(column)
             out[column] = int(value) if value is not None else None
         return out

@@ -70,7 +70,10 @@ class BatchWorker:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self._sweep()
+        try:
+            await self._sweep()
+        except Exception:  # noqa: BLE001 - the server must come up; the batches wait for the next start
+            log.exception("picking up unfinished batches failed; they are picked up on the next start")
         self._loop_task = asyncio.create_task(self._run(), name="autoglm-batch-worker")
         log.info("batch worker: %s, at most %d request(s) at once while at most %d wait", self.queue.describe(),
                  self.settings.max_concurrency, self.settings.max_waiting)

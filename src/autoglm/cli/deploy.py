@@ -35,10 +35,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="override server.log_level")
     p.add_argument("--shutdown-grace", default=None, type=_non_negative_float, metavar="S",
                    help="override server.shutdown_grace (seconds running requests get on SIGTERM / Ctrl-C)")
+    from autoglm.cli import deploy_kubernetes
+
+    deploy_kubernetes.add_arguments(p)  # --to kubernetes: write manifests instead of serving
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "to", None) == "kubernetes":
+        from autoglm.cli import deploy_kubernetes
+
+        return deploy_kubernetes.run(args)
     return run_config(args.file, dry_run=args.dry_run, host=args.host, port=args.port, log_level=args.log_level,
                       shutdown_grace=args.shutdown_grace)
 

@@ -2,7 +2,8 @@
 
 Thin: read the ``improve:`` section, call :func:`autoglm.loop.controller.run_loop_once` (once, or every
 ``improve.interval`` seconds until Ctrl-C), print one line per turn. With ``improve.webhooks`` (a webhooks
-file) every loop event also goes to its outbound targets. ``status`` prints each loop's state file.
+file) every loop event also goes to its outbound targets; with ``--redeploy URL`` (or ``improve.redeploy``)
+each promotion makes those running servers swap to the new champion. ``status`` prints each loop's state file.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--once", action="store_true", help="one turn, then exit (default: every improve.interval s)")
     r.add_argument("--store", metavar="URL", help="feedback state store (default: improve.store, "
                    "gateway.state_store, AUTOGLM_STATE_URL, <AUTOGLM_HOME>/state.db)")
+    r.add_argument("--redeploy", metavar="URL", action="append", default=None,
+                   help="a running server (repeatable; default: improve.redeploy) that swaps to the new champion "
+                        "after a promotion; sends $AUTOGLM_ADMIN_KEY")
     s = sub.add_parser("status", help="each loop's last cycles and the one in progress")
     s.add_argument("--json", action="store_true")
     p.set_defaults(func=run, _loop_parser=p)
@@ -72,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
     store_url = args.store or cfg.store or deploy_store or GatewaySettings.from_env(store_url=None).store_url
     sender, wh_store = _webhooks(cfg.webhooks, base, store_url)
     subscribers = [sender.subscriber] if sender else []
+    redeploy_urls = args.redeploy or list(cfg.redeploy)
+    if redeploy_urls:  # a promotion's alias-set event makes each server swap (autoglm.deploy.redeploy)
+        from autoglm.deploy.redeploy import RedeploySubscriber
+
+        admin_key = GatewaySettings.from_env(store_url=None).admin_key
+        subscribers.append(RedeploySubscriber(redeploy_urls, admin_key=admin_key,
+                                              echo=lambda line: print(line, flush=True)))
     try:
         while True:
             outcome = run_loop_once(cfg, base_dir=base, home=home, store_url=store_url, subscribers=subscribers)

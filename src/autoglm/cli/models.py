@@ -3,7 +3,9 @@
 Thin: reads :mod:`autoglm.hub.registry` and :class:`~autoglm.hub.store.ModelStore`; touches no network.
 Demo models are marked: their weights are random, so what they write is noise.
 ``models promote NAME VERSION`` / ``models rollback NAME`` move a registered model's ``champion`` alias
-(:mod:`autoglm.loop.promote`).
+and tell the webhooks (:mod:`autoglm.registry.records`); ``models list`` shows the registered models
+(MLflow) with their versions and aliases. With ``--server URL`` these three go through the server's
+admin API (:class:`autoglm.Client`) instead of the local MLflow store.
 """
 from __future__ import annotations
 
@@ -26,10 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("version", help="model version number")
     rb = sub.add_parser("rollback", help="point the alias back at the version it named before")
     rb.add_argument("name", help="registered model name")
-    for q in (pr, rb):
-        q.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
+    ls = sub.add_parser("list", help="registered models (MLflow): versions and the aliases that point at them")
+    ls.add_argument("--json", action="store_true", dest="list_json", help="machine-readable output")
+    from autoglm.cli._remote import add_server_arguments
+
+    for q in (pr, rb, ls):
+        if q is not ls:
+            q.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
         q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI "
                        "or $AUTOGLM_HOME/mlflow.db)")
+        add_server_arguments(q)
     p.set_defaults(func=run)
 
 
@@ -44,19 +52,52 @@ def _present(spec, have: set[str]) -> bool:
     return any(n and n.lower() in have for n in names)
 
 
-def _move_alias(args: argparse.Namespace) -> int:
-    from autoglm.config import tracking_uri
-    from autoglm.loop.promote import promote, rollback
+def _registered(args: argparse.Namespace) -> int:
+    from autoglm.cli._remote import remote_client
 
-    uri = args.tracking_uri or tracking_uri()
+    client = remote_client(args)
+    if client is None:
+        from autoglm.registry.records import list_models
+
+        models = list_models(args.tracking_uri)
+    else:
+        with client:
+            models = client.models.list()
+    if args.list_json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        print("no registered models (a pipeline with a register: stage registers one)")
+    for m in models:
+        aliases = " ".join(f"@{a}=v{v}" for a, v in m["aliases"].items()) or "(no aliases)"
+        print(f"{m['name']}: {len(m['versions'])} version(s), latest v{m['latest_version']}; {aliases}")
+        for v in m["versions"][-5:]:
+            shown = " ".join(f"{k}={val}" for k, val in list(v["metrics"].items())[:3])
+            print(f"  v{v['version']:<4} {v['status']:<8} {' '.join('@' + a for a in v['aliases']):<24} {shown}")
+    return 0
+
+
+def _move_alias(args: argparse.Namespace) -> int:
+    from autoglm.cli._remote import remote_client
+    from autoglm.registry.records import promote_model, rollback_model
+
+    client = remote_client(args)
+    if client is not None:
+        with client:
+            if args.models_command == "promote":
+                done = client.models.promote(args.name, args.version, alias=args.alias)
+            else:
+                done = client.models.rollback(args.name, alias=args.alias)
+    elif args.models_command == "promote":
+        done = promote_model(args.name, args.version, tracking_uri=args.tracking_uri, alias=args.alias)
+    else:
+        done = rollback_model(args.name, tracking_uri=args.tracking_uri, alias=args.alias)
     if args.models_command == "promote":
-        done = promote(args.name, args.version, tracking_uri=uri, alias=args.alias)
         if not done["changed"]:
             print(f"{args.name} version {done['version']} is already @{args.alias}")
         else:
             print(f"{args.name} version {done['version']} is now @{args.alias} (was {done['previous'] or 'none'})")
     else:
-        done = rollback(args.name, tracking_uri=uri, alias=args.alias)
         print(f"{args.name} @{args.alias} rolled back from version {done['from']} to {done['version']}")
     return 0
 
@@ -64,6 +105,8 @@ def _move_alias(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from autoglm.config import default_store_dir
 
+    if getattr(args, "models_command", None) == "list":
+        return _registered(args)
     if getattr(args, "models_command", None):
         return _move_alias(args)
     from autoglm.hub.registry import list_models

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true", help="print JSON")
     pin = sub.add_parser("pin", help="make the windows of a time range the reference")
     pin.add_argument("--model", required=True, help="the served model's name")
-    pin.add_argument("--since", default="1h", help="windows that started since (7d, 12h, 90m, epoch s, ISO; default 1h)")
+    pin.add_argument("--since", default="1h",
+                     help="windows that started since (7d, 12h, 90m, epoch s, ISO; default 1h)")
     pin.add_argument("--until", help="... and before (default: now)")
     rs = sub.add_parser("reset", help="forget the reference: the next windows form a new one")
     rs.add_argument("--model", help="only this model (default: every model)")

@@ -26,10 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     r.add_argument("--quiet", action="store_true", help="no progress bars (the line per stage stays)")
     r.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    r.add_argument("--base-dir", help=argparse.SUPPRESS)  # relative paths start here (a file sent as text)
     r.set_defaults(func=_run)
     v = sub.add_parser("validate", help="check a pipeline file without running it")
     v.add_argument("file")
     v.set_defaults(func=_validate)
+    from autoglm.cli._remote import add_server_arguments
+
+    for q in (r, v):
+        add_server_arguments(q)
     c = sub.add_parser("compile", help="write the pipeline as a Kubeflow Pipelines (v2) package")
     from autoglm.cli import pipeline_compile
 
@@ -38,12 +43,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="list pipeline runs")
     s.add_argument("--name", help="only this pipeline")
     s.add_argument("--json", action="store_true")
+    add_server_arguments(s)
     s.set_defaults(func=_status)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+def _run_remote(client, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    handle = client.pipelines.run(str(Path(args.file).resolve()), until=args.until, tracking=not args.no_tracking)
+    if args.json:
+        print(json.dumps(handle, indent=2))
+        return 0
+    how = {"finished": "already finished (nothing to do)", "running": f"already running (pid {handle['pid']})",
+           "started": f"started on {client.base_url} (pid {handle['pid']})"}[handle["status"]]
+    print(f"{handle['name']} run {handle['run_key'][:8]}: {how}; log: {handle['log']}\n"
+          f"  follow it: autoglm pipeline status --name {handle['name']} --server {client.base_url}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     import logging
+
+    from autoglm.cli._remote import remote_client
+
+    client = remote_client(args)
+    if client is not None:
+        with client:
+            return _run_remote(client, args)
 
     from autoglm.errors import ConfigError
     from autoglm.training.loader import load_pipeline_file
@@ -54,7 +81,14 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "alembic", "mlflow", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = load_pipeline_file(args.file)
+    if args.base_dir:
+        from pathlib import Path
+
+        from autoglm.training.loader import parse_pipeline_text
+
+        config = parse_pipeline_text(Path(args.file).read_text(encoding="utf-8"), args.file, base_dir=args.base_dir)
+    else:
+        config = load_pipeline_file(args.file)
     result = run_pipeline(config, until=args.until, nproc=args.nproc, progress=not args.quiet,
                           tracking=not args.no_tracking)
     if args.json:
@@ -75,19 +109,44 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from autoglm.training.loader import load_pipeline_file
+    from pathlib import Path
 
-    config = load_pipeline_file(args.file)
-    stages = ["preprocess", "train"] + (["evaluate"] if config.evaluate else []) + (
-        ["register"] if config.register_ else [])
-    print(f"{args.file}: ok ({config.name}: {' -> '.join(stages)}, trainer {config.train.trainer})")
+    from autoglm.cli._remote import remote_client
+    from autoglm.errors import ConfigError
+
+    client = remote_client(args)
+    if client is None:
+        from autoglm.training.loader import load_pipeline_file
+        from autoglm.training.records import describe_pipeline
+
+        about = describe_pipeline(load_pipeline_file(args.file))
+    else:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read pipeline file {args.file!r}: {exc}") from None
+        with client:
+            answer = client.pipelines.validate(text, base_dir=str(Path(args.file).resolve().parent))
+        if not answer["ok"]:
+            e = answer["errors"][0]
+            raise ConfigError(e["message"], where=f"{args.file}:{e['line']}" + (f" {e['key']}" if e["key"] else ""))
+        about = answer["pipeline"]
+    print(f"{args.file}: ok ({about['name']}: {' -> '.join(about['stages'])}, trainer {about['trainer']})")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from autoglm.training.pipeline import pipeline_runs
+    from autoglm.cli._remote import remote_client
 
-    runs = [r for r in pipeline_runs() if args.name in (None, r.get("name"))]
+    client = remote_client(args)
+    if client is None:
+        from autoglm.training.records import list_runs
+
+        runs = list_runs(name=args.name)
+    else:
+        with client:
+            pipelines = [client.pipelines.get(args.name)] if args.name else client.pipelines.list()
+        runs = sorted((r for p in pipelines for r in p["runs"]), key=lambda r: r.get("updated_at") or 0, reverse=True)
     if args.json:
         print(json.dumps([{k: r.get(k) for k in ("name", "run_key", "status", "metrics", "stages", "mlflow_run_id",
                                                  "updated_at", "error")} for r in runs], indent=2))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "run", "TARGETS"]
 
-TARGETS = ("kubeflow",)
+TARGETS = ("kubeflow", "pytorchjob", "tune-job")  # the last two: autoglm.cli.compile_kubernetes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                "tracking.uri; needed for a register: stage)")
     parser.add_argument("--base-dir", help="where the file's relative data paths start inside the pods "
                                            "(default: the file's folder here)")
+    from autoglm.cli import compile_kubernetes
+
+    compile_kubernetes.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.to != "kubeflow":
+        from autoglm.cli import compile_kubernetes
+
+        return compile_kubernetes.run(args)
     from autoglm.training.kubeflow import compile_kubeflow
     from autoglm.training.loader import load_pipeline_file
 

@@ -2,7 +2,7 @@
 
     autoglm recommend "TEXT" [--config DEPLOY.yaml] [--json]    # the decision, without generating
     autoglm recommend calibrate LABELLED.jsonl [...] [--config DEPLOY.yaml] [--no-save]
-    autoglm recommend rate MODEL TASK SCORE [--weight N]        # an evaluation result or rating, 0..1
+    autoglm recommend rate MODEL TASK SCORE [--weight N] [--config DEPLOY.yaml]  # a rating, 0..1 (state store)
 
 Without ``--config`` only the task is identified (default taxonomy, hashing encoder). Thin: parse,
 call :mod:`autoglm.recommend`, print.
@@ -75,6 +75,7 @@ def _recommend(args: argparse.Namespace, text: str) -> int:
         from autoglm.recommend.route import RouteError
 
         rec = build_recommender(config, base_dir=Path(args.config).parent)
+        rec.quality.refresh()  # the recorded quality (state store), as the server sees it
         try:
             decision = rec.decide(request)
         except RouteError as exc:
@@ -122,7 +123,7 @@ def _calibrate(args: argparse.Namespace, files: list[str]) -> int:
 
 
 def _rate(args: argparse.Namespace, model: str, task: str, score: str) -> int:
-    from autoglm.recommend.profiles import QualityBook
+    from autoglm.recommend.quality import QualityBook
 
     try:
         value = float(score)
@@ -130,7 +131,19 @@ def _rate(args: argparse.Namespace, model: str, task: str, score: str) -> int:
         raise ConfigError(f"SCORE must be a number between 0 and 1; got {score!r}") from None
     if not 0.0 <= value <= 1.0 or args.weight <= 0:
         raise ConfigError(f"SCORE must be between 0 and 1 and --weight positive; got {value}, {args.weight}")
-    entry = QualityBook().record(model, task, value, args.weight)
+    config = _config(args.config)
+    if config is not None:  # the deployment's state store; the model and task must be its own
+        from autoglm.recommend.recommender import build_recommender
+
+        rec = build_recommender(config, base_dir=Path(args.config).parent)
+        if model not in rec.profiles or task not in rec.identifier.tasks:
+            raise ConfigError(f"MODEL must be one of {', '.join(rec.profiles)} and TASK one of "
+                              f"{', '.join(rec.identifier.tasks)}; got {model!r}, {task!r}")
+        book = rec.quality
+    else:
+        book = QualityBook()  # <AUTOGLM_HOME>/state.db
+    entry = book.record(model, task, value, args.weight)
+    book.close()
     print(f"{model} / {task}: recorded quality mean {entry['mean']:.3f} over {entry['n']:g} observation(s)",
           file=sys.stdout)
     return 0

@@ -9,6 +9,7 @@ import sys
 __all__ = ["register"]
 
 _USAGE = ("autoglm tune FILE.yaml [--workers N] [--storage URL] [--study NAME] [--worker]\n"
+          "       autoglm tune status [STUDY] [--json] [--server URL]\n"
           "       autoglm tune serve MODEL [options]   (autoglm tune serve --help)")
 
 
@@ -47,6 +48,8 @@ def _run(args: argparse.Namespace) -> int:
                                          description="Search the server's settings for a workload; write a deploy file.")
         tune_serve.add_arguments(parser)
         return int(tune_serve.run(parser.parse_args(argv[1:])) or 0)
+    if argv[:1] == ["status"]:
+        return _status(_status_parser().parse_args(argv[1:]))
     if not argv or argv[0] in ("-h", "--help"):
         _file_parser().print_help()
         return 0 if argv else 2
@@ -82,3 +85,49 @@ def _tune(ns: argparse.Namespace) -> int:
     result = tune(ns.file, storage=ns.storage, study_name=ns.study, workers=ns.workers, progress=not ns.quiet,
                   register=not ns.no_register)
     return 0 if result.n_complete else 1
+
+
+def _status_parser() -> argparse.ArgumentParser:
+    from autoglm.cli._remote import add_server_arguments
+
+    p = argparse.ArgumentParser(prog="autoglm tune status", description="Studies: trials, the best trial, "
+                                "parameter importances (autoglm.tuning.records).")
+    p.add_argument("study", nargs="?", help="one study in detail (default: list every study)")
+    p.add_argument("--storage", help="Optuna storage (default: the journal files under $AUTOGLM_HOME/studies)")
+    p.add_argument("--json", action="store_true")
+    add_server_arguments(p)
+    return p
+
+
+def _status(ns: argparse.Namespace) -> int:
+    import json
+
+    from autoglm.cli._remote import remote_client
+
+    client = remote_client(ns)
+    if client is None:
+        from autoglm.tuning import records
+
+        data = records.get_study(ns.study, storage=ns.storage) if ns.study else records.list_studies(storage=ns.storage)
+    else:
+        with client:
+            data = client.studies.get(ns.study) if ns.study else client.studies.list()
+    if ns.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not ns.study:
+        if not data:
+            print("no studies yet (autoglm tune FILE.yaml)")
+        for st in data:
+            best = f"{st['best_value']:.6g} (trial {st['best_trial']})" if st["best_value"] is not None else "n/a"
+            print(f"{st['name']:<24} {st['n_trials']:>4} trials  {st['metric'] or '?'} {st['direction']}  best {best}")
+        return 0
+    counts = ", ".join(f"{n} {state}" for state, n in data["counts"].items()) or "no trials"
+    print(f"study {data['name']} ({data['metric']} {data['direction']}, pipeline {data['pipeline']}): {counts}")
+    if data["best"]:
+        print(f"best: trial {data['best']['number']} = {data['best']['value']:.6g} {data['best']['params']}")
+    for k, v in data["importances"].items():
+        print(f"  importance {k}: {v:.3f}")
+    if data["report"]:
+        print(f"report: {data['report']}")
+    return 0

@@ -76,7 +76,7 @@ async def _caller(request: Request) -> dict[str, Any]:
     gw = owner.gateway
     headers = request.headers
     out: dict[str, Any] = {"valid": False, "name": None, "models": None, "admin": False, "gateway_admin": False,
-                           "error": None}
+                           "deploy": False, "error": None}
     try:
         key = await owner.authenticate(headers)
     except GatewayError as exc:
@@ -89,6 +89,15 @@ async def _caller(request: Request) -> dict[str, Any]:
     else:
         out.update(name=key.name, models=list(key.models) if key.models is not None else None,
                    admin=gateway_admin or key is STATIC_KEY_INFO)
+    # /admin/deployments (autoglm.api.routes_deployments): the admin key with a gateway; without one, a
+    # static key, or anyone on the loopback interface of an open server
+    if gw is not None:
+        out["deploy"] = gateway_admin
+    else:
+        from autoglm.deploy.assembly import is_loopback
+
+        client = request.client.host if request.client else ""
+        out["deploy"] = key is STATIC_KEY_INFO or (key is None and bool(client) and is_loopback(client))
     return out
 
 
@@ -129,12 +138,11 @@ def arch_for(name: str) -> tuple[Any, list[str]]:
             raise ModelNotFoundError(f"{path} has no readable config.json ({exc})") from None
         return ModelArch.from_config(config, name=path.name), [f"architecture from {path / 'config.json'}"]
     from autoglm.hub import demo
-
-    if demo.is_demo_model(name):
-        return ModelArch.from_config(demo.demo_config(name), name=name), [f"demo model {name} (random weights)"]
     from autoglm.hub.registry import resolve_name
 
     spec = resolve_name(name)
+    if demo.is_demo_model(name):  # (its config is built with transformers: a slower import)
+        return ModelArch.from_config(demo.demo_config(name), name=name), [f"demo model {name} (random weights)"]
     if spec is not None and spec.hidden_size is not None:
         arch = ModelArch.from_config(spec.config_dict(), name=spec.name)
         if spec.num_parameters and not spec.is_moe:

@@ -6,7 +6,8 @@ the hub resolves it). For an adapter directory (``adapter_config.json``, no ``co
 base is the model the running replicas loaded, :func:`adapter_engines` returns new engines that copy
 the loaded model and add the adapter's deltas ``W += B @ A * alpha / r`` to the weights they touch
 (through the fused ``qkv_proj`` when the Q/K/V projections were fused at load): no weights are read
-from disk but the adapter's few megabytes. A replica that already serves an adapter over the same
+from disk but the adapter's few megabytes, and the copy shares every weight the adapter does not touch
+with the old replica (only the touched layers are new memory). A replica that already serves an adapter over the same
 base has that adapter's deltas taken out first, so each promoted LoRA version swaps in this way. When that is not possible it says why (a quantized base,
 another base, DoRA or per-module ranks, a non-transformers engine) and the caller loads in full.
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from autoglm.config import EngineSettings
 from autoglm.errors import ModelNotFoundError
-from autoglm.hub.adapters import is_adapter_dir
+from autoglm.hub.adapters import MERGED_FROM_FILE, is_adapter_dir
 
 __all__ = ["locate", "is_adapter_dir", "adapter_engines", "adapter_engine", "plan_merge", "apply_merge",
            "root_engine", "Merge"]
@@ -150,11 +151,57 @@ def apply_merge(model: Any, merges: list[Merge]) -> None:
                 w[m.rows[0]:m.rows[1]].add_(delta.to(device=w.device, dtype=w.dtype))
 
 
+def copy_sharing_untouched(model: Any, touched: set[str]) -> Any:
+    """A copy of ``model`` whose modules named in ``touched`` have weights of their own and every other
+    parameter and buffer is the very tensor ``model`` has (serving never writes weights, so the two
+    can share them): the copy costs the adapter's layers, not the whole model's memory."""
+    memo: dict[int, Any] = {}
+    for name, module in model.named_modules():
+        if name not in touched:
+            for p in module.parameters(recurse=False):
+                memo[id(p)] = p
+        for b in module.buffers(recurse=False):
+            memo[id(b)] = b
+    return copy.deepcopy(model, memo)
+
+
 def _same_dir(a: str | Path | None, b: str | Path | None) -> bool:
     if not a or not b:
         return False
     try:
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def same_model(a: str | Path | None, b: str | Path | None) -> bool:
+    """The same directory, or two directories with the same weights (e.g. the base and its copy in the
+    registry): equal config.json, the same weight files with the same bytes. Reading the weights once
+    costs less than loading them, which is what a mismatch leads to."""
+    if _same_dir(a, b):
+        return True
+    if not a or not b:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if not (pa / "config.json").is_file() or (pa / "config.json").read_bytes() != (pb / "config.json").read_bytes():
+            return False
+        weights = sorted(p.name for p in pa.iterdir() if p.suffix in (".safetensors", ".bin"))
+        if not weights or weights != sorted(p.name for p in pb.iterdir() if p.suffix in (".safetensors", ".bin")):
+            return False
+        if any((pa / w).stat().st_size != (pb / w).stat().st_size for w in weights):
+            return False
+        return all(_digest(pa / w) == _digest(pb / w) for w in weights)
     except OSError:
         return False
 
@@ -172,8 +219,31 @@ def adapter_engines(old_engines: list[Any], adapter: Path, settings: EngineSetti
 
     if not all(isinstance(e, LoopEngine) and getattr(e, "core", None) is not None for e in old_engines):
         return None, f"the {type(first).__name__} engine has no model in memory to build on"
-    loaded = (getattr(first, "info", None) or {}).get("base_path") or (getattr(first, "info", None) or {}).get("path")
-    if not _same_dir(base, loaded):
+    info = getattr(first, "info", None) or {}
+    model = first.core.runner.model
+    undo: list[Merge] = []  # an earlier adapter merged into the loaded model: its deltas come out first
+    merged_from = Path(str(info.get("path") or "")) / MERGED_FROM_FILE
+    if info.get("adapter"):  # built here by an earlier swap
+        if not hasattr(first, "applied_merges"):
+            return None, "the loaded model has an adapter merged in whose deltas are not known"
+        loaded = info.get("base_path")
+        undo = [replace(m, scale=-m.scale, undo=True) for m in first.applied_merges]
+    elif info.get("path") and merged_from.is_file():  # served from an adapter merged on disk at start
+        try:
+            origin = json.loads(merged_from.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None, f"{merged_from} cannot be read"
+        old_adapter = Path(str(origin.get("adapter", "")))
+        if not is_adapter_dir(old_adapter):
+            return None, f"the adapter merged into the loaded model ({old_adapter}) is gone"
+        old, why = plan_merge(model, old_adapter)
+        if old is None:
+            return None, why
+        loaded = origin.get("base")
+        undo = [replace(m, scale=-m.scale, undo=True) for m in old]
+    else:
+        loaded = info.get("path")
+    if not same_model(base, loaded):
         if base and not Path(str(base)).expanduser().is_dir():
             try:
                 from autoglm.hub.resolve import resolve_model
@@ -181,14 +251,9 @@ def adapter_engines(old_engines: list[Any], adapter: Path, settings: EngineSetti
                 base = resolve_model(str(base), settings, progress=False).path
             except Exception:  # noqa: BLE001 - an unknown base is simply not the loaded one
                 return None, f"its base {meta.get('base_model_name_or_path')!r} does not resolve"
-        if not _same_dir(base, loaded):
-            return None, f"its base {meta.get('base_model_name_or_path')!r} is not the loaded model ({loaded})"
-    undo: list[Merge] = []
-    if (first.info or {}).get("adapter"):  # an earlier adapter is merged in: take its deltas out first
-        if not hasattr(first, "applied_merges"):
-            return None, "the loaded model has an adapter merged in whose deltas are not known"
-        undo = [replace(m, scale=-m.scale, undo=True) for m in first.applied_merges]
-    merges, why = plan_merge(first.core.runner.model, adapter)
+        if not same_model(base, loaded):
+            return None, f"its base {meta.get('base_model_name_or_path')!r} is not the loaded model's ({loaded})"
+    merges, why = plan_merge(model, adapter)
     if merges is None:
         return None, why
     return [adapter_engine(replace(settings, model=str(adapter)), e, adapter, [*undo, *merges])
@@ -217,7 +282,7 @@ def _adapter_engine_class() -> type:
 
         def __init__(self, settings: EngineSettings, base: Any, adapter: Path, merges: list[Merge]):
             super().__init__(settings)
-            self._base, self._adapter, self._pending = base, adapter, merges
+            self._base, self._adapter, self._merges_todo = base, adapter, merges
             self.applied_merges: list[Merge] = []  # this adapter's own deltas (a next swap takes them out)
 
         def _load(self) -> Any:
@@ -228,15 +293,15 @@ def _adapter_engine_class() -> type:
             base = self._base
             if base.core is None:
                 raise RuntimeError("the base engine stopped before its copy was made")
-            model = copy.deepcopy(base.core.runner.model)
-            apply_merge(model, self._pending)
+            model = copy_sharing_untouched(base.core.runner.model, {m.module for m in self._merges_todo})
+            apply_merge(model, self._merges_todo)
             model.eval()
             tok_dir = self._adapter if (self._adapter / "tokenizer.json").is_file() else base.info.get("path")
             tokenizer = AutoTokenizer.from_pretrained(tok_dir)  # its own: a tokenizer is not shared across threads
             info = {**base.info, "path": str(self._adapter), "adapter": str(self._adapter),
                     "base_path": base.info.get("base_path") or base.info.get("path")}
-            self.applied_merges = [m for m in self._pending if not m.undo]
-            self._base, self._pending = None, []  # the copy is made: do not keep the old engine alive
+            self.applied_merges = [m for m in self._merges_todo if not m.undo]
+            self._base, self._merges_todo = None, []  # the copy is made: do not keep the old engine alive
             return LoadedModel(model=model, tokenizer=tokenizer, max_model_len=base.max_model_len,
                                eos_token_ids=list(base.eos_token_ids), device=base.core.runner.device,
                                description=base.description, info=info)

@@ -29,6 +29,7 @@ Knows the router, engines and the hub; not HTTP (:mod:`autoglm.api.routes_deploy
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -41,6 +42,7 @@ from typing import Any
 from autoglm.config import EngineSettings
 from autoglm.deploy.schema import ModelConfig
 from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
+from autoglm.hub.adapters import MERGED_FROM_FILE
 
 __all__ = ["Deployments", "DeploymentError", "DeploymentBusy", "SwapRefused", "SwapFailed", "DEFAULT_DRAIN_S"]
 
@@ -84,6 +86,7 @@ class _Served:
     started_at: float
     version: str | None = None
     phase: str | None = None  # "loading" | "draining" while a change runs; else the route's health says
+    replicas: int = 1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -95,10 +98,17 @@ def _engine_kind(engine: Any) -> str:
 
 def registry_version(path: str | Path | None) -> str | None:
     """The registry version of a directory :func:`autoglm.registry.models.resolve_registered_model`
-    wrote (``<store>/registry/NAME/v3`` -> ``"3"``); None for anything else."""
+    wrote (``<store>/registry/NAME/v3`` -> ``"3"``), or of such an adapter merged into its base at
+    start; None for anything else."""
     if not path:
         return None
     p = Path(path)
+    merged_from = p / MERGED_FROM_FILE  # an adapter version merged into its base when it was served
+    if merged_from.is_file():
+        try:
+            p = Path(json.loads(merged_from.read_text(encoding="utf-8"))["adapter"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     for d in (p, p.parent):  # a version dir, or its model/ subfolder
         m = re.fullmatch(r"v([0-9]+)", d.name)
         if m and d.parent.parent.name == "registry" and (d / ".complete").is_file():
@@ -137,6 +147,9 @@ class Deployments:
         now = time.time()
         for route in router.routes:
             self._served[route.name] = self._adopt(route, now)
+        hooks = getattr(router, "on_start", None)
+        if hooks is not None:  # once the engines are up: the versions served (x-autoglm-model-version)
+            hooks.append(self.list)
 
     # -- what is served ---------------------------------------------------------------------------
     def _adopt(self, route: Any, now: float) -> _Served:
@@ -172,8 +185,13 @@ class Deployments:
                 "quantize": served.quantize, "started_at": served.started_at}
 
     def list(self) -> list[dict[str, Any]]:
-        """One dict per served model (see the module docstring)."""
-        return [self._entry(r) for r in self.router.routes if r.name in self._served]
+        """One dict per served model (see the module docstring), then the launches still loading."""
+        routed = [self._entry(r) for r in self.router.routes if r.name in self._served]
+        names = {e["name"] for e in routed}
+        loading = [{"name": s.name, "source": s.source, "version": s.version, "status": "loading",
+                    "replicas": s.replicas, "engine": s.engine, "quantize": s.quantize, "started_at": s.started_at}
+                   for s in self._served.values() if s.name not in names and s.phase == "loading"]
+        return routed + loading
 
     def get(self, name: str) -> dict[str, Any]:
         return self._entry(self._route(name))
@@ -221,7 +239,7 @@ class Deployments:
                               f"{', '.join(self.router.names())}")
         served = _Served(spec.name, spec.model_source if spec.upstream is None else ", ".join(spec.upstream.all_urls),
                          None if spec.upstream is not None else spec.engine, spec.quantize, time.time(),
-                         phase="loading")
+                         phase="loading", replicas=len(spec.upstream.all_urls) if spec.upstream else spec.replicas)
         self._served[spec.name] = served
         try:
             if spec.upstream is not None:
@@ -350,7 +368,10 @@ class Deployments:
         engines: list[Any] | None = None
         mode = "full"
         if local is not None and adapter_swap.is_adapter_dir(local):
-            engines, why = adapter_swap.adapter_engines(old_engines, local, settings)
+            try:
+                engines, why = await asyncio.to_thread(adapter_swap.adapter_engines, old_engines, local, settings)
+            except AutoGLMError as exc:
+                raise SwapRefused(f"cannot swap to {source}: {exc}") from None
             if engines is not None:
                 mode = "adapter"
             else:
@@ -404,6 +425,7 @@ class Deployments:
             raise SwapFailed(f"{source} loaded but did not answer a 2-token health check within "
                              f"{self.health_timeout_s:g}s") from None
         except Exception as exc:  # noqa: BLE001 - whatever broke, the new version is not healthy
+            log.debug("health check of %s failed", source, exc_info=True)
             raise SwapFailed(f"{source} loaded but failed its health check ({type(exc).__name__}: {exc})") from None
         if produced < 1:
             raise SwapFailed(f"{source} loaded but generated nothing in its health check")

@@ -39,11 +39,9 @@ def vllm_adapter_engines(old_engines: list[Any], adapter: Path, settings: Engine
         return None, f"adapter_config.json cannot be read ({exc})"
     base = meta.get("base_model_name_or_path")
     loaded = (roots[0].info or {}).get("path")
-    try:
-        same = bool(base) and Path(base).resolve() == Path(loaded).resolve()
-    except (OSError, TypeError):
-        same = False
-    if not same:
+    from autoglm.deploy.adapter_swap import same_model
+
+    if not same_model(base, loaded):
         return None, f"its base {base!r} is not the model vLLM loaded ({loaded})"
     return [VllmAdapterView(root, adapter, settings) for root in roots], ""
 

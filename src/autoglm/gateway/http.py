@@ -5,8 +5,9 @@ the static keys of ``autoglm serve --api-key`` and the app's :class:`~autoglm.mo
 It supplies:
 
 * :class:`GatewayMiddleware` (ASGI): gives each request an id (``x-request-id``) and an
-  :class:`~autoglm.monitoring.AccessRecord`, authenticates every route but ``/health`` (``/metrics``
-  needs the admin key unless public or the gateway is open; ``/admin/*`` checks the admin key itself),
+  :class:`~autoglm.monitoring.AccessRecord`, authenticates every route but ``/health`` and ``/ui``
+  (the console's pages, which ask for a key themselves; ``/metrics`` needs the admin key unless public
+  or the gateway is open; ``/admin/*`` checks the admin key itself),
   counts requests by route and status, and writes one access-log line when the response is done.
 * :meth:`GatewayHTTP.serve`: the path of a completion request, in the order the facade prescribes:
   authorize the model (403) -> look the response cache up (deterministic requests only; ``Cache-Control:

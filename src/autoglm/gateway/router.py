@@ -133,6 +133,7 @@ class Router:
         self.recommender: Any = None
         self._by_name: dict[str, Route] = self._names_of(self.routes)
         self._task: asyncio.Task[None] | None = None
+        self.on_start: list[Callable[[], None]] = []  # e.g. autoglm.deploy.live reading the versions served
 
     @staticmethod
     def _names_of(routes: list[Route]) -> dict[str, Route]:
@@ -282,7 +283,13 @@ class Router:
             await asyncio.gather(*(b.check() for b in remote))
 
     async def start(self) -> None:
-        """Start the background health check (only when there are remote replicas). Idempotent."""
+        """Run the ``on_start`` hooks (the engines are up by now: the app's lifespan starts them first),
+        then start the background health check (only when there are remote replicas). Idempotent."""
+        for hook in self.on_start:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a hook must not keep the server from starting
+                log.exception("router start hook failed")
         if self._task is None and self.upstreams():
             self._task = asyncio.create_task(self._health_loop(), name="autoglm-router-health")
 

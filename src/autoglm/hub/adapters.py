@@ -17,7 +17,9 @@ from typing import Any, Callable
 from autoglm._filelock import exclusive_lock
 from autoglm.errors import ConfigError, ModelNotFoundError
 
-__all__ = ["is_adapter_dir", "merged_adapter"]
+__all__ = ["is_adapter_dir", "merged_adapter", "MERGED_FROM_FILE"]
+
+MERGED_FROM_FILE = "autoglm_merged_from.json"  # {"adapter": dir, "base": dir} in a merged copy
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "chat_template.json", "generation_config.json")
@@ -73,6 +75,8 @@ def merged_adapter(adapter: Path, store_dir: Path, resolve_base: Callable[[str],
                 for d in (base, adapter):
                     if (d / name).is_file():
                         shutil.copy2(d / name, tmp / name)
+            # what was merged: a live swap to the next adapter over this base takes these deltas out (deploy.adapter_swap)
+            (tmp / MERGED_FROM_FILE).write_text(json.dumps({"adapter": str(adapter), "base": str(base)}), encoding="utf-8")
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

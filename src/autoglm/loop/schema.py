@@ -98,3 +98,4 @@ class ImproveConfig(_Strict):
     store: Optional[str] = None  # feedback state store (default: gateway.state_store, then AUTOGLM_STATE_URL)
     webhooks: Optional[str] = None  # a webhooks file: loop events go to its outbound targets
     interval: PositiveFloat = 60.0  # seconds between trigger checks of ``autoglm loop run``
+    redeploy: list[str] = Field(default_factory=list)  # server URLs that swap to the new champion (deploy.redeploy)

@@ -1,7 +1,8 @@
 """The drift test of one window against the reference: KL, PSI and a chi-square test per signal.
 
-For each signal both histograms are smoothed (``alpha`` added to every bin, so an empty bin is not an
-infinite divergence) and compared:
+For each signal both histograms are turned into proportions and smoothed - mixed with the uniform
+distribution at weight ``smoothing`` (1 %), so an empty bin is not an infinite divergence and two
+identical distributions give exactly 0 whatever their sample sizes - and compared:
 
 * ``kl`` = KL(window || reference) = sum p ln(p / q);
 * ``psi`` = sum (p - q) ln(p / q) (the population stability index; 0.1 is a moderate shift, 0.25 a
@@ -33,7 +34,7 @@ class DriftThresholds:
     kl_threshold: float | None = None
     alpha: float = 0.01  # significance of the chi-square test, before the Bonferroni split
     min_count: int = 20  # observations each side needs for a signal to be tested
-    smoothing: float = 0.5  # added to every bin before p and q are formed
+    smoothing: float = 0.01  # weight of the uniform distribution mixed into p and q
 
 
 @dataclass
@@ -66,9 +67,9 @@ class DriftResult:
                 for name, s in self.signals.items()}
 
 
-def _smoothed(counts: list[int], alpha: float) -> list[float]:
-    total = sum(counts) + alpha * len(counts)
-    return [(c + alpha) / total for c in counts]
+def _smoothed(counts: list[int], weight: float) -> list[float]:
+    total, k = sum(counts), len(counts)
+    return [(1 - weight) * c / total + weight / k for c in counts]
 
 
 def kl_divergence(p: list[float], q: list[float]) -> float:

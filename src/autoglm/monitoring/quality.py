@@ -64,7 +64,8 @@ class Quality:
 
 
 def quality_of(windows: Any, store: Any, since: float, min_labels: int) -> dict[str, Quality]:
-    """Mean rating and AUC per model since ``since`` (``windows``: a :class:`~autoglm.monitoring.window_store.WindowStore`)."""
+    """Mean rating and AUC per model since ``since`` (``windows``: a
+    :class:`~autoglm.monitoring.window_store.WindowStore`)."""
     out: dict[str, Quality] = {}
     for model, (mean, n) in mean_ratings(store, since).items():
         out[model] = Quality(model, mean_rating=mean, ratings=n)

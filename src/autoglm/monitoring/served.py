@@ -44,6 +44,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from fastapi import Request
+
 from autoglm.monitoring.quality import Quality, quality_of
 from autoglm.monitoring.settings import MonitorSettings
 from autoglm.monitoring.signals import SIGNALS, Counts, observe
@@ -123,17 +125,18 @@ class ServedMonitor:
         self._last_warning = 0.0
         self.snapshot: dict[str, ModelSnapshot] = {m: ModelSnapshot(m) for m in self.models}
         self.dropped = 0  # exchanges not binned because the queue was full
+        self.late = 0  # exchanges binned after their window was evaluated (not counted)
         self.observed = 0
 
     # -- the event-loop side -----------------------------------------------------------------------
-    def submit(self, key_id: str, body: bytes, response: dict[str, Any]) -> None:
-        """Queue one completed exchange (O(1); never raises)."""
+    def submit(self, key_id: str, body: bytes, response: dict[str, Any], at: float | None = None) -> None:
+        """Queue one completed exchange served at ``at`` (epoch s; default now). O(1); never raises."""
         if response.get("object") not in _RESPONSE_OBJECTS:
             return
         if len(self._pending) >= self.settings.max_pending:
             self.dropped += 1
             return
-        self._pending.append((time.time(), key_id, body, response))
+        self._pending.append((time.time() if at is None else at, key_id, body, response))
 
     # -- the worker side (blocking; one thread at a time) --------------------------------------
     def window_store(self) -> Any:
@@ -147,8 +150,9 @@ class ServedMonitor:
             self._ws = WindowStore(self._store)
         return self._ws
 
-    def _bin_pending(self) -> None:
+    def _bin_pending(self, now: float) -> None:
         width = self.settings.window
+        horizon = now - width - 2 * self.settings.grace  # windows that started before this are evaluated by now
         while self._pending:
             at, key_id, body, response = self._pending.popleft()
             try:
@@ -165,6 +169,9 @@ class ServedMonitor:
             slot = (obs.model, int(at // width) * width)
             counts = self._windows.get(slot)
             if counts is None:
+                if slot[1] < horizon:  # too late for its window (a clock jump): it would overwrite the counts
+                    self.late += 1
+                    continue
                 counts = self._windows[slot] = Counts()
             counts.add(obs)
             self._dirty.add(slot)
@@ -179,26 +186,27 @@ class ServedMonitor:
         ws.put_partials(self.instance, [(m, start, self.settings.window, self._windows[(m, start)])
                                         for m, start in slots])
         self._dirty.clear()
-        for slot in slots:  # a window that was over when written is final for this process
-            if slot[1] + self.settings.window <= now:
-                self._windows.pop(slot, None)
+        horizon = now - self.settings.window - 2 * self.settings.grace
+        for slot in [s for s in self._windows if s[1] < horizon]:  # written after it was over, and evaluated
+            del self._windows[slot]
         if self._predictions:
             ws.put_predictions(self._predictions)
             self._predictions = []
 
     def sync(self, now: float | None = None) -> Any:
         """Bin what is queued and write it (counts and scores) now; returns the window store."""
+        now = time.time() if now is None else now
         with self._lock:
-            self._bin_pending()
+            self._bin_pending(now)
             ws = self.window_store()
-            self._flush(ws, time.time() if now is None else now)
+            self._flush(ws, now)
             return ws
 
     def tick(self, now: float | None = None, *, force: bool = False) -> None:
         """One turn of the background task: bin; every ``flush_interval`` also write, evaluate, refresh."""
         now = time.time() if now is None else now
         with self._lock:
-            self._bin_pending()
+            self._bin_pending(now)
             if not force and now < self._next_flush:
                 return
             self._next_flush = now + self.settings.flush_interval
@@ -215,7 +223,7 @@ class ServedMonitor:
         s = self.settings
         since = now - s.rate_window
         quality = quality_of(ws, ws.store, now - s.quality_window, s.min_labels)
-        models = sorted(set(self.models) | set(ws.models()) | set(quality))
+        models = sorted(set(self.models) | {m for m, _ in self._windows} | set(ws.models()) | set(quality))
         snap: dict[str, ModelSnapshot] = {}
         for model in models:
             rate = ws.drift_rate(model=model, since=since)
@@ -383,8 +391,6 @@ def _parse_labels(spec: Any) -> list[dict[str, Any]]:
 
 
 def _install_routes(app: Any, owner: Any, router: Any, monitor: ServedMonitor) -> None:
-    from fastapi import Request
-
     from autoglm.api.errors import APIError
     from autoglm.gateway.store import StoreUnavailable
     from autoglm.gateway.usage import OPEN_MODE_KEY_ID
@@ -451,7 +457,8 @@ def _install_routes(app: Any, owner: Any, router: Any, monitor: ServedMonitor) -
 
 # -- the hook --------------------------------------------------------------------------------------
 def install_monitoring(app: Any, owner: Any, server: Any, router: Any, metrics: Any) -> ServedMonitor | None:
-    """Attach the served-model monitor to ``app`` (``owner``: the app's GatewayHTTP; ``metrics``: ServerMetrics or None).
+    """Attach the served-model monitor to ``app`` (``owner``: the app's GatewayHTTP; ``metrics``: ServerMetrics
+    or None).
 
     Returns the monitor (also ``app.state.monitor``), or None when ``server.monitoring.enabled`` is false."""
     settings = getattr(server, "monitoring", None) or MonitorSettings()

@@ -331,8 +331,8 @@ class WindowStore:
         return DriftRate(fired / tested if tested else 0.0, tested, fired, by_state)
 
     def models(self) -> list[str]:
-        rows = self.store.execute("SELECT DISTINCT model FROM mon_windows UNION SELECT DISTINCT model FROM mon_reference"
-                                  " UNION SELECT DISTINCT model FROM mon_predictions")
+        rows = self.store.execute("SELECT DISTINCT model FROM mon_windows UNION SELECT DISTINCT model FROM "
+                                  "mon_reference UNION SELECT DISTINCT model FROM mon_predictions")
         return sorted(r[0] for r in rows)
 
     def pending(self) -> list[tuple[str, int, int]]:

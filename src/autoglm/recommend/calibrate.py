@@ -124,6 +124,8 @@ def _predict(raw: Mapping[str, np.ndarray], p: IdentifyParams, thresholds: np.nd
     scores = raw["shape"] + raw["length"] + p.w_keywords * raw["keywords"] + p.w_fluency * raw["fluency"]
     if "knn" in raw:
         scores = scores + p.w_knn * raw["knn"]
+    if "material" in raw:
+        scores = scores + raw["material"]
     best = scores.argmax(axis=1)
     top = scores[np.arange(len(best)), best]
     conf = top / (scores.sum(axis=1) + p.prior)
@@ -163,6 +165,7 @@ def fit(identifier: TaskIdentifier, rows: list[LabelledRow]) -> tuple[IdentifyPa
     classes = np.unique(truth)
     base = identifier.params
     thresholds = np.array(GRID["threshold"])
+    d = IdentifyParams()  # ties: the setting closest to the built-in defaults
     best_key, best_params = None, base
     for wk, wf, prior in itertools.product(GRID["w_keywords"], GRID["w_fluency"], GRID["prior"]):
         p = replace(base, w_keywords=wk, w_fluency=wf, prior=prior)
@@ -171,7 +174,8 @@ def fit(identifier: TaskIdentifier, rows: list[LabelledRow]) -> tuple[IdentifyPa
         acc = hit.mean(axis=1)
         balanced = np.stack([hit[:, truth == c].mean(axis=1) for c in classes]).mean(axis=0)
         for j, th in enumerate(thresholds):
-            distance = abs(wk - 0.8) + abs(wf - 0.1) + abs(prior - 0.5) + abs(th - 0.15)
+            distance = (abs(wk - d.w_keywords) + abs(wf - d.w_fluency) + abs(prior - d.prior)
+                        + abs(th - d.threshold))
             key = (round(float(acc[j]), 6), round(float(balanced[j]), 6), -distance)
             if best_key is None or key > best_key:
                 best_key, best_params = key, replace(p, threshold=float(th))

@@ -14,14 +14,26 @@ Signals, each a score per task:
   ``chat``: well-formed language that matches no task better is general chat, while gibberish, noise
   and symbols stay below the threshold and become "unknown";
 * length - a prompt of at least ``long_tokens`` (estimated) tokens adds ``length`` to ``long_doc_qa``
-  and a third of it to ``summarization``.
+  and a third of it to ``summarization``;
+* material - a prompt that carries a text to work on (a pasted document, e-mail, code file: at least
+  ``doc_tokens`` estimated tokens) is split into the *instruction* (its short first and/or last
+  paragraph, or what comes before a colon that opens it: "Summarise this: ...") and the *material*
+  (the rest). The KNN vote and fluency read the instruction only, and keywords count fully in the
+  instruction and ``w_material`` each in the material - a report full of numbers is not a maths
+  question, while pasted code still says "code". When the instruction is a question, ``doc_question``
+  is added to ``long_doc_qa`` (a question about a given text) - unless the material is program code
+  (most of its lines look like code: indented, ending in ``;{}:``, starting with a keyword), which
+  adds ``doc_question`` to ``code`` instead: a question about code is a code task.
 
-``score[t] = w_knn * knn[t] + w_keywords * keywords[t] + shape[t] + length[t] (+ fluency for chat)``;
+``score[t] = w_knn * knn[t] + w_keywords * keywords[t] + shape[t] + length[t] + material[t]
+(+ fluency for chat)``;
 ``confidence = max(score) / (sum(score) + prior)`` - the ``prior`` is evidence for "none of these", so
 a request that matches nothing well has a low confidence even when one task is slightly ahead. Below
 ``threshold`` the task is :data:`~autoglm.recommend.taxonomy.UNKNOWN`. The weights and the threshold
 are :class:`IdentifyParams`, which ``autoglm recommend calibrate`` fits on labelled data; the defaults
-are that fit on the labelled sets shipped in ``tests/recommend/data`` with the hashing encoder.
+are that fit on the dev set shipped in ``tests/recommend/data`` (all ``labelled_*.jsonl``) with the
+hashing encoder, and ``doc_tokens``, ``w_material``, ``doc_question`` the best of a small grid on the
+same set. The held-out set in ``benchmarks/data/task_identification`` is never used to fit anything.
 
 The text identified is the last user message (the instruction; long documents keep head and tail in
 the hashing encoder); length counts every message. Knows nothing about models or HTTP.
@@ -40,7 +52,7 @@ from autoglm.recommend.index import TemplateIndex, build_index
 from autoglm.recommend.taxonomy import UNKNOWN, Taxonomy
 
 __all__ = ["IdentifyParams", "RequestSignals", "Identification", "TaskIdentifier", "signals_from_request",
-           "detect_language", "fluency"]
+           "detect_language", "fluency", "split_material", "is_question", "looks_like_code"]
 
 _LATIN = re.compile(r"[A-Za-z]")
 KEYWORD_CHARS = 1200  # keywords are looked for in the head and tail of a long prompt, like the encoder
@@ -64,8 +76,11 @@ class IdentifyParams:
     w_fluency: float = 0.1
     length: float = 0.5
     long_tokens: int = 700
-    prior: float = 0.5
-    threshold: float = 0.15
+    doc_tokens: int = 100  # a prompt at least this long may carry material (see "material" above)
+    w_material: float = 0.25  # a keyword in the material counts this much of one in the instruction
+    doc_question: float = 0.6  # added to long_doc_qa for a question about the material
+    prior: float = 0.3
+    threshold: float = 0.175
     encoder_weights: dict[str, float] = field(default_factory=dict)  # name -> weight (default 1 each)
 
     @classmethod
@@ -160,6 +175,47 @@ def signals_from_request(request: Mapping[str, Any]) -> RequestSignals:
     return RequestSignals(text, len(text), tools, rf_type)
 
 
+_PARAGRAPH = re.compile(r"\n\s*\n")
+_COLON = re.compile(r"[:：]")
+_MAX_INSTRUCTION = 320  # characters of a paragraph that is an instruction rather than material
+_QUESTION = re.compile(
+    r"[?？]|[吗呢么]\s*$|(什么|多少|几[个天次条岁年月点号]|哪|怎么|如何|是否|能否|为什么|有没有|会不会|可不可以|能不能)"
+    r"|^\s*(what|which|when|who|whom|whose|where|why|how|is|are|was|were|do|does|did|can|could|will|would|should|may"
+    r"|has|have)\b", re.IGNORECASE)
+
+
+def split_material(text: str, doc_tokens: int) -> tuple[str, str]:
+    """``(instruction, material)``; ``material`` is empty when the text carries none (see module docstring)."""
+    if estimate_tokens(text, len(text)) < doc_tokens:
+        return text, ""
+    paragraphs = [p for p in _PARAGRAPH.split(text.strip()) if p.strip()]
+    if len(paragraphs) >= 2:
+        first, last = paragraphs[0], paragraphs[-1]
+        head = first if len(first) <= _MAX_INSTRUCTION else ""
+        tail = last if len(last) <= _MAX_INSTRUCTION else ""
+        if head or tail:
+            body = paragraphs[1 if head else 0:len(paragraphs) - 1 if tail else None]
+            if body:
+                return "\n".join(x for x in (head, tail) if x), "\n\n".join(body)
+    colon = _COLON.search(text, 0, 200)
+    if colon is not None and estimate_tokens(text[colon.end():], len(text) - colon.end()) >= doc_tokens:
+        return text[:colon.start()], text[colon.end():]
+    return text, ""
+
+
+_CODE_LINE = re.compile(r"^\s{2,}\S|[;{}:)]\s*$|^\s*(def|class|import|from|return|if|elif|else|for|while|try|except"
+                        r"|function|const|let|var|public|private|static|func|fn|#include|package|select|insert)\b")
+
+
+def looks_like_code(material: str) -> bool:
+    lines = [ln for ln in material.splitlines()[:200] if ln.strip()]
+    return len(lines) >= 3 and sum(bool(_CODE_LINE.search(ln)) for ln in lines) >= 0.6 * len(lines)
+
+
+def is_question(instruction: str) -> bool:
+    return bool(_QUESTION.search(instruction.strip()[-300:]))
+
+
 @dataclass
 class Identification:
     task: str  # a task name or "unknown"
@@ -201,17 +257,22 @@ class TaskIdentifier:
         """The raw signals (before weights): name -> ``[n_tasks]``."""
         p, n = self.params, len(self.tasks)
         out: dict[str, np.ndarray] = {}
+        instruction, material = split_material(signals.text, p.doc_tokens)
         if self.indexes:
             total_w, knn = 0.0, np.zeros(n)
             for ix in self.indexes:
                 w = p.encoder_weights.get(ix.encoder.name, 1.0)
                 if w <= 0:
                     continue
-                knn += w * ix.vote(ix.encoder.encode([signals.text])[0], p.k)
+                knn += w * ix.vote(ix.encoder.encode([instruction])[0], p.k)
                 total_w += w
             out["knn"] = knn / max(total_w, 1e-9)
-        lowered = clip_head_tail(signals.text, KEYWORD_CHARS).lower()  # as the encoder reads a long prompt
-        out["keywords"] = 1.0 - 0.5 ** np.array(self.taxonomy.keyword_hits(lowered), dtype=np.float64)
+        hits = np.array(self.taxonomy.keyword_hits(clip_head_tail(instruction, KEYWORD_CHARS).lower()),
+                        dtype=np.float64)
+        if material:  # (head and tail of a long one, as the encoder reads a long prompt)
+            lowered = clip_head_tail(material, KEYWORD_CHARS).lower()
+            hits = hits + p.w_material * np.array(self.taxonomy.keyword_hits(lowered), dtype=np.float64)
+        out["keywords"] = 1.0 - 0.5 ** hits
         shape = np.zeros(n)
         if "extraction" in self._pos:
             if signals.response_format in ("json_object", "json_schema"):
@@ -221,8 +282,15 @@ class TaskIdentifier:
         out["shape"] = shape
         fluent = np.zeros(n)
         if "chat" in self._pos:
-            fluent[self._pos["chat"]] = fluency(signals.text)
+            fluent[self._pos["chat"]] = fluency(instruction)
         out["fluency"] = fluent
+        doc = np.zeros(n)
+        if material and looks_like_code(material):
+            if "code" in self._pos:
+                doc[self._pos["code"]] = p.doc_question
+        elif material and "long_doc_qa" in self._pos and is_question(instruction):
+            doc[self._pos["long_doc_qa"]] = p.doc_question
+        out["material"] = doc
         length = np.zeros(n)
         if signals.est_tokens >= p.long_tokens:
             if "long_doc_qa" in self._pos:
@@ -239,6 +307,8 @@ class TaskIdentifier:
         scores = raw["shape"] + raw["length"] + p.w_keywords * raw["keywords"] + p.w_fluency * raw["fluency"]
         if "knn" in raw:
             scores = scores + p.w_knn * raw["knn"]
+        if "material" in raw:
+            scores = scores + raw["material"]
         best = int(np.argmax(scores))
         confidence = float(scores[best] / (scores.sum() + p.prior))
         return best, confidence, scores

@@ -255,6 +255,7 @@ class PipelineLauncher:
         log_path = plan.run_path.with_name(f"{plan.run_key}.out.log")
         handle = {"object": "pipeline.run.handle", "id": plan.run_key, "name": config.name, "run_key": plan.run_key,
                   "file": str(file), "log": str(log_path), "pid": None, "started": False}
+        self.close()  # reap children that have exited
         if plan.is_finished():
             return {**handle, "status": "finished"}
         with self._lock:

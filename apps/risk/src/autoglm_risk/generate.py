@@ -101,7 +101,7 @@ def _ip(rng: np.random.Generator, country: np.ndarray, host: np.ndarray | None =
 def generate(n_users: int = 5000, days: int = 30, *, seed: int = 0, start_ms: int = DEFAULT_START_MS,
              fraud_rate: float = 1.0, n_merchants: int = 1500) -> Dataset:
     """Draw a dataset (see the module docstring). ``fraud_rate`` scales how many fraud events there are
-    (1.0: about one event per 60 users per month, roughly 0.5-1 % of transactions)."""
+    (1.0: about one event per 20 users per month, roughly 1 % of transactions)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -195,8 +195,12 @@ def generate(n_users: int = 5000, days: int = 30, *, seed: int = 0, start_ms: in
     final = np.lexsort((uid, ts))
 
     n = len(final)
-    lat = c_lat[country] + rng.normal(0, 1.2, n)
-    lon = c_lon[country] + rng.normal(0, 1.2, n)
+    # where a purchase happens: the user's own city (a fixed offset from the country's centre), a few km of jitter
+    city_lat, city_lon = rng.normal(0, 1.5, (2, U)), rng.normal(0, 1.5, (2, U))
+    away = (country != home[uid]).astype(int)  # abroad: the city of the user's trip (or of the fraudster)
+    lat = c_lat[country] + city_lat[away, uid] + rng.normal(0, 0.03, len(uid))
+    lon = c_lon[country] + city_lon[away, uid] + rng.normal(0, 0.03, len(uid))
+    lat, lon = lat[final], lon[final]
     tx = pd.DataFrame({
         "txn_id": np.arange(1, n + 1, dtype=np.int64),
         "ts": ts[final].astype(np.int64),
@@ -239,7 +243,7 @@ def _fraud(rng: np.random.Generator, *, U: int, days: int, start_ms: int, scale:
            m_off: np.ndarray, per_cat: np.ndarray, k_mult: np.ndarray, n_devices_users: int,
            legit: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
     """Every fraud row of the five kinds, as arrays (see the module docstring)."""
-    per_kind = max(1, int(round(U * days / 30 / 60 * scale / 5 * 2)))  # events of each kind
+    per_kind = max(1, int(round(U * days / 30 / 20 * scale / 5)))  # events of each kind
     pool = n_devices_users + np.arange(N_FRAUD_DEVICES)
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "ts", "cat", "amount", "device", "card", "country",
                                                         "type")}

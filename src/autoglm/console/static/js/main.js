@@ -46,7 +46,8 @@ function drawChrome() {
   keyBtn.hidden = !(s && (s.key_required || api.getKey()));
   document.getElementById('skip').textContent = t('Skip to content');
   const who = document.getElementById('who');
-  who.textContent = !s ? '' : !s.caller.valid ? t('no key') : s.caller.name ? `${t('key')}: ${s.caller.name}${s.caller.admin ? ` (${t('admin')})` : ''}` : t('open server');
+  who.textContent = !s ? '' : !s.caller.valid ? t('no key') : s.caller.gateway_admin ? t('admin key')
+    : s.caller.name ? `${t('key')}: ${s.caller.name}` : t('open server');
 }
 
 function keyForm(message) {
@@ -77,6 +78,16 @@ export const ctx = {
       return s.gateway && !s.admin_key_configured
         ? t('This needs the admin key, and the server has none: start it with AUTOGLM_ADMIN_KEY set, then enter that key here.')
         : t('This needs the admin key: enter it with the key button at the top.');
+    }
+    if (what === 'deploy' && !s.caller.deploy) {
+      if (s.gateway && !s.admin_key_configured) return t('Launching, stopping and swapping need the admin key, and the server has none: restart it with AUTOGLM_ADMIN_KEY=... set, then enter that key here.');
+      return s.gateway ? t('Launching, stopping and swapping need the admin key: enter it with the key button at the top.')
+        : t('Launching, stopping and swapping need the server\'s --api-key, or a browser on the server\'s own machine.');
+    }
+    if (what === 'admin_api' && !s.caller.deploy) {
+      if (s.gateway && !s.admin_key_configured) return t('This page needs the admin key, and the server has none: restart it with AUTOGLM_ADMIN_KEY=... set, then enter that key here.');
+      return s.gateway ? t('This needs the admin key: enter it with the key button at the top.')
+        : t('This page needs the server\'s --api-key, or a browser on the server\'s own machine.');
     }
     if (what === 'gateway_admin' && !s.caller.gateway_admin) {
       if (!s.gateway) return t('This server runs without a gateway (--no-gateway), so there are no keys to manage: start it without --no-gateway.');
@@ -110,6 +121,7 @@ async function route() {
     const cleanup = await mod.render(section, ctx);
     if (id !== state.renderId) { if (cleanup) cleanup(); return; }
     state.cleanup = cleanup || null;
+    if (!performance.getEntriesByName('autoglm:ready').length) performance.mark('autoglm:ready'); // first page drawn
   } catch (err) {
     section.append(note('error', `${t('This page failed to load')}: ${err.message}`));
   }

@@ -170,7 +170,8 @@ export class SchemaForm {
     const value = node.get();
     const dflt = schema.default;
     const hintParts = [];
-    if (dflt !== undefined && dflt !== null && !(Array.isArray(dflt) && dflt.length === 0)) hintParts.push(`${t('default')}: ${JSON.stringify(dflt)}`);
+    const shownInOptions = Boolean(r.enum || r.const !== undefined || r.type === 'boolean');
+    if (!shownInOptions && dflt !== undefined && dflt !== null && !(Array.isArray(dflt) && dflt.length === 0)) hintParts.push(`${t('default')}: ${JSON.stringify(dflt)}`);
     if (r.minimum !== undefined) hintParts.push(`≥ ${r.minimum}`);
     if (r.exclusiveMinimum !== undefined) hintParts.push(`> ${r.exclusiveMinimum}`);
     if (r.maximum !== undefined) hintParts.push(`≤ ${r.maximum}`);
@@ -180,7 +181,8 @@ export class SchemaForm {
     if (enumValues) {
       control = h('select', { onchange: (e) => set(e.target.value === '' ? undefined : e.target.value) },
         required && r.const === undefined ? null : h('option', { value: '' }, dflt !== undefined && dflt !== null ? `(${t('default')}: ${dflt})` : `(${t('unset')})`),
-        enumValues.map((v) => h('option', { value: v }, v)));
+        enumValues.map((v) => h('option', { value: v }, v)),
+        value !== undefined && value !== null && !enumValues.includes(value) ? h('option', { value }, `${value} (${t('not allowed')})`) : null);
       control.value = value ?? (required && r.const !== undefined ? r.const : '');
     } else if (r.type === 'boolean') {
       control = h('select', { onchange: (e) => set(e.target.value === '' ? undefined : e.target.value === 'true') },

@@ -117,7 +117,7 @@ export async function render(root, ctx) {
         e.line ? h('button', { type: 'button', class: 'link', id: 'error-where', onclick: () => goToLine(e.line) }, e.where) : e.where,
         ` ${e.message}`));
     }
-    launchBtn.disabled = !result.valid || !session.features.deployments;
+    launchBtn.disabled = !result.valid || !session.features.deployments || !session.caller.deploy;
   }
 
   const validateSoon = debounce(validate, 250);
@@ -150,7 +150,7 @@ export async function render(root, ctx) {
   function drawSaved() {
     const all = store.savedConfigs();
     clear(savedSel).append(h('option', { value: '' }, `(${t('saved in this browser')})`),
-      Object.keys(all).sort().map((n) => h('option', { value: n }, n)));
+      ...Object.keys(all).sort().map((n) => h('option', { value: n }, n)));
   }
 
   async function copy(kind) {
@@ -224,8 +224,9 @@ export async function render(root, ctx) {
         h('button', { type: 'button', id: 'copy-curl', onclick: () => copy('curl') }, t('Copy as curl')), copyNote),
       h('label', { for: 'copy-out' }, t('Copied text')), copyOut),
     h('section', { class: 'card', 'aria-labelledby': 'launch2-h' }, h('h2', { id: 'launch2-h' }, t('Launch')),
-      session.features.deployments ? h('p', { class: 'hint' }, t('Adds each model of this file to the running server (POST /admin/deployments).'))
-        : note('info', t('Launching from here needs the /admin/deployments routes, which this server does not have: copy the CLI and run `autoglm deploy` instead.')),
+      !session.features.deployments ? note('info', t('Launching from here needs the /admin/deployments routes, which this server does not have: copy the CLI and run `autoglm deploy` instead.'))
+        : ctx.needs('deploy') ? note('info', ctx.needs('deploy'))
+          : h('p', { class: 'hint' }, t('Adds each model of this file to the running server (POST /admin/deployments).')),
       launchBtn, launchOut, h('h3', {}, t('History of launches')), history));
   drawSaved();
   drawGutter();

@@ -66,7 +66,8 @@ export async function render(root, ctx) {
   const { api, session } = ctx;
   const f = session.features;
   root.append(h('h1', { id: 'h-improve' }, t('Pipelines and models')));
-  const need = ctx.needs('admin');
+  const any = f.pipelines || f.studies || f.registry || f.loop;
+  const need = any ? ctx.needs('admin_api') : null;
   if (need) { root.append(note('info', need)); return null; }
   if (!session.extras.mlflow || !session.extras.optuna) root.append(note('warn', trainHint()));
   const secs = {
@@ -77,7 +78,8 @@ export async function render(root, ctx) {
   };
   root.append(...Object.values(secs));
   const body = (k) => secs[k].querySelector('.body');
-  const missing = (k) => clear(body(k)).append(note('info', t('Not available on this server.')));
+  const routes = { pipelines: '/admin/pipelines', studies: '/admin/studies', registry: '/admin/models', loop: '/admin/loop' };
+  const missing = (k) => clear(body(k)).append(note('info', t('Not available on this server: it has no {route} route (upgrade autoglm and restart it).', { route: routes[k] })));
   const detail = h('div', {});
 
   async function showRun(id, into) {

@@ -17,7 +17,7 @@ export async function render(root, ctx) {
   const keysBox = h('div', { id: 'keys-list' });
   const usageBox = h('div', { id: 'usage-list' });
   const created = h('div', { id: 'key-created', 'aria-live': 'polite' });
-  const name = h('input', { type: 'text', required: true, pattern: '[A-Za-z0-9._-]+', placeholder: 'ci-bot' });
+  const name = h('input', { type: 'text', required: true, placeholder: 'ci-bot' }); // the server checks the name and says why
   const models = h('input', { type: 'text', placeholder: t('all models') });
   const rpm = h('input', { type: 'number', min: 1, step: 1, placeholder: t('unlimited') });
   const tpm = h('input', { type: 'number', min: 1, step: 1, placeholder: t('unlimited') });

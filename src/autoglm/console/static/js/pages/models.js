@@ -44,7 +44,8 @@ export async function render(root, ctx) {
         ['id', t('name')],
         ['root', t('source')],
         ['max_model_len', 'max_model_len'],
-        ['id', t('status'), (id) => h('span', { class: `badge ${(states[id] || {}).status || 'unknown'}` }, (states[id] || {}).status || '–')],
+        ['id', t('status'), (id) => (session.auto_aliases.includes(id) && !states[id] ? h('span', { class: 'badge' }, t('routed by task'))
+          : h('span', { class: `badge ${(states[id] || {}).status || 'unknown'}` }, (states[id] || {}).status || '–'))],
         ['id', t('running / waiting'), (id) => `${(states[id] || {}).num_running ?? '–'} / ${(states[id] || {}).num_waiting ?? '–'}`],
       ]), h('p', { class: 'muted' }, `${t('server')}: ${health.status}`));
     } catch (err) {
@@ -58,7 +59,7 @@ export async function render(root, ctx) {
       clear(box).append(note('info', t('Launching, stopping and swapping models need the /admin/deployments routes, which this server does not have: upgrade autoglm (pip install -U autoglm) and restart it. Until then, change the deploy file and restart `autoglm deploy`.')));
       return;
     }
-    const need = ctx.needs('admin');
+    const need = ctx.needs('deploy');
     if (need) { clear(box).append(note('info', need)); return; }
     try {
       const list = await api.get('/admin/deployments');
@@ -94,7 +95,7 @@ export async function render(root, ctx) {
       launch.append(note('info', t('Not available on this server (no /admin/deployments).')));
       return;
     }
-    const need = ctx.needs('admin');
+    const need = ctx.needs('deploy');
     if (need) { launch.append(note('info', need)); return; }
     let schema;
     try { schema = await api.get('/admin/schema/deploy'); } catch (err) { launch.append(note('error', err.message)); return; }

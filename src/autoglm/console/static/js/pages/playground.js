@@ -66,7 +66,7 @@ export async function render(root, ctx) {
   }
 
   // -- settings
-  const modelSel = h('select', { onchange: (e) => { s.model = e.target.value; } },
+  const modelSel = h('select', { id: 'pg-model', onchange: (e) => { s.model = e.target.value; } },
     session.models.map((m) => h('option', { value: m.id }, m.id)),
     session.auto_aliases.map((a) => h('option', { value: a }, `${a} (${t('routed by task')})`)));
   modelSel.value = s.model;
@@ -121,8 +121,8 @@ export async function render(root, ctx) {
       drawLog();
     };
     return h('span', { class: 'thumbs' },
-      h('button', { type: 'button', class: `small${sent === 'up' ? ' on' : ''}`, 'aria-pressed': String(sent === 'up'), 'aria-label': t('Good answer'), onclick: () => rate('up') }, '👍'),
-      h('button', { type: 'button', class: `small${sent === 'down' ? ' on' : ''}`, 'aria-pressed': String(sent === 'down'), 'aria-label': t('Bad answer'), onclick: () => rate('down') }, '👎'),
+      h('button', { type: 'button', class: `small${sent === 'up' ? ' on' : ''}`, 'aria-pressed': String(sent === 'up'), 'aria-label': t('Good answer'), onclick: () => rate('up') }, `▲ ${t('good')}`),
+      h('button', { type: 'button', class: `small${sent === 'down' ? ' on' : ''}`, 'aria-pressed': String(sent === 'down'), 'aria-label': t('Bad answer'), onclick: () => rate('down') }, `▼ ${t('bad')}`),
       sent ? h('small', { class: 'ok-text' }, t('feedback stored')) : null,
       m.feedbackError ? h('small', { class: 'error-text' }, m.feedbackError) : null);
   }
@@ -149,7 +149,7 @@ export async function render(root, ctx) {
     if (m.error) body.append(note('error', m.error));
     const route = m.route ? h('p', { class: 'route' }, h('strong', {}, t('Routing decision')), ': ',
       Object.entries(m.route).map(([k, v]) => `${k}=${v}`).join(', ')) : null;
-    return h('article', { class: `msg ${m.role}`, 'aria-label': m.role === 'user' ? t('You') : t('Assistant') },
+    return h('article', { class: `msg ${m.role}`, 'aria-label': m.role === 'user' ? t('You') : t('Assistant'), 'data-chunks': m.chunks },
       h('header', {}, h('strong', {}, m.role === 'user' ? t('You') : t('Assistant')),
         m.role === 'assistant' ? h('small', { class: 'meta' }, metaLine(m)) : null),
       body, route, m.role === 'assistant' && m.done ? feedbackButtons(m) : null);
@@ -191,6 +191,7 @@ export async function render(root, ctx) {
         signal: controller.signal,
         onOpen: (headers) => { m.route = parseRoute(headers.get('x-autoglm-route')); },
         onChunk: (chunk) => {
+          m.chunks = (m.chunks || 0) + 1;
           if (chunk.id) m.id = chunk.id;
           if (chunk.model) m.model = chunk.model;
           if (chunk.usage) m.usage = chunk.usage;
