@@ -1,7 +1,7 @@
 """What the served-model monitor costs per request (in-process, no engine, SQLite state store).
 
-1. On the request path (event loop): the response tap's work - read the cached request body, append
-   ``(time, key, body, response)`` to a deque. This is all a request waits for.
+1. On the request path (event loop): the gateway's ``on_response`` hook - read the cached request body,
+   append ``(time, key, body, response)`` to a deque. This is all a request waits for.
 2. Off the request path (the monitor's worker thread, once a second): binning one exchange -
    ``json.loads`` of the body and :func:`autoglm.monitoring.signals.observe` (script runs, hashed words,
    length bins, answer kind). CPU the server spends, not latency a request sees.
@@ -80,12 +80,12 @@ def main() -> None:
 
         class _Owner:
             gateway = None
-            on_cache_hit = None
+            on_response = None
 
-        app = _App()
-        monitor = install_monitoring(app, _Owner(), type("S", (), {"monitoring": settings})(), None, None)
+        app, owner = _App(), _Owner()
+        monitor = install_monitoring(app, owner, type("S", (), {"monitoring": settings})(), None, None)
         monitor._store, monitor._owns_store = store, False
-        tap = app.state.response_tap
+        tap = owner.on_response
         body, response = exchange(CASES["short English (31 chars)"])
         request = Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [],
                            "state": {}})
@@ -99,7 +99,7 @@ def main() -> None:
         monitor._pending.clear()
         print("| where | what | CPU time per request |")
         print("|---|---|---|")
-        print(f"| request path (event loop) | response tap: cached body + deque append | {tap_us:.2f} µs |")
+        print(f"| request path (event loop) | on_response: cached body + deque append | {tap_us:.2f} µs |")
 
         for name, text in CASES.items():
             b, r = exchange(text)

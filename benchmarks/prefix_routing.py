@@ -1,10 +1,13 @@
 """Prefix-affinity routing against least-outstanding, on loopback: a multi-turn chat workload over replicas.
 
-Starts ``--replicas`` ``autoglm serve`` processes (the demo model, each with its own prefix cache) and,
+Starts ``--replicas`` ``autoglm serve`` processes (the demo model, each with its own prefix cache of
+``--cache-tokens``) and,
 for each policy in turn, an ``autoglm deploy`` gateway in front of them (``upstream.urls``,
 ``routing.policy``); the replicas are restarted between policies so each starts with an empty cache.
-``--conversations`` chats run concurrently; every turn resends the whole history (a long system
-prompt, the earlier questions and the model's answers) and streams the answer. Reported per policy:
+``--conversations`` chats run concurrently; each starts with its own long context (a parcel's tracking
+history of ``--events`` scans) and every turn resends the whole history (system prompt, context, the
+earlier questions and the model's answers) and streams the answer. The contexts together exceed one
+replica's prefix cache, as real traffic does: scattered turns evict each other, affine ones do not. Reported per policy:
 TTFT p50/p99 of the turns after the first, and the replicas' prefix-cache hit rate (prompt tokens
 served from cached KV cells / all prompt tokens, from their ``/metrics``).
 
@@ -33,6 +36,10 @@ SYSTEM = ("You are the support assistant of a parcel delivery company. Answer in
           "for the postcode when the address is ambiguous. ") * 4
 
 
+HUBS = ("Hamburg hub", "Leipzig depot", "Berlin sorting centre", "Munich airport", "Cologne depot", "Kassel hub")
+args_events = 40  # scan events per tracking history (set from --events)
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -51,9 +58,15 @@ def scrape(url: str) -> tuple[float, float]:
 
 async def conversation(client: httpx.AsyncClient, seed: int, turns: int, ttfts: list[float]) -> None:
     rng = random.Random(seed)
-    messages = [{"role": "system", "content": SYSTEM}]
+    # each conversation carries its own long context (a parcel's tracking history), so only the replica
+    # that served its earlier turns holds its prefix; the shared system prompt is cached everywhere
+    events = "; ".join(f"{rng.choice(HUBS)} scan {rng.randrange(10**6):06d} at {rng.randrange(24):02d}:"
+                       f"{rng.randrange(60):02d}" for _ in range(args_events))
+    messages = [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"Tracking history of parcel {seed}: {events}."},
+                {"role": "assistant", "content": "Noted."}]
     for turn in range(turns):
-        messages.append({"role": "user", "content": f"Parcel {rng.randrange(10**8):08d}: where is it now, turn {turn}?"})
+        messages.append({"role": "user", "content": f"Parcel {seed}: where is it now, turn {turn}?"})
         body = {"model": MODEL, "messages": messages, "max_tokens": 16, "temperature": 0.0, "stream": True}
         t0 = time.perf_counter()
         first, text = None, []
@@ -84,6 +97,7 @@ def run_policy(policy: str, args: argparse.Namespace, home: Path) -> dict[str, f
     ports = [free_port() for _ in range(args.replicas)]
     replicas = [ServerProcess(autoglm_serve_command(MODEL, p, extra=["--no-gateway", "--access-log", "off",
                                                                      "--log-level", "warning", "--max-num-seqs", "4",
+                                                                     "--prefix-cache-tokens", str(args.cache_tokens),
                                                                      "--no-ui"]),
                               p, env=env, log_path=home / f"replica-{policy}-{p}.log") for p in ports]
     gw_port = free_port()
@@ -122,8 +136,14 @@ def main() -> int:
     ap.add_argument("--conversations", type=int, default=6)
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-tokens", type=int, default=4096,
+                    help="each replica's prefix cache (--prefix-cache-tokens; default 4096): the conversations' "
+                         "contexts together should exceed one replica's cache and fit in all of them")
+    ap.add_argument("--events", type=int, default=40, help="scan events in each conversation's context (default 40)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    global args_events
+    args_events = args.events
     home = Path(tempfile.mkdtemp(prefix="prefix-routing-"))
     rows = ["| policy | prefix-cache hit rate | TTFT p50 ms | TTFT p99 ms | TTFT mean ms | turns |",
             "|---|---:|---:|---:|---:|---:|"]
@@ -132,8 +152,9 @@ def main() -> int:
         rows.append(f"| {policy} | {r['hit_rate']:.1%} | {r['ttft_p50'] * 1e3:.0f} | {r['ttft_p99'] * 1e3:.0f} | "
                     f"{r['ttft_mean'] * 1e3:.0f} | {r['turns']} |")
         print(rows[-1], flush=True)
-    text = "\n".join(rows) + (f"\n\n{args.replicas} replicas of {MODEL}, {args.conversations} concurrent conversations "
-                              f"x {args.turns} turns, max_tokens 16")
+    text = "\n".join(rows) + (f"\n\n{args.replicas} replicas of {MODEL} (prefix cache {args.cache_tokens} tokens "
+                              f"each), {args.conversations} concurrent conversations x {args.turns} turns, "
+                              f"{args.events} scan events of context each, max_tokens 16")
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

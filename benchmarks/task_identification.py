@@ -63,19 +63,20 @@ def accuracy_section(encoders: list[str], cache: Path) -> list[str]:
     from autoglm.recommend.calibrate import evaluate, fit, format_report, read_labelled
 
     ident, build_s = _identifier(encoders, cache)
-    rows = {lang: read_labelled(DATA / f"labelled_{lang}.jsonl", ident.tasks) for lang in ("en", "zh")}
+    rows = {lang: [r for f in (f"labelled_{lang}.jsonl", f"labelled_long_{lang}.jsonl")
+                   for r in read_labelled(DATA / f, ident.tasks)] for lang in ("en", "zh")}
     report = evaluate(ident, rows["en"] + rows["zh"])
     out = [f"### encoders: {' + '.join(encoders)}", "",
            f"index build (first start, no cache): {build_s:.1f} s", "",
            "| set | accuracy | n |", "|---|---|---|"]
     for lang in ("en", "zh"):
         ok, n = report.by_language[lang]
-        out.append(f"| {lang} | {ok / n:.1%} | {n} |")
+        out.append(f"| dev {lang} | {ok / n:.1%} | {n} |")
     base = ident.params
     for train, test in (("en", "zh"), ("zh", "en")):
         params, _ = fit(ident, rows[train])
         held = evaluate(ident, rows[test], params)
-        out.append(f"| {test}, weights fitted on {train} only | {held.accuracy:.1%} | {held.total} |")
+        out.append(f"| dev {test}, weights fitted on {train} only | {held.accuracy:.1%} | {held.total} |")
     ident.params = base
     out += ["", "```", format_report(report), "```", ""]
     return out

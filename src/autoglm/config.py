@@ -48,6 +48,7 @@ class EngineSettings:
     max_queue: int = 256  # waiting requests before 429
     prefill_chunk: int = 512  # a longer prompt is prefilled this many tokens per step (0: whole)
     prefix_cache_tokens: int = 8192  # KV cells of finished sequences kept for reuse (0: off)
+    guided_backend: str = "auto"  # auto | builtin | llguidance: who computes structured-output masks
     request_timeout: float = 600.0  # seconds, per request
     seed: int = 0
     store_dir: Path = field(default_factory=default_store_dir)

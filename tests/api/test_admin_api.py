@@ -308,7 +308,7 @@ def test_cli_with_server_uses_the_api(server, tabular_run):
 
 
 def test_openapi_names_every_admin_route_and_validates(server):
-    doc = httpx.get(f"{server.url}/openapi.json").json()
+    doc = httpx.get(f"{server.url}/openapi.json", headers={"authorization": f"Bearer {ADMIN}"}).json()
     found = {(m, p) for p, item in doc["paths"].items() for m, op in item.items()
              if isinstance(op, dict) and "admin" in op.get("tags", [])}
     assert ADMIN_PATHS <= found

@@ -10,6 +10,7 @@ the state-store queue): a completions batch, and bad input answered with OpenAI 
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sqlite3
@@ -19,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from autoglm.batch import open_queue
 from tests.batch.brokers import broker_url, unique_name
 from tests.conftest import _stop, start_live_server
 
@@ -62,9 +64,9 @@ def make_key(url: str, name: str) -> str:
 # (ack_wait; channel closed) -- shown for every backend in tests/batch/test_queues.py -- and save two starts
 @pytest.mark.parametrize("kind, kill", [("redis", True), ("nats", False), ("amqp", False)])
 def test_batch_with_the_sdk_on_each_broker(kind, kill, autoglm_home, tmp_path):
-    queue = broker_url(kind)
+    queue, name = broker_url(kind), unique_name(kind)
     db = str(tmp_path / "state.db")
-    args = ("--state-url", db, "--admin-key", ADMIN, "--batch-queue", queue, "--batch-queue-name", unique_name(kind),
+    args = ("--state-url", db, "--admin-key", ADMIN, "--batch-queue", queue, "--batch-queue-name", name,
             "--batch-lease", "2", "--batch-max-concurrency", "1", "--log-level", "info")
     server = start_live_server(autoglm_home, "autoglm-demo", *args)
     try:
@@ -129,6 +131,13 @@ def test_batch_with_the_sdk_on_each_broker(kind, kill, autoglm_home, tmp_path):
         assert exc.value.status_code == 409
     finally:
         _stop(server.process)
+        asyncio.run(_purge(queue, name))
+
+
+async def _purge(url: str, name: str) -> None:
+    q = open_queue(url, name=name)
+    await q.purge()  # the test's stream / queue leaves the broker
+    await q.close()
 
 
 def test_completions_batch_and_bad_input_on_the_state_store_queue(live_server):

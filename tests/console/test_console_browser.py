@@ -298,7 +298,8 @@ def test_a_key_protected_server_refuses_the_console_without_the_key(server, brow
     form.get_by_label("Models").fill("autoglm-demo")
     form.get_by_role("button", name="Create key").click()
     made = admin.page.locator("#new-key").inner_text()
-    assert made and "console-user" in admin.page.locator("#keys-list").inner_text()
+    admin.page.locator("#keys-list td", has_text="console-user").wait_for()
+    assert made.startswith("agl-") and made not in admin.page.locator("#keys-list").inner_text()
     shoot(admin.page, tmp_path, "keys-created")
 
     w = Watched(browser, key=None)

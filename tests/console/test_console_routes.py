@@ -11,6 +11,8 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
+LOCAL = ("127.0.0.1", 50000)  # the operator routes of an open server answer loopback callers
+
 from autoglm.api.app import build_app
 from autoglm.config import ServerSettings
 from autoglm.console import console_enabled
@@ -33,7 +35,7 @@ def gateway(tmp_path):
 
 
 def test_pages_are_served_with_etag_gzip_and_a_csp():
-    c = TestClient(build_app({"fake": FakeEngine()}))
+    c = TestClient(build_app({"fake": FakeEngine()}), client=LOCAL)
     r = c.get("/ui", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"] == "/ui/"
     r = c.get("/ui/")
@@ -74,7 +76,7 @@ def test_ui_off_and_default_by_host():
     assert console_enabled(ServerSettings(host="127.0.0.1"))
     assert not console_enabled(ServerSettings(host="0.0.0.0"))
     assert console_enabled(ServerSettings(host="0.0.0.0", ui=True))
-    c = TestClient(build_app({"fake": FakeEngine()}, ServerSettings(ui=False)))
+    c = TestClient(build_app({"fake": FakeEngine()}, ServerSettings(ui=False)), client=LOCAL)
     assert c.get("/ui/").status_code == 404
     assert c.get("/admin/schema/deploy").status_code == 200  # the helpers stay for API clients
 
@@ -89,7 +91,7 @@ def test_no_ui_flag_reaches_the_server_settings():
 
 
 def test_session_without_and_with_keys(gateway):
-    c = TestClient(build_app({"fake": FakeEngine()}, gateway=gateway))
+    c = TestClient(build_app({"fake": FakeEngine()}, gateway=gateway), client=LOCAL)
     anon = c.get("/ui/api/session").json()  # never a 401: the page decides what to ask for
     assert anon["key_required"] and not anon["caller"]["valid"] and anon["models"] == []
     assert "no API key" in anon["caller"]["error"]
@@ -126,7 +128,7 @@ def test_validate_never_shows_the_servers_environment(monkeypatch):
 
 
 def test_plan_route():
-    c = TestClient(build_app({"fake": FakeEngine()}))
+    c = TestClient(build_app({"fake": FakeEngine()}), client=LOCAL)
     plan = c.get("/admin/plan", params={"model": "glm-4-9b-chat", "device": "cuda", "free_gb": "12"}).json()
     # 9.4B parameters, 16 sequences of 4096 tokens: bf16 and int8 do not fit in 12 GiB, int4 does
     assert plan["precision"] == "int4" and {r["precision"] for r in plan["rows"]} >= {"fp32", "bf16", "int4"}
@@ -139,7 +141,7 @@ def test_plan_route():
 def test_schema_is_the_deploy_schema():
     from autoglm.deploy.schema import DeployConfig
 
-    c = TestClient(build_app({"fake": FakeEngine()}))
+    c = TestClient(build_app({"fake": FakeEngine()}), client=LOCAL)
     assert c.get("/admin/schema/deploy").json() == DeployConfig.model_json_schema()
 
 
@@ -159,3 +161,24 @@ def test_every_text_of_the_pages_has_a_chinese_entry():
                 used.add(m[1].replace("\\'", "'"))
     missing = sorted(used - keys)
     assert not missing, f"texts without a Chinese entry in js/i18n.js: {missing}"
+
+
+def test_capabilities_see_routes_mounted_by_included_routers():
+    from fastapi import APIRouter, FastAPI
+
+    from autoglm.console.routes import _mounted
+
+    app = FastAPI()
+    assert not _mounted(app, "GET", "/admin/runs/r1")
+    inner = APIRouter(prefix="/runs")
+
+    @inner.get("/{run_id}")
+    async def run(run_id: str) -> dict:
+        return {}
+
+    outer = APIRouter(prefix="/admin")
+    outer.include_router(inner)
+    app.include_router(outer)
+    assert _mounted(app, "GET", "/admin/runs/r1") and not _mounted(app, "POST", "/admin/runs/r1")
+    features = TestClient(build_app({"fake": FakeEngine()}), client=LOCAL).get("/ui/api/session").json()["features"]
+    assert not features["keys"] and features["deployments"]  # no gateway here: no key routes

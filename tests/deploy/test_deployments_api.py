@@ -35,7 +35,7 @@ def test_an_open_server_answers_loopback_callers_only(engines):
     assert entry["name"] == "demo" and entry["source"] == "autoglm-demo" and entry["engine"] == "transformers"
     assert app.state.deployments.list() == r.json()["data"]
     far = _get(app, "10.1.2.3")
-    assert far.status_code == 403 and far.json()["error"]["code"] == "admin_only"
+    assert far.status_code == 403 and far.json()["error"]["code"] == "admin_loopback_only"
 
 
 def test_a_static_key_is_required_when_the_server_has_one(engines):

@@ -206,3 +206,26 @@ def test_broken_local_engine_is_reported_down():
     stub.broken = True
     assert router.health()["models"]["a"]["status"] == "down"
     assert router.pick(router.routes[0]) is None
+
+
+async def test_prefix_affinity_keeps_a_conversation_on_one_replica_least_outstanding_spreads_it():
+    history = "<system>" + "You answer questions about parcels. " * 20  # several prefix blocks long
+
+    async def served_by(policy: str) -> list[str]:
+        engines = [Stub("a"), Stub("b"), Stub("c")]
+        router = Router([Route("m", [Backend(engine=e, label=e.model_name) for e in engines])], policy=policy)
+        seen = []
+        for turn in range(6):  # each turn resends the history, one request at a time
+
+            async def local(engine, route):
+                return engine.model_name
+
+            d = await router.dispatch("m", local=local, remote=via_upstream, prefix=history + f"<user>turn {turn}")
+            d.release()
+            seen.append(d.result)
+        return seen
+
+    assert len(set(await served_by("prefix_affinity"))) == 1
+    assert len(set(await served_by("least_outstanding"))) == 3  # ties go to the one that served least
+    with pytest.raises(ValueError, match="routing policy"):
+        Router([Route("m", [Backend(engine=Stub("a"))])], policy="random")

@@ -167,3 +167,10 @@ def test_auc_from_labels_that_agree_flip_or_tie():
     rng = random.Random(1)
     noisy = [(s, y if rng.random() < 0.8 else 1 - y) for s, y in agree * 20]
     assert 0.6 < auc(noisy) < 0.95
+
+
+def test_an_unread_request_still_counts_its_output_and_length():
+    obs = observe(None, answer("Fine.", prompt_tokens=5000))
+    signals = {s for s, _, _ in obs.items}
+    assert signals == {"prompt_tokens", "completion_tokens", "finish_reason", "answer"}
+    assert bins(obs, "prompt_tokens") == {"4096-8191": 1}

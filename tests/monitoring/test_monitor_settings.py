@@ -53,51 +53,46 @@ class _Metrics:
 
 class _Owner:
     gateway = None
-    on_cache_hit = None
+    on_response = None
 
 
 def test_turned_off_it_adds_nothing():
     app, metrics, owner = FastAPI(), _Metrics(), _Owner()
     server = ServerSettings(monitoring=MonitorSettings(enabled=False))
     assert install_monitoring(app, owner, server, None, metrics) is None
-    assert metrics.registry.collectors == [] and owner.on_cache_hit is None
-    assert getattr(app.state, "response_tap", None) is None
+    assert metrics.registry.collectors == [] and owner.on_response is None
     assert not any(getattr(r, "path", "") == "/v1/monitor/labels" for r in app.routes)
 
 
-def test_on_it_taps_responses_and_cache_hits_and_keeps_the_previous_tap(tmp_path):
-    app, metrics, owner = FastAPI(), _Metrics(), _Owner()
-    seen = []
+def test_in_the_app_every_served_response_counts_streams_and_cache_hits_too(tmp_path):
+    from autoglm.api.app import build_app
+    from autoglm.gateway import Gateway, GatewaySettings
+    from tests.api.fake_engine import FakeEngine
 
-    async def capture(request, response):
-        seen.append(response["id"])
-
-    app.state.response_tap = capture
-    server = ServerSettings(monitoring=MonitorSettings(store=f"sqlite:///{tmp_path / 'm.db'}"))
-    monitor = install_monitoring(app, owner, server, None, metrics)
-    assert isinstance(monitor, ServedMonitor) and len(metrics.registry.collectors) == 1
-    assert owner.on_cache_hit is not None
-
-    class _Req:
-        scope = {"state": {}}
-
-        async def body(self):
-            return b'{"messages": [{"role": "user", "content": "hi"}]}'
-
-    import asyncio
-
-    response = {"id": "chatcmpl-1", "object": "chat.completion", "model": "m", "choices": [], "usage": {}}
-    asyncio.run(app.state.response_tap(_Req(), response))
-    asyncio.run(owner.on_cache_hit(_Req(), {**response, "id": "chatcmpl-2"}))
-    assert seen == ["chatcmpl-1"]  # capture still sees its responses (cache hits are not its business)
-    assert len(monitor._pending) == 2
-    monitor.tick(force=True)
-    assert monitor.observed == 2 and monitor.snapshot["m"].by_state == {}
-    from autoglm.api.errors import install_error_handlers
-
-    install_error_handlers(app)
-    with TestClient(app) as client:  # the labels route is there: an unknown prediction is a 404
-        assert client.post("/v1/monitor/labels", json={"id": "nope", "label": 1}).status_code == 404
+    engine = FakeEngine(reply="Hello there.")
+    gateway = Gateway.from_settings(GatewaySettings(store_url=str(tmp_path / "state.db"), cache_backend="memory",
+                                                    usage_spool_dir=str(tmp_path / "spool")))
+    server = ServerSettings(monitoring=MonitorSettings(window=60, flush_interval=5))
+    app = build_app({engine.model_name: engine}, server, gateway=gateway)
+    monitor = app.state.monitor
+    chat = {"model": engine.model_name, "messages": [{"role": "user", "content": "Hi, how are you?"}],
+            "max_tokens": 8, "temperature": 0}
+    with TestClient(app) as c:
+        first, second = c.post("/v1/chat/completions", json=chat), c.post("/v1/chat/completions", json=chat)
+        assert first.headers["x-autoglm-cache"] == "miss" and second.headers["x-autoglm-cache"] == "hit"
+        with c.stream("POST", "/v1/chat/completions", json={**chat, "stream": True, "temperature": 0.5}) as r:
+            assert r.status_code == 200 and "[DONE]" in "".join(r.iter_text())
+        assert c.post("/v1/completions", json={"model": engine.model_name, "prompt": "Once", "max_tokens": 4,
+                                               "temperature": 0.5}).status_code == 200
+        assert c.post("/tokenize", json={"model": engine.model_name, "prompt": "x"}).status_code == 200
+        assert c.post("/v1/chat/completions", json={**chat, "max_tokens": -1}).status_code == 400
+        monitor.tick(force=True)
+        assert monitor.observed == 4  # miss, hit, stream, completion; not tokenize, not the 400
+        counts = next(iter(monitor._windows.values()))
+        assert counts.bins["language"][0] == 4 and counts.n == 4
+        assert not hasattr(app.state, "response_tap")  # capture stays off: the monitor does not use its tap
+    ws = monitor.window_store()  # the lifespan's end wrote this process's counts
+    assert [(m, k) for m, _, k in ws.pending()] == [(engine.model_name, 1)]
 
 
 def test_the_collector_exports_every_named_family():
@@ -120,3 +115,23 @@ def test_the_collector_exports_every_named_family():
     assert values[("autoglm:drift_psi", (("model_name", "m"), ("signal", "language")))] == 1.5
     assert values[("autoglm:model_auc", (("model_name", "m"),))] == 0.8
     assert values[("autoglm:feedback_mean_rating", (("model_name", "m"),))] == 0.4
+
+
+def test_a_huge_request_body_is_not_parsed_but_its_response_counts(tmp_path):
+    import json
+
+    from autoglm.gateway.store import open_store
+    from autoglm.monitoring.served import MAX_PARSED_BODY
+
+    with open_store(tmp_path / "state.db") as store:
+        monitor = ServedMonitor(MonitorSettings(), store, models=["m"])
+        big = json.dumps({"messages": [{"role": "user", "content": "hello " * (MAX_PARSED_BODY // 5)}]}).encode()
+        small = json.dumps({"messages": [{"role": "user", "content": "hello"}]}).encode()
+        choice = {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        response = {"id": "chatcmpl-1", "object": "chat.completion", "model": "m", "usage": {"prompt_tokens": 9},
+                    "choices": [choice]}
+        monitor.submit("-", big, response)
+        monitor.submit("-", small, response)
+        monitor.tick(force=True)
+        counts = next(iter(monitor._windows.values()))
+        assert counts.n == 2 and sum(counts.bins["answer"]) == 2 and sum(counts.bins["language"]) == 1

@@ -64,12 +64,20 @@ def test_the_heldout_set_is_separate(identifier):
     texts, _ = identifier.taxonomy.templates()
     dev = [r.signals.text.strip().lower() for f in DATA.glob("labelled_*.jsonl") for r in read_labelled(f, identifier.tasks)]
     known = [t.strip().lower() for t in texts] + dev
+
+    def trigrams(t: str) -> set[str]:
+        return {t[i:i + 3] for i in range(len(t) - 2)}
+
+    grams = [trigrams(k) for k in known]
     for lang in ("en", "zh"):
         rows = read_labelled(heldout / f"heldout_{lang}.jsonl", identifier.tasks)
         assert len(rows) >= 200 and {r.language for r in rows} == {lang}
         for r in rows:
             text = r.signals.text.strip().lower()
             assert not [k for k in known if k == text or (len(k) > 15 and k in text)], r.signals.text[:80]
+            g = trigrams(text)
+            closest = max(len(g & kg) / max(1, len(g | kg)) for kg in grams)
+            assert closest < 0.6, (r.signals.text[:80], closest)  # no near-duplicate either
 
 
 def test_labelled_sets_are_not_the_templates(identifier):

@@ -41,3 +41,22 @@ def pg_store(small_data):
     write_dataset(store, small_data.tables())
     yield store
     store.drop_schema()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`autoglm-risk demo` at CI size, run once as a real process: (working directory, summary, output)."""
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("risk-demo")
+    wd, summary = root / "work", root / "summary.json"
+    env = {**os.environ, "AUTOGLM_HOME": str(wd / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "autoglm_risk", "demo", "--workdir", str(wd), "--users", "400", "--days", "16",
+           "--trials", "1", "--estimators", "40", "--stream", "160", "--fraud-rate", "3", "--reviews", "4", "--show", "5",
+           "--summary-json", str(summary)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return wd, json.loads(summary.read_text()), r.stdout

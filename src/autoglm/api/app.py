@@ -52,6 +52,7 @@ from autoglm.api.serving_responses import create_response, install_stored_respon
 from autoglm.api.serving_embeddings import EmbeddingModel, install_embedding_routes
 from autoglm.config import ServerSettings
 from autoglm.gateway.http import GatewayHTTP, GatewayMiddleware, install_admin_routes, install_gateway_handlers
+from autoglm.gateway.affinity import request_text
 from autoglm.gateway.router import Dispatched, Router
 from autoglm.recommend.http import ROUTE_HEADER, auto_cards, install_recommend_routes, resolve_auto
 from autoglm.gateway.upstream import UpstreamOverloaded, proxy
@@ -188,8 +189,9 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
 
         decision = await resolve_auto(router, request, body, metrics)  # model "auto" -> a concrete model
         try:
+            prefix = request_text(body) if router.policy == "prefix_affinity" else None
             response = _hold_until_done(await router.dispatch(decision.model if decision else body.model,
-                                                              local=local, remote=remote))
+                                                              local=local, remote=remote, prefix=prefix))
         except UpstreamOverloaded as exc:  # saturated and no fallback left: the upstream's own 429
             return JSONResponse(exc.reply.body, status_code=429, headers=exc.reply.headers)
         if decision is not None:

@@ -178,7 +178,66 @@ def _resolve_tool_choice(req: ChatCompletionRequest) -> tuple[str | None, list[s
 RESPONSE_SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
-def _guided(fmt: ResponseFormat | None, limits: RequestLimits) -> GuidedSpec | None:
+_VLLM_GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
+def _vllm_guided(req: Any, limits: RequestLimits) -> GuidedSpec | None:
+    """vLLM's ``guided_json`` / ``guided_regex`` / ``guided_choice`` / ``guided_grammar`` (or its newer
+    ``structured_outputs`` object) as a GuidedSpec; a 400 naming the field when unusable."""
+    given = {k: getattr(req, k, None) for k in _VLLM_GUIDED if getattr(req, k, None) is not None}
+    so = getattr(req, "structured_outputs", None)
+    if so:
+        for key, value in so.items():
+            if key in ("json", "regex", "choice", "grammar") and value is not None:
+                given[f"guided_{key}"] = value
+    if not given:
+        return None
+    if len(given) > 1:
+        raise APIError(f"give one of {', '.join(sorted(given))}, not several.", param=sorted(given)[1])
+    (field_name, value), = given.items()
+    if field_name == "guided_json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise APIError("guided_json is not JSON; give a JSON Schema object.", param="guided_json") from None
+        if not isinstance(value, dict):
+            raise APIError("guided_json must be a JSON Schema object.", param="guided_json")
+        spec = GuidedSpec(kind="json_schema", schema=value)
+        check_schema(value, "guided_json", limits)
+        return spec
+    if field_name == "guided_choice":
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+            raise APIError("guided_choice must be a non-empty list of non-empty strings.", param="guided_choice")
+        spec = GuidedSpec(kind="choice", choices=tuple(value))
+    elif not isinstance(value, str) or not value:
+        raise APIError(f"{field_name} must be a non-empty string.", param=field_name)
+    elif field_name == "guided_regex":
+        spec = GuidedSpec(kind="regex", regex=value)
+    else:
+        spec = GuidedSpec(kind="grammar", grammar=value)
+    try:
+        from autoglm.engine.guided import validate_spec
+    except ImportError:
+        return spec
+    from autoglm.errors import InvalidRequestError
+
+    try:
+        validate_spec(spec)
+    except InvalidRequestError as exc:
+        raise APIError(f"Invalid {field_name}: {exc}", param=field_name) from None
+    except ValueError as exc:  # no backend can take it (llguidance missing)
+        raise APIError(f"{field_name} cannot be served here: {exc}", param=field_name) from None
+    return spec
+
+
+def _guided(fmt: ResponseFormat | None, limits: RequestLimits, req: Any = None) -> GuidedSpec | None:
+    extra = _vllm_guided(req, limits) if req is not None else None
+    if extra is not None:
+        if fmt is not None and fmt.type != "text":
+            raise APIError("response_format and a guided_* field both constrain the output; give one.",
+                           param="response_format")
+        return extra
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
@@ -326,7 +385,7 @@ def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimi
     for i, tool in enumerate(req.tools or []):
         if tool.function.parameters is not None:
             check_schema(tool.function.parameters, f"tools[{i}].function.parameters", limits)
-    guided = _guided(req.response_format, limits)
+    guided = _guided(req.response_format, limits, req)
     guided_param = RESPONSE_SCHEMA_PARAM
     messages = _messages_for_template(req)
     text = _render(engine, messages, template_tools)
@@ -404,14 +463,15 @@ def build_completion_plan(engine: Any, req: CompletionRequest, limits: RequestLi
                        param="best_of")
     if req.echo and req.logprobs is not None:
         raise APIError("echo with logprobs (prompt logprobs) is not supported; drop one of them.", param="echo")
-    guided = _guided(req.response_format, limits)
+    guided = _guided(req.response_format, limits, req)
     prompts = _prompts(engine, req.prompt, limits)
     if len(prompts) * req.n > 4 * MAX_N:
         raise APIError(f"{len(prompts)} prompts x n={req.n} is more than {4 * MAX_N} choices; split the request.",
                        param="n")
     longest = max(len(p) for p in prompts)
     max_tokens = _check_context(engine, longest, req.max_tokens, "prompt")
-    _check_guided_budget(guided, max_tokens, RESPONSE_SCHEMA_PARAM)
+    _check_guided_budget(guided, max_tokens, RESPONSE_SCHEMA_PARAM if guided is None or guided.kind in
+                         ("json_object", "json_schema") else "max_tokens")
     echo = [engine.tokenizer.decode(p) if req.echo else "" for p in prompts]
     return CompletionPlan(
         request_id=new_id("cmpl"),

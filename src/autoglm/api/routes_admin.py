@@ -28,10 +28,9 @@ and :mod:`autoglm.loop.state`, run in a worker thread (they read files, Optuna a
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from typing import Any, Literal, Optional
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,37 +69,25 @@ class RollbackRequest(BaseModel):
     alias: str = Field("champion", pattern=_ALIAS)
 
 
-def _loopback(request: Request) -> bool:
-    host = request.client.host if request.client is not None else ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class _Prefixed:
+    """``@router.get(path)`` on ``app`` with a path prefix, tags and dependencies."""
+
+    def __init__(self, app: FastAPI, prefix: str, **defaults: Any):
+        self.app, self.prefix, self.defaults = app, prefix, defaults
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.app.get(self.prefix + path, **self.defaults, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.app.post(self.prefix + path, **self.defaults, **kw)
 
 
 def admin_guard(owner: Any) -> Any:
-    """A FastAPI dependency: the admin key, a static key, or (on an open server) a loopback client."""
-    from autoglm.gateway.facade import ADMIN_KEY_INFO, GatewayError, extract_api_key
+    """A FastAPI dependency: the admin key, a static key, or (on an open server) a loopback client
+    (:meth:`autoglm.gateway.http.GatewayHTTP.require_operator`)."""
 
     async def guard(request: Request) -> None:
-        gw = owner.gateway
-        if owner._static_match(extract_api_key(request.headers)) or (gw is not None and gw.is_admin(request.headers)):
-            record = request.scope.get("state", {}).get("autoglm_record")
-            if record is not None:
-                record.key_name = ADMIN_KEY_INFO.name
-            return
-        protected = bool(owner._static) or (gw is not None and (bool(gw.settings.admin_key)
-                                                               or not await gw.open_mode()))
-        if protected:
-            owner.count_auth_failure(None, None, "admin")
-            if gw is not None:
-                gw.require_admin(request.headers)  # raises 401 with the hint
-            raise owner._missing(extract_api_key(request.headers))
-        if not _loopback(request):
-            raise GatewayError(403, "admin_loopback_only", "this server has no admin key, so /admin/* answers only "
-                               "clients on this machine; set AUTOGLM_ADMIN_KEY (or --api-key) on the server")
+        await owner.require_operator(request)
 
     return guard
 
@@ -141,7 +128,9 @@ def install_admin_api(app: FastAPI, owner: Any, server: Any) -> None:
     home = default_store_dir()
     launcher = PipelineLauncher(home)
     app.state.pipeline_launcher = launcher
-    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_guard(owner))])
+    # routes go on the app itself (not an included APIRouter: FastAPI keeps those behind a wrapper that
+    # app.routes walkers - the 405 Allow header, the console's route list - do not look into)
+    router = _Prefixed(app, "/admin", tags=["admin"], dependencies=[Depends(admin_guard(owner))])
 
     @router.get("/pipelines", summary="Pipelines under $AUTOGLM_HOME/pipelines with their runs")
     async def list_pipelines() -> dict[str, Any]:
@@ -198,4 +187,3 @@ def install_admin_api(app: FastAPI, owner: Any, server: Any) -> None:
     async def loop_state() -> dict[str, Any]:
         return _listed(await _call(list_states, home))
 
-    app.include_router(router)

@@ -7,8 +7,8 @@
 - ``POST /admin/deployments/{name}/swap`` - body ``{"source": "models:/NAME@champion", "drain_s": 30}``;
   200 with ``{"name", "from", "to", "switched_at", "drained", ...}``.
 
-Who may call them: with a gateway, holders of the admin key (as ``/admin/keys``); without one, a
-static ``--api-key``; on an open server (neither), callers on the loopback interface only. Errors
+Who may call them: the operators of :meth:`autoglm.gateway.http.GatewayHTTP.require_operator` (the
+admin key or a static ``--api-key``; on an open server, callers on the loopback interface). Errors
 are OpenAI error objects: 400 for a bad body (``param`` names the key), 401/403, 404 for an unknown
 model, 409 when the change conflicts (``swap_refused``: the source does not resolve;
 ``deployment_busy``), 502 when the new version does not load or answer (``swap_failed``).
@@ -34,10 +34,16 @@ __all__ = ["install_deployment_routes"]
 log = logging.getLogger("autoglm.api")
 
 
-def _is_loopback(host: str | None) -> bool:
-    from autoglm.deploy.assembly import is_loopback
+class _SwapOnAliasSet:
+    """The inbound webhook's redeploy: records each call (as the default did) and swaps."""
 
-    return bool(host) and is_loopback(host)  # type: ignore[arg-type]
+    def __init__(self, deployments: Any):
+        self.deployments = deployments
+        self.calls: list[tuple[str, str, str]] = []
+
+    async def __call__(self, model: str, alias: str, version: str) -> dict[str, Any]:
+        self.calls.append((model, alias, version))
+        return await self.deployments.on_alias_set(model, alias, version)
 
 
 def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any, *,
@@ -45,7 +51,6 @@ def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any
     """Mount the deployment routes on ``app`` (see the module docstring)."""
     from autoglm.deploy.live import DeploymentError, Deployments
     from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
-    from autoglm.gateway.facade import ADMIN_KEY_INFO, GatewayError
 
     gateway = getattr(owner, "gateway", None)
 
@@ -62,26 +67,10 @@ def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any
         from autoglm.registry.hooks_in import LoggedRedeploy
 
         if isinstance(receiver.on_alias_set, LoggedRedeploy):
-            receiver.on_alias_set = deployments.on_alias_set
+            receiver.on_alias_set = _SwapOnAliasSet(deployments)
 
-    async def admin(request: Request) -> None:
-        if gateway is not None:
-            try:
-                gateway.require_admin(request.headers)
-            except GatewayError:
-                owner.count_auth_failure(None, None, "admin")
-                raise
-            record = request.scope.get("state", {}).get("autoglm_record")
-            if record is not None:
-                record.key_name = ADMIN_KEY_INFO.name
-            return
-        if await owner.authenticate(request.headers) is not None:  # a static --api-key (401 when wrong)
-            return
-        client = request.client.host if request.client else None
-        if not _is_loopback(client):
-            raise APIError("the deployment API of a server without keys answers on the loopback interface only; "
-                           "call it from the server's host, or start the server with an admin key", 403,
-                           code="admin_only")
+    async def admin(request: Request) -> None:  # the admin key, a static key, or loopback on an open server
+        await owner.require_operator(request)
 
     def api_error(exc: Exception) -> APIError:
         if isinstance(exc, DeploymentError):

@@ -161,6 +161,13 @@ class _SamplingFields(_TopRequest):
     # token id (a JSON object's keys are strings) -> bias added to its logit, as OpenAI: -100..100
     logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]]] = Field(default=None,
                                                                                           max_length=1024)
+    # vLLM's guided decoding, as its OpenAI server takes them (extra_body): at most one of these
+    guided_json: Union[dict[str, Any], str, None] = None
+    guided_regex: Optional[str] = Field(default=None, max_length=16384)
+    guided_choice: Optional[Annotated[list[str], Field(min_length=1, max_length=1024)]] = None
+    guided_grammar: Optional[str] = Field(default=None, max_length=65536)
+    # newer vLLM: structured_outputs={"json"|"regex"|"choice"|"grammar": ...}
+    structured_outputs: Optional[dict[str, Any]] = None
 
 
 class ChatCompletionRequest(_SamplingFields):

@@ -74,7 +74,7 @@ class JetStreamQueue(Queue):
 
         try:
             msgs = await self._sub.fetch(max_n, timeout=max(timeout, 0.05))
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either when nothing came
             return []
         except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
             raise QueueUnavailable(f"NATS at {self.describe()} is unreachable: {exc}") from None

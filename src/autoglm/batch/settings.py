@@ -1,7 +1,7 @@
 """``BatchSettings``: the deploy file's ``batch:`` section and ``autoglm serve --batch-*`` as one object."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from autoglm.errors import ConfigError
@@ -14,7 +14,7 @@ class BatchSettings:
     enabled: bool = True  # /v1/files and /v1/batches (needs a state store: the gateway's, or the default file)
     # redis://..., nats://..., amqp://... or sqlite (a table in the state store); None: redis when the
     # gateway has a Redis URL, else sqlite
-    queue: str | None = None
+    queue: str | None = field(default=None, repr=False)  # may hold a broker password
     queue_name: str = "autoglm-batch"  # stream / subject / queue name on the broker
     max_concurrency: int = 4  # batch requests running at once in this process
     max_waiting: int = 0  # start one only while the engines' waiting queues hold at most this many

@@ -18,7 +18,8 @@ import socket
 import time
 from typing import Any
 
-from autoglm.batch._base import Delivery, Queue, register_queue
+from autoglm.batch._base import Delivery, Queue, QueueUnavailable, register_queue
+from autoglm.gateway.store import StoreUnavailable
 
 __all__ = ["StoreQueue"]
 
@@ -81,7 +82,10 @@ class StoreQueue(Queue):
         deadline = time.monotonic() + timeout
         while True:
             self._published.clear()
-            rows = await asyncio.to_thread(self._lease, max_n)
+            try:
+                rows = await asyncio.to_thread(self._lease, max_n)
+            except StoreUnavailable as exc:
+                raise QueueUnavailable(f"the state store is unreachable: {exc}") from None
             if rows:
                 self._step = _POLL_S
             if rows or time.monotonic() >= deadline:

@@ -13,8 +13,8 @@
   (``FILE:line key: message``, split into ``line``, ``key``, ``message``). ``${VAR}`` references are
   not substituted here (the server's environment is nobody's business); ``autoglm deploy`` does that.
 
-The ``/admin/`` helpers are for the operator: the admin key, a static ``--api-key``, or anyone while
-the server is open. Knows FastAPI, the gateway's key objects and the deploy loader; not engines.
+The ``/admin/`` helpers are for operators, as every ``/admin`` route: the admin key, a static
+``--api-key``, or a loopback caller while the server is open (``GatewayHTTP.require_operator``). Knows FastAPI, the gateway's key objects and the deploy loader; not engines.
 """
 from __future__ import annotations
 
@@ -33,17 +33,17 @@ from autoglm.api.errors import APIError
 __all__ = ["install_console_routes", "arch_for", "validate_deploy_text"]
 
 GiB = 1024**3
-# Routes of other parts the pages use, by capability name (present when mounted on this app).
+# Routes of other parts the pages use, by capability name: (method, a path that route answers).
 CAPABILITY_ROUTES = {
-    "deployments": "/admin/deployments",
-    "keys": "/admin/keys",
-    "usage": "/admin/usage",
-    "feedback": "/v1/feedback",
-    "pipelines": "/admin/pipelines",
-    "runs": "/admin/runs/",
-    "studies": "/admin/studies",
-    "registry": "/admin/models",
-    "loop": "/admin/loop",
+    "deployments": ("GET", "/admin/deployments"),
+    "keys": ("GET", "/admin/keys"),
+    "usage": ("GET", "/admin/usage"),
+    "feedback": ("POST", "/v1/feedback"),
+    "pipelines": ("GET", "/admin/pipelines"),
+    "runs": ("GET", "/admin/runs/some-run"),
+    "studies": ("GET", "/admin/studies"),
+    "registry": ("GET", "/admin/models"),
+    "loop": ("GET", "/admin/loop"),
 }
 # What to install when a part of the console has nothing to show: import name -> pip extra.
 EXTRAS = {"mlflow": "train", "optuna": "train", "prometheus_client": None, "redis": "gateway"}
@@ -58,12 +58,18 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _paths(app: FastAPI) -> set[str]:
-    return {getattr(r, "path", "") for r in app.routes}
+def _mounted(app: FastAPI, method: str, path: str) -> bool:
+    """Whether a route of ``app`` answers ``method path`` (routers included with a prefix too)."""
+    from starlette.routing import Match
 
-
-def _has(paths: set[str], route: str) -> bool:
-    return any(p == route or (route.endswith("/") and p.startswith(route)) for p in paths)
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "path_params": {}, "app": app}
+    for route in app.routes:
+        try:
+            if route.matches(scope)[0] == Match.FULL:
+                return True
+        except Exception:  # noqa: BLE001 - a route kind that cannot say: not the one we look for
+            continue
+    return False
 
 
 # -- who is calling ---------------------------------------------------------------------------------
@@ -76,7 +82,7 @@ async def _caller(request: Request) -> dict[str, Any]:
     gw = owner.gateway
     headers = request.headers
     out: dict[str, Any] = {"valid": False, "name": None, "models": None, "admin": False, "gateway_admin": False,
-                           "deploy": False, "error": None}
+                           "deploy": False, "admin_api": False, "error": None}
     try:
         key = await owner.authenticate(headers)
     except GatewayError as exc:
@@ -89,15 +95,10 @@ async def _caller(request: Request) -> dict[str, Any]:
     else:
         out.update(name=key.name, models=list(key.models) if key.models is not None else None,
                    admin=gateway_admin or key is STATIC_KEY_INFO)
-    # /admin/deployments (autoglm.api.routes_deployments): the admin key with a gateway; without one, a
-    # static key, or anyone on the loopback interface of an open server
-    if gw is not None:
-        out["deploy"] = gateway_admin
-    else:
-        from autoglm.deploy.assembly import is_loopback
-
-        client = request.client.host if request.client else ""
-        out["deploy"] = key is STATIC_KEY_INFO or (key is None and bool(client) and is_loopback(client))
+    # /admin/deployments, /admin/pipelines, studies, models, loop and this module's helpers all admit the
+    # operators of GatewayHTTP.require_operator: the admin key, a static key, or loopback on an open server
+    access = await owner.operator_access(request)
+    out["deploy"] = out["admin_api"] = access is not None
     return out
 
 
@@ -111,16 +112,8 @@ async def _key_required(request: Request) -> bool:
 
 
 async def require_operator(request: Request) -> None:
-    """The console's admin helpers: the admin key, a static key, or an open server; else a 401."""
-    from autoglm.gateway.facade import GatewayError
-
-    caller = await _caller(request)
-    if caller["admin"]:
-        return
-    gw = request.app.state.gateway_http.gateway
-    if gw is not None:
-        gw.require_admin(request.headers)  # raises with the gateway's own hint
-    raise GatewayError(401, "invalid_api_key", "this endpoint needs the admin key (or the server's --api-key)")
+    """The console's admin helpers: the operators every ``/admin`` route admits (a 401/403 otherwise)."""
+    await request.app.state.gateway_http.require_operator(request)
 
 
 # -- the planner ------------------------------------------------------------------------------------
@@ -235,8 +228,7 @@ def install_console_routes(app: FastAPI, server: Any) -> None:
         owner = request.app.state.gateway_http
         gw, router = owner.gateway, request.app.state.router
         caller = await _caller(request)
-        paths = _paths(request.app)
-        features = {name: _has(paths, route) for name, route in CAPABILITY_ROUTES.items()}
+        features = {name: _mounted(request.app, *route) for name, route in CAPABILITY_ROUTES.items()}
         metrics_readable = False
         if owner.metrics is not None:
             try:

@@ -185,12 +185,13 @@ class Deployments:
                 "quantize": served.quantize, "started_at": served.started_at}
 
     def list(self) -> list[dict[str, Any]]:
-        """One dict per served model (see the module docstring), then the launches still loading."""
+        """One dict per served model (see the module docstring), then the launches still loading and the
+        stopped models still draining."""
         routed = [self._entry(r) for r in self.router.routes if r.name in self._served]
         names = {e["name"] for e in routed}
-        loading = [{"name": s.name, "source": s.source, "version": s.version, "status": "loading",
+        loading = [{"name": s.name, "source": s.source, "version": s.version, "status": s.phase,
                     "replicas": s.replicas, "engine": s.engine, "quantize": s.quantize, "started_at": s.started_at}
-                   for s in self._served.values() if s.name not in names and s.phase == "loading"]
+                   for s in self._served.values() if s.name not in names and s.phase in ("loading", "draining")]
         return routed + loading
 
     def get(self, name: str) -> dict[str, Any]:
@@ -291,10 +292,12 @@ class Deployments:
                 old = self.router.remove_route(name)
             except ValueError as exc:
                 raise DeploymentError(str(exc)) from None
-            served.phase = "draining"
-            drained = await self._drain(old.backends, self.drain_s if drain_s is None else drain_s)
-            await self._retire(old.backends, keep=[])
-            self._served.pop(name, None)
+            served.phase, served.replicas = "draining", len(old.backends)
+            try:
+                drained = await self._drain(old.backends, self.drain_s if drain_s is None else drain_s)
+                await self._retire(old.backends, keep=[])
+            finally:
+                self._served.pop(name, None)
         log.info("deployments: stopped %s (%s)", name, "drained" if drained else "drain timed out")
         return {**entry, "status": "down", "drained": drained}
 

@@ -66,6 +66,10 @@ def plan_lines(config: DeployConfig) -> list[str]:
                  f"state store: {_redacted(g.state_store) or 'default (sqlite in AUTOGLM_HOME)'}")
     r = config.routing
     lines.append(f"routing: {r.retries} retries, backoff {r.backoff}s, health check every {r.health_check_interval}s")
+    b = config.batch
+    if b.enabled:
+        queue = _redacted(b.queue) or ("redis (gateway.redis_url)" if g.redis_url else "sqlite (the state store)")
+        lines.append(f"batch: /v1/batches on {queue}, at most {b.max_concurrency} at once")
     return lines
 
 
@@ -84,7 +88,7 @@ def engine_settings_for(model: ModelConfig, base: EngineSettings | None = None) 
         model=model.model_source, served_model_name=model.name, engine=model.engine, quantize=model.quantize,
         device=model.device, max_model_len=model.max_model_len, max_num_seqs=model.max_num_seqs,
         max_queue=model.max_queue, prefill_chunk=model.prefill_chunk, prefix_cache_tokens=model.prefix_cache_tokens,
-        request_timeout=model.request_timeout,
+        request_timeout=model.request_timeout, guided_backend=model.guided_backend,
         revision=model.revision,
     )
 
@@ -128,7 +132,10 @@ def build_router(config: DeployConfig, base: EngineSettings | None = None) -> An
         routes.append(Route(m.name, backends, aliases=list(m.aliases), fallback=m.fallback,
                             description=m.description))
     r = config.routing
-    return Router(routes, retries=r.retries, backoff=r.backoff, health_check_interval=r.health_check_interval)
+    from autoglm.gateway.affinity import AffinitySettings
+
+    return Router(routes, retries=r.retries, backoff=r.backoff, health_check_interval=r.health_check_interval,
+                  policy=r.policy, affinity=AffinitySettings(block_chars=r.affinity_block_chars))
 
 
 def gateway_settings(config: DeployConfig) -> Any:

@@ -134,6 +134,7 @@ class ModelConfig(_Strict):
     max_queue: PositiveInt = 256
     prefill_chunk: NonNegativeInt = 512  # long prompts are prefilled this many tokens per step (0: whole)
     prefix_cache_tokens: NonNegativeInt = 8192  # finished requests' KV cells kept for reuse (0: off)
+    guided_backend: Literal["auto", "builtin", "llguidance"] = "auto"  # structured-output masks
     request_timeout: PositiveFloat = 600.0
     revision: Optional[str] = None
     replicas: PositiveInt = 1
@@ -231,6 +232,10 @@ class RoutingConfig(_Strict):
     backoff: PositiveFloat = 0.1  # seconds before the first retry; doubles each time
     health_check_interval: PositiveFloat = 5.0  # seconds between upstream health checks
     ready_timeout: PositiveFloat = 600.0  # seconds `autoglm deploy` waits for every model
+    # how a model with several replicas picks one: least_outstanding, or prefix_affinity (the replica whose
+    # prefix cache holds the prompt's start, within a load bound: autoglm.gateway.affinity)
+    policy: Literal["least_outstanding", "prefix_affinity"] = "prefix_affinity"
+    affinity_block_chars: int = Field(default=128, ge=16, le=8192)  # prefix granularity, in characters
 
 
 class RecommendConfig(_Strict):

@@ -66,8 +66,10 @@ class EngineCore:
         eos_token_ids: list[int] | None = None,
         max_prefill_tokens: int = 4096,
         prefill_chunk: int = 0,
+        guided_backend: str = "auto",
     ):
         self.tokenizer = tokenizer
+        self.guided_backend = guided_backend  # auto | builtin | llguidance (autoglm.engine.guided.backends)
         self.max_model_len = max_model_len
         self.vocab_size = len(tokenizer)
         self.eos_token_ids = set(eos_token_ids or [])
@@ -89,9 +91,13 @@ class EngineCore:
         seq.extra["row"] = RowState(p, self.vocab_size, request.prompt_token_ids)
         seq.extra["detok"] = IncrementalDetokenizer(self.tokenizer, p.stop, p.include_stop_str_in_output)
         if p.guided is not None:
-            from autoglm.engine.guided import build_constraint
+            from autoglm.engine.guided import get_backend
 
-            seq.extra["constraint"] = build_constraint(p.guided, self.tokenizer)
+            try:
+                backend = get_backend(self.guided_backend)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), param="response_format") from None
+            seq.extra["constraint"] = backend.build(p.guided, self.tokenizer)
         self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -152,14 +158,22 @@ class EngineCore:
         return self._sample_and_update([seq], logits)
 
     def _sample_and_update(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
-        rows: list[RowState] = []
-        for seq in seqs:
-            row = seq.extra["row"]
-            constraint = seq.extra.get("constraint")
-            if constraint is not None:
-                row.allowed_mask = torch.from_numpy(constraint.allowed_token_ids(seq.remaining_tokens))
-            rows.append(row)
+        rows: list[RowState] = [seq.extra["row"] for seq in seqs]
+        guided = [i for i, seq in enumerate(seqs) if seq.extra.get("constraint") is not None]
+        if guided:  # every guided mask of the step in one (batched, GIL-free for llguidance) call
+            from autoglm.engine.guided import compute_masks, recheck
+
+            cons = [seqs[i].extra["constraint"] for i in guided]
+            left = [seqs[i].remaining_tokens for i in guided]
+            for i, mask in zip(guided, compute_masks(cons, left)):
+                rows[i].allowed_mask = torch.from_numpy(mask)
         result = sample(logits, rows)
+        if guided:  # a fast mask knows no budget: a refused pick is drawn again from the exact mask
+            for j in recheck(cons, [result.token_ids[i] for i in guided], left):
+                i = guided[j]
+                rows[i].allowed_mask = torch.from_numpy(cons[j].exact_mask(left[j]))
+                again = sample(logits[i:i + 1], [rows[i]])
+                result.token_ids[i], result.logprobs[i] = again.token_ids[0], again.logprobs[0]
         now = time.monotonic()
         outputs, finished = [], []
         for seq, row, token, lp in zip(seqs, rows, result.token_ids, result.logprobs):

@@ -35,8 +35,13 @@ class GuidedSpec:
     constrain only the arguments object.
     """
 
-    kind: Literal["json_object", "json_schema"]
+    kind: Literal["json_object", "json_schema", "regex", "choice", "grammar"]
     schema: dict[str, Any] | None = None
+    # vLLM's extensions (the llguidance backend): the text matches ``regex`` / is one of ``choices``
+    # / is a sentence of ``grammar`` (Lark or GBNF)
+    regex: str | None = None
+    choices: tuple[str, ...] | None = None
+    grammar: str | None = None
 
 
 @dataclass

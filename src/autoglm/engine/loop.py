@@ -137,6 +137,7 @@ class LoopEngine(Engine):
             max_queue=self.max_queue,
             prefill_chunk=self.prefill_chunk,
             eos_token_ids=loaded.eos_token_ids,
+            guided_backend=getattr(getattr(self, "settings", None), "guided_backend", "auto"),
         )
 
     def _make_runner(self, loaded: LoadedModel) -> Any:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -80,9 +81,9 @@ class GatewayHTTP:
     def __init__(self, gateway: Gateway | None, static_keys: list[str] | None = None, metrics: Any = None):
         self.gateway, self.metrics = gateway, metrics
         self._static = [k.encode("utf-8") for k in static_keys or [] if k]
-        # async (request, response dict) -> None, awaited with each replayed cache hit (the served-model
-        # monitor counts hits too: autoglm.monitoring.served); it must only queue work
-        self.on_cache_hit: Callable[[Request, dict[str, Any]], Awaitable[None]] | None = None
+        # async (request, response dict) -> None, awaited with each completed response, cache hits included
+        # (the served-model monitor: autoglm.monitoring.served); it must only queue work
+        self.on_response: Callable[[Request, dict[str, Any]], Awaitable[None]] | None = None
 
     # -- authentication ------------------------------------------------------------------------
     def _static_match(self, presented: str | None) -> bool:
@@ -126,6 +127,44 @@ class GatewayHTTP:
             return None
         raise GatewayError(401, "invalid_api_key", "/metrics needs the admin key (AUTOGLM_ADMIN_KEY) or "
                            "--api-key; or start the server with --metrics-public.")
+
+    # -- operators: /admin/* ------------------------------------------------------------------
+    async def operator_access(self, request: Request) -> str | None:
+        """How the caller may use the operator routes (``/admin/*``): ``"key"`` (the admin key or a static
+        ``--api-key``), ``"local"`` (an open server - no admin key, no static key, no API key created -
+        and a caller on the loopback interface), or None (refused). Never raises."""
+        gw, presented = self.gateway, extract_api_key(request.headers)
+        if self._static_match(presented) or (gw is not None and gw.is_admin(request.headers)):
+            return "key"
+        protected = bool(self._static) or (gw is not None and (bool(gw.settings.admin_key) or not await gw.open_mode()))
+        if protected:
+            return None
+        host = request.client.host if request.client is not None else ""
+        if host == "localhost":
+            return "local"
+        try:
+            return "local" if ipaddress.ip_address(host).is_loopback else None
+        except ValueError:
+            return None
+
+    async def require_operator(self, request: Request) -> None:
+        """Admit an operator (see :meth:`operator_access`) or raise the 401/403 that says what to send."""
+        access = await self.operator_access(request)
+        if access is not None:
+            if access == "key":
+                record = request.scope.get("state", {}).get(_STATE_RECORD)
+                if record is not None:
+                    record.key_name = ADMIN_KEY_INFO.name
+            return
+        gw = self.gateway
+        protected = bool(self._static) or (gw is not None and (bool(gw.settings.admin_key) or not await gw.open_mode()))
+        if not protected:
+            raise GatewayError(403, "admin_loopback_only", "this server has no admin key, so /admin/* answers only "
+                               "clients on this machine; set AUTOGLM_ADMIN_KEY (or --api-key) on the server")
+        self.count_auth_failure(None, None, "admin")
+        if gw is not None and not self._static:
+            gw.require_admin(request.headers)  # raises the 401 with its hint
+        raise self._missing(extract_api_key(request.headers))
 
     async def store_status(self) -> str | None:
         """``ok``/``down`` for the gateway's state store; None without a gateway."""
@@ -212,7 +251,7 @@ class GatewayHTTP:
                         metrics.cache_misses.labels(*label).inc()
         if record is not None and cache_status is not None:
             record.cache = cache_status
-        hooks = _Hooks(self, key, model, record, cache_key)
+        hooks = _Hooks(self, key, model, record, cache_key, request)
         response = await handler(engine, body, request, hooks)
         response.headers[CACHE_HEADER] = cache_status or "miss"
         if hooks.decision is not None:
@@ -229,8 +268,8 @@ class GatewayHTTP:
                 log.warning("recording usage of a cache hit failed", exc_info=True)
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         fresh = {**stored, "id": f"{prefix}-{secrets.token_hex(12)}", "created": int(time.time())}
-        if self.on_cache_hit is not None:
-            await self.on_cache_hit(request, fresh)
+        if self.on_response is not None:
+            await self.on_response(request, fresh)
         usage = fresh.get("usage") or {}
         if record is not None:
             record.cache = "hit"
@@ -248,8 +287,9 @@ class _Hooks:
     """:class:`~autoglm.api.streams.RequestHooks` for one request: limits, slot, metrics, usage, cache."""
 
     def __init__(self, owner: GatewayHTTP, key: KeyInfo | None, model: str, record: AccessRecord | None,
-                 cache_key: str | None):
+                 cache_key: str | None, request: Request | None = None):
         self.owner, self.key, self.model, self.record, self.cache_key = owner, key, model, record, cache_key
+        self.request = request
         self.decision: RateDecision | None = None
         self._stack = contextlib.AsyncExitStack()
         self._observe = owner.metrics.observer(model) if owner.metrics is not None else None
@@ -298,6 +338,8 @@ class _Hooks:
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         if self.record is not None:
             self.record.prompt_tokens, self.record.completion_tokens = prompt, completion
+        if error is None and response is not None and self.owner.on_response is not None:
+            await self.owner.on_response(self.request, response)
         if error is not None and _is_upstream_failure(error) and self.owner.metrics is not None:
             self.owner.metrics.upstream_errors.labels(self.model, _key_label(self.key)).inc()
         gw = self.owner.gateway

@@ -3,7 +3,9 @@
 A :class:`Route` is one served model: its name, aliases, an optional fallback model and one or more
 :class:`Backend` replicas, each either a local engine or a remote :class:`~autoglm.gateway.upstream.Upstream`.
 :meth:`Router.dispatch` picks the healthy replica with the fewest outstanding requests (ties: the one
-that served least), calls it, and on a connection error retries another replica (or the same one)
+that served least) - or, with ``policy="prefix_affinity"``, the replica that last served the longest
+start of the same prompt, within a load bound (:mod:`autoglm.gateway.affinity`; the caller passes the
+prompt text as ``prefix``) - calls it, and on a connection error retries another replica (or the same one)
 after an exponential backoff (``backoff * 2**attempt``); a 4xx is never retried. A replica that fails
 ``unhealthy_after`` times in a row is marked down and skipped until the background health check
 (every ``health_check_interval`` s) sees it answer again. When every replica is down, or the model is
@@ -122,9 +124,17 @@ class Dispatched(Generic[T]):
 
 class Router:
     def __init__(self, routes: list[Route], *, retries: int = 2, backoff: float = 0.1,
-                 health_check_interval: float = 5.0, unhealthy_after: int = 2):
+                 health_check_interval: float = 5.0, unhealthy_after: int = 2,
+                 policy: str = "least_outstanding", affinity: Any = None):
         if not routes:
             raise ValueError("a router needs at least one route")
+        from autoglm.gateway.affinity import POLICIES, AffinitySettings
+
+        if policy not in POLICIES:
+            raise ValueError(f"routing policy {policy!r} is not one of {', '.join(POLICIES)}")
+        self.policy = policy
+        self.affinity_settings = affinity or AffinitySettings()
+        self._affinity: dict[str, Any] = {}  # route name -> PrefixAffinity (routes with several replicas)
         self.routes = list(routes)
         self.retries, self.backoff = retries, backoff
         self.health_check_interval, self.unhealthy_after = health_check_interval, unhealthy_after
@@ -206,17 +216,29 @@ class Router:
         return [b.upstream for r in self.routes for b in r.backends if b.upstream is not None]
 
     # -- picking and calling ---------------------------------------------------------------------
-    @staticmethod
-    def pick(route: Route, avoid: set[int] = frozenset()) -> Backend | None:  # type: ignore[assignment]
-        """The healthy replica with the fewest outstanding requests, preferring ones not in ``avoid``."""
+    def pick(self, route: Route, avoid: set[int] = frozenset(),  # type: ignore[assignment]
+             prefix: str | None = None) -> Backend | None:
+        """The replica for a request (``prefix``: its prompt text, for prefix affinity), preferring
+        healthy ones not in ``avoid``: the fewest outstanding requests, or the affine one within its bound."""
         up = [b for b in route.backends if b.is_up()]
         if not up:
             return None
         fresh = [b for b in up if id(b) not in avoid] or up
-        return min(fresh, key=lambda b: (b.outstanding, b.served))
+        if self.policy != "prefix_affinity" or len(route.backends) < 2:
+            return min(fresh, key=lambda b: (b.outstanding, b.served))
+        policy = self._affinity.get(route.name)
+        if policy is None:
+            from autoglm.gateway.affinity import PrefixAffinity
+
+            policy = self._affinity[route.name] = PrefixAffinity(self.affinity_settings)
+        return policy.choose(fresh, policy.hashes(prefix))
+
+    def affinity_stats(self) -> dict[str, dict[str, int]]:
+        """Per route with prefix affinity: choices that followed a prefix, spilled for load, or were cold."""
+        return {name: p.stats() for name, p in self._affinity.items()}
 
     async def dispatch(self, model: str | None, *, local: Callable[[Any, Route], Awaitable[T]],
-                       remote: Callable[[Upstream, Route], Awaitable[T]]) -> Dispatched[T]:
+                       remote: Callable[[Upstream, Route], Awaitable[T]], prefix: str | None = None) -> Dispatched[T]:
         """Serve ``model``: ``local(engine, route)`` or ``remote(upstream, route)`` on a replica, then the
         fallback. ``route`` is the one actually serving (the fallback's, after a fallback)."""
         route = self.resolve(model)
@@ -225,7 +247,7 @@ class Router:
         while route is not None and route.name not in seen:
             seen.add(route.name)
             try:
-                return await self._try_route(route, local, remote)
+                return await self._try_route(route, local, remote, prefix)
             except (OverloadedError, UpstreamOverloaded) as exc:
                 overloaded = overloaded or exc
                 why = "saturated"
@@ -241,10 +263,10 @@ class Router:
         raise _unavailable(first, sorted(seen))
 
     async def _try_route(self, route: Route, local: Callable[[Any, Route], Awaitable[T]],
-                         remote: Callable[[Upstream, Route], Awaitable[T]]) -> Dispatched[T]:
+                         remote: Callable[[Upstream, Route], Awaitable[T]], prefix: str | None = None) -> Dispatched[T]:
         tried: set[int] = set()
         for attempt in range(self.retries + 1):
-            backend = self.pick(route, tried)
+            backend = self.pick(route, tried, prefix if not attempt else None)  # a retry: least loaded
             if backend is None:
                 break
             if attempt:

@@ -4,10 +4,9 @@
 :class:`ServedMonitor` per app when ``server.monitoring`` is on (the default) and hooks it in at three
 points, none of them on the engine's path:
 
-* the app's response tap (:mod:`autoglm.api.respond`; chained before feedback capture's when that is
-  on) and the gateway's ``on_cache_hit`` (a replayed cache hit): every completed chat or completion
-  response, streamed or not, is queued with the request's bytes - a deque append on the event loop,
-  nothing else;
+* :attr:`GatewayHTTP.on_response <autoglm.gateway.http.GatewayHTTP>`, awaited by the gateway's request
+  hooks with every completed response (streamed or not, replayed cache hits too): a chat or completion
+  response is queued with the request's bytes - a deque append on the event loop, nothing else;
 * the app's lifespan: a background task bins what was queued every second (in a worker thread:
   :func:`~autoglm.monitoring.signals.observe` - histograms, the text is dropped), writes this
   process's window counts to the state store every ``flush_interval``, evaluates the windows that are
@@ -21,12 +20,10 @@ points, none of them on the engine's path:
   and ``autoglm:model_auc_labels``, ``autoglm:feedback_mean_rating`` and ``autoglm:feedback_ratings``,
   ``autoglm:monitor_dropped_total``.
 
-Routes: ``POST /v1/monitor/labels`` (keyed like every route: the true label of a prediction this key
-received, by response ``id``, or a ``score`` + ``label`` pair for ``model``; see :func:`_parse_labels`)
-and, with a gateway, ``GET /admin/monitor`` (admin key: the per-model summary and recent windows).
+Its routes (``POST /v1/monitor/labels``, ``GET /admin/monitor``) are :mod:`autoglm.monitoring.routes`'.
 
 The monitor stores no text: only histograms, and for classifier-like answers a score with the
-response id. Knows FastAPI and the response tap; the statistics and tables are its siblings'.
+response id. Knows FastAPI and the gateway's on_response hook; the statistics and tables are its siblings'.
 """
 from __future__ import annotations
 
@@ -34,7 +31,6 @@ import asyncio
 import collections
 import json
 import logging
-import math
 import os
 import secrets
 import socket
@@ -43,8 +39,6 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
-
-from fastapi import Request
 
 from autoglm.monitoring.quality import Quality, quality_of
 from autoglm.monitoring.settings import MonitorSettings
@@ -61,6 +55,9 @@ MONITOR_METRICS = ("prediction_drift_rate", "drift_windows", "drift_psi", "drift
                    "monitor_dropped_total")
 _RESPONSE_OBJECTS = ("chat.completion", "text_completion")
 _MAX_PREDICTIONS = 50_000  # scores waiting to be written, at most
+# A larger request body is not parsed (its text signals are left out): json.loads holds the GIL, and a
+# multi-megabyte body would stall the event loop for tens of milliseconds.
+MAX_PARSED_BODY = 256 * 1024
 _PRUNE_EVERY_S = 3600.0
 _WARN_EVERY_S = 60.0
 
@@ -155,12 +152,14 @@ class ServedMonitor:
         horizon = now - width - 2 * self.settings.grace  # windows that started before this are evaluated by now
         while self._pending:
             at, key_id, body, response = self._pending.popleft()
-            try:
-                request = json.loads(body or b"{}")
-            except (ValueError, UnicodeDecodeError):
-                request = {}
-            if not isinstance(request, dict):
-                request = {}
+            request: dict[str, Any] | None = None
+            if len(body or b"") <= MAX_PARSED_BODY:
+                try:
+                    request = json.loads(body or b"{}")
+                except (ValueError, UnicodeDecodeError):
+                    request = {}
+                if not isinstance(request, dict):
+                    request = {}
             try:
                 obs = observe(request, response)
             except Exception:  # noqa: BLE001 - an odd response must not stop the monitor
@@ -343,118 +342,6 @@ class _MonitorCollector:
         return [rate, windows, psi, kl, ready, output, auc, labels, rating, ratings, dropped]
 
 
-# -- the labels API --------------------------------------------------------------------------------
-_MAX_LABELS = 1000
-
-
-def _parse_labels(spec: Any) -> list[dict[str, Any]]:
-    """``{"id", "label"}`` | ``{"model", "score", "label"}`` | ``{"labels": [...]}`` -> checked items.
-
-    ``label``: 1/0 or true/false (1 = the positive class the score ranks). Raises (message, param)."""
-    if not isinstance(spec, dict):
-        raise ValueError("the body must be a JSON object: {\"id\": \"chatcmpl-...\", \"label\": 1}, "
-                         "{\"model\": \"NAME\", \"score\": 0.8, \"label\": 1} or {\"labels\": [...]}", "body")
-    items = spec["labels"] if "labels" in spec else [spec]
-    if "labels" in spec and set(spec) != {"labels"}:
-        raise ValueError("with 'labels', give nothing else at the top level", sorted(set(spec) - {"labels"})[0])
-    if not isinstance(items, list) or not items:
-        raise ValueError("labels must be a non-empty list", "labels")
-    if len(items) > _MAX_LABELS:
-        raise ValueError(f"at most {_MAX_LABELS} labels per request, got {len(items)}", "labels")
-    out = []
-    for i, item in enumerate(items):
-        where = f"labels[{i}]." if "labels" in spec else ""
-        if not isinstance(item, dict):
-            raise ValueError(f"{where or 'each label '}must be an object", f"{where}label".rstrip("."))
-        unknown = sorted(set(item) - {"id", "model", "score", "label"})
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown}; allowed: id, model, score, label", where + unknown[0])
-        label = item.get("label")
-        if label not in (0, 1) or (isinstance(label, float)):
-            raise ValueError(f"label must be 1 or 0 (true or false), got {json.dumps(label)[:40]}", where + "label")
-        if "id" in item:
-            if "score" in item or "model" in item:
-                raise ValueError("give either id (a prediction this key received) or model and score, not both",
-                                 where + "id")
-            if not isinstance(item["id"], str) or not item["id"]:
-                raise ValueError("id must be the id of a chat or completion response", where + "id")
-            out.append({"id": item["id"], "label": int(label)})
-            continue
-        score, model = item.get("score"), item.get("model")
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise ValueError(f"score must be a finite number (or give the id of a scored response), got "
-                             f"{json.dumps(score)[:40]}", where + "score")
-        if not isinstance(model, str) or not model:
-            raise ValueError("model must name the served model the score came from", where + "model")
-        out.append({"model": model, "score": float(score), "label": int(label)})
-    return out
-
-
-def _install_routes(app: Any, owner: Any, router: Any, monitor: ServedMonitor) -> None:
-    from autoglm.api.errors import APIError
-    from autoglm.gateway.store import StoreUnavailable
-    from autoglm.gateway.usage import OPEN_MODE_KEY_ID
-
-    async def store_call(fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except StoreUnavailable:
-            raise APIError("the state store that keeps the monitor's data is unreachable; retry shortly", 503,
-                           code="state_store_unavailable", headers={"retry-after": "2"}) from None
-
-    @app.post("/v1/monitor/labels")
-    async def post_labels(request: Request) -> dict[str, Any]:
-        key = request.scope.get("state", {}).get("autoglm_key")
-        key_id = key.id if key is not None else OPEN_MODE_KEY_ID
-        try:
-            spec = json.loads(await request.body() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise APIError("the body is not JSON; send {\"id\": \"chatcmpl-...\", \"label\": 1}", 400,
-                           param="body", code="invalid_value") from None
-        try:
-            items = _parse_labels(spec)
-        except ValueError as exc:
-            message, param = exc.args
-            raise APIError(message, 400, param=param, code="invalid_value") from None
-        models: dict[str, str] = {}
-        for item in items:
-            if "model" in item and item["model"] not in models:
-                route = router.resolve(item["model"])  # unknown -> 404 naming the models
-                if key is not None and hasattr(key, "allows_model") and not key.allows_model(route.name):
-                    raise APIError(f"this key may not use the model {item['model']!r}", 403, param="model",
-                                   code="model_not_allowed")
-                models[item["model"]] = route.name
-        try:
-            data = await store_call(monitor.apply_labels, key_id, items, models)
-        except LookupError as exc:
-            index, rid = exc.args
-            param = f"labels[{index}].id" if isinstance(spec, dict) and "labels" in spec else "id"
-            raise APIError(f"no scored prediction with id {str(rid)[:80]!r} was served to this key; label a response "
-                           "whose answer was a score (a number, or JSON with a 'score' field), or send model and "
-                           "score", 404, param=param, code="prediction_not_found") from None
-        return {"object": "list", "data": data}
-
-    gw = owner.gateway
-    if gw is None:
-        return
-
-    @app.get("/admin/monitor")
-    async def monitor_status(request: Request, windows: int = 20) -> dict[str, Any]:
-        gw.require_admin(request.headers)
-        if not 0 <= windows <= 10_000:
-            raise APIError(f"windows must be in 0..10000, got {windows}", 400, param="windows", code="invalid_value")
-
-        def read() -> dict[str, Any]:
-            ws = monitor.window_store()
-            rows = ws.windows(limit=windows) if windows else []
-            return {"object": "monitor.status", "instance": monitor.instance,
-                    "models": {name: snap.to_dict() for name, snap in monitor.snapshot.items()},
-                    "references": [r.to_dict() for r in ws.references()],
-                    "windows": [r.to_dict() for r in rows]}
-
-        return await store_call(read)
-
-
 # -- the hook --------------------------------------------------------------------------------------
 def install_monitoring(app: Any, owner: Any, server: Any, router: Any, metrics: Any) -> ServedMonitor | None:
     """Attach the served-model monitor to ``app`` (``owner``: the app's GatewayHTTP; ``metrics``: ServerMetrics
@@ -472,24 +359,23 @@ def install_monitoring(app: Any, owner: Any, server: Any, router: Any, metrics: 
     if metrics is not None:
         metrics.registry.register(_MonitorCollector(monitor))
 
-    previous = getattr(app.state, "response_tap", None)
     from autoglm.gateway.usage import OPEN_MODE_KEY_ID
 
-    async def queue(request: Any, response: dict[str, Any]) -> None:
+    previous = getattr(owner, "on_response", None)
+
+    async def on_response(request: Any, response: dict[str, Any]) -> None:
         try:
             key = request.scope.get("state", {}).get("autoglm_key")
-            monitor.submit(key.id if key is not None else OPEN_MODE_KEY_ID, await request.body(), response)
+            body = getattr(request, "_body", None)  # FastAPI read it to parse the request
+            if body is None:
+                body = await request.body()
+            monitor.submit(key.id if key is not None else OPEN_MODE_KEY_ID, body, response)
         except Exception:  # noqa: BLE001 - monitoring must never cost the caller anything but microseconds
             log.debug("monitor: could not queue a response", exc_info=True)
-
-    async def tap(request: Any, response: dict[str, Any]) -> None:
-        await queue(request, response)
         if previous is not None:
             await previous(request, response)
 
-    app.state.response_tap = tap
-    if hasattr(owner, "on_cache_hit"):
-        owner.on_cache_hit = queue  # a replayed cache hit is served too: its prompt and answer count
+    owner.on_response = on_response
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -507,5 +393,7 @@ def install_monitoring(app: Any, owner: Any, server: Any, router: Any, metrics: 
                 await asyncio.to_thread(monitor.close)
 
     app.router.lifespan_context = lifespan
-    _install_routes(app, owner, router, monitor)
+    from autoglm.monitoring.routes import install_monitor_routes
+
+    install_monitor_routes(app, owner, router, monitor)
     return monitor

@@ -231,21 +231,25 @@ def extract_score(text: str) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def observe(request: dict[str, Any], response: dict[str, Any]) -> Observation:
-    """Bin one completed chat or completion exchange (see the module docstring for the signals)."""
-    obs = Observation(str(response.get("model") or request.get("model") or ""))
+def observe(request: dict[str, Any] | None, response: dict[str, Any]) -> Observation:
+    """Bin one completed chat or completion exchange (see the module docstring for the signals).
+
+    ``request`` None: the request was not read (too large to parse cheaply); its text signals
+    (``language``, ``tokens``, ``json_valid``) are left out, the rest is counted."""
+    obs = Observation(str(response.get("model") or (request or {}).get("model") or ""))
     add = obs.items.append
     usage = response.get("usage") or {}
     choices = [c for c in response.get("choices") or [] if isinstance(c, dict)]
     add(("prompt_tokens", length_bin(int(usage.get("prompt_tokens") or 0)), 1))
-    text = user_text(request)
-    add(("language", LANGUAGES.index(language_of(text)), 1))
-    for bucket, n in _token_buckets(text).items():
-        add(("tokens", bucket, n))
+    if request is not None:
+        text = user_text(request)
+        add(("language", LANGUAGES.index(language_of(text)), 1))
+        for bucket, n in _token_buckets(text).items():
+            add(("tokens", bucket, n))
     if not choices:
         return obs
     per_choice = int(usage.get("completion_tokens") or 0) // len(choices)
-    wants_json = _wants_json(request)
+    wants_json = request is not None and _wants_json(request)
     for choice in choices:
         add(("completion_tokens", length_bin(per_choice), 1))
         finish = choice.get("finish_reason") or "stop"

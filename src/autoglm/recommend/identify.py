@@ -33,7 +33,9 @@ a request that matches nothing well has a low confidence even when one task is s
 are :class:`IdentifyParams`, which ``autoglm recommend calibrate`` fits on labelled data; the defaults
 are that fit on the dev set shipped in ``tests/recommend/data`` (all ``labelled_*.jsonl``) with the
 hashing encoder, and ``doc_tokens``, ``w_material``, ``doc_question`` the best of a small grid on the
-same set. The held-out set in ``benchmarks/data/task_identification`` is never used to fit anything.
+same set - except ``prior``: a refit would lower it to 0.3 for one more correct dev row, which lets
+keyboard mashing ("qwzx vbnm plkj") pass the threshold, so it stays 0.5. The held-out set in
+``benchmarks/data/task_identification`` is never used to fit anything.
 
 The text identified is the last user message (the instruction; long documents keep head and tail in
 the hashing encoder); length counts every message. Knows nothing about models or HTTP.
@@ -79,8 +81,8 @@ class IdentifyParams:
     doc_tokens: int = 100  # a prompt at least this long may carry material (see "material" above)
     w_material: float = 0.25  # a keyword in the material counts this much of one in the instruction
     doc_question: float = 0.6  # added to long_doc_qa for a question about the material
-    prior: float = 0.3
-    threshold: float = 0.175
+    prior: float = 0.5
+    threshold: float = 0.15
     encoder_weights: dict[str, float] = field(default_factory=dict)  # name -> weight (default 1 each)
 
     @classmethod

@@ -93,7 +93,8 @@ def test_model_pod_and_gateway_as_rendered(tmp_path, autoglm_home):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=gw_url + "/v1", api_key="agl-wrong", max_retries=0).models.list()
         reply = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=5, temperature=0)
+                                               max_tokens=5, temperature=1.0,  # not from a shared cache
+                                               extra_headers={"Cache-Control": "no-cache"})
         assert reply.model == "autoglm-demo" and reply.usage.completion_tokens > 0
 
         # the model pod answers only the gateway's key

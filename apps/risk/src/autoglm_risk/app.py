@@ -4,7 +4,6 @@ backtest. Each is a function of its inputs; none parses arguments or prints (``s
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from autoglm_risk.generate import DAY_MS, generate

@@ -84,7 +84,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
     summary = run_demo(_wd(a), users=a.users, days=a.days, stream_days=a.stream_days, seed=a.seed, trials=a.trials,
                        estimators=a.estimators, stream=a.stream, reviews=a.reviews, retrain=not a.no_retrain,
-                       retrain_trials=a.retrain_trials)
+                       retrain_trials=a.retrain_trials, show=a.show, fraud_rate=a.fraud_rate)
     if a.summary_json:
         with open(a.summary_json, "w") as fh:
             json.dump(summary, fh, default=str, indent=1)
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stream", type=int, default=1500, help="how many stream transactions to replay")
     d.add_argument("--reviews", type=int, default=10)
     d.add_argument("--no-retrain", action="store_true")
+    d.add_argument("--fraud-rate", type=float, default=2.0, help="fraud events, relative to the default rate")
+    d.add_argument("--show", type=int, default=25, help="how many non-approved decisions to print")
     d.add_argument("--summary-json", default=None)
     d.set_defaults(fn=cmd_demo)
     return p

@@ -80,6 +80,7 @@ def _sample_stream(tx: Any, n: int, seed: int) -> Any:
 
 
 def run_demo(wd: Workdir, *, users: int = 3000, days: int = 35, stream_days: float = 2, seed: int = 7,
+             fraud_rate: float = 2.0,
              trials: int = 6, estimators: int = 200, stream: int = 1500, reviews: int = 10, retrain: bool = True,
              retrain_trials: int | None = None, out: TextIO | None = None, show: int = 25) -> dict[str, Any]:
     import httpx
@@ -93,7 +94,8 @@ def run_demo(wd: Workdir, *, users: int = 3000, days: int = 35, stream_days: flo
     say: Callable[[str], None] = lambda line: print(line, file=out, flush=True)  # noqa: E731
     t_all = time.monotonic()
     say(f"== 1. data: {users:,} users, {days} days (the last {stream_days:g} held out as the live stream), seed {seed}")
-    meta = generate_into(wd, users=users, days=days, seed=seed, stream_days=stream_days, say=say)
+    meta = generate_into(wd, users=users, days=days, seed=seed, stream_days=stream_days, fraud_rate=fraud_rate,
+                         say=say)
     say("== 2. features (SQL) and training (autoglm pipeline + search)")
     trained = train_in(wd, trials=trials, estimators=estimators, say=say)
 
@@ -127,7 +129,8 @@ def run_demo(wd: Workdir, *, users: int = 3000, days: int = 35, stream_days: flo
             d = r.json()
             decisions.append((int(row.txn_id), d["decision"], d["score"], d["decision_id"], int(row.is_fraud),
                               float(row.amount)))
-            if d["decision"] != "approve" and shown < show:
+            every = max(1, len(tx) // 10)
+            if (d["decision"] != "approve" and shown < show) or len(decisions) % every == 0:
                 shown += 1
                 why = "; ".join(x["text"] for x in d["reasons"])
                 hits = ",".join(h["rule"] + ("(shadow)" if h["shadow"] else "") for h in d["rule_hits"]) or "-"

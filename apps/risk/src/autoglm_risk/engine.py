@@ -172,6 +172,9 @@ class RiskEngine:
         if store:
             self.online.add(txn)
             self._txn_decision[rec.transaction_id] = (rec.decision_id, rec.score)
+            if len(self._txn_decision) > 1_000_000:  # labels arrive within weeks; keep the newest half
+                for k in list(self._txn_decision)[:500_000]:
+                    self._txn_decision.pop(k, None)
             self._enqueue(txn, rec)
         rec.latency_ms = (time.perf_counter() - t0) * 1000
         self.m_latency.observe(rec.latency_ms / 1000)
@@ -294,15 +297,24 @@ class RiskEngine:
     def add_labels(self, labels: list[tuple[int, int]], key_id: str = "risk") -> dict[str, int]:
         """Labels from outside the queue (a chargeback feed): (transaction id, 1 fraud / 0 legit)."""
         self.flush()
-        known = 0
+        known = []
         for txn_id, y in labels:
             self.store.execute("UPDATE transactions SET is_fraud = :y WHERE txn_id = :t", {"y": int(y), "t": int(txn_id)})
             hit = self._txn_decision.get(int(txn_id))
             if hit is not None:
-                known += 1
+                known.append((hit[0], int(y)))
                 self.monitor.label(hit[0], int(y), hit[1])
             self.m_labels.labels(label="fraud" if y else "legit", source="feed").inc()
-        return {"received": len(labels), "decisions": known}
+        if known:  # labels of decisions this service made are feedback on them, like a review's
+            cases = self.store.frame("SELECT * FROM decisions WHERE decision_id IN (" +
+                                     ", ".join(f":d{i}" for i in range(len(known))) + ")",
+                                     {f"d{i}": d for i, (d, _) in enumerate(known)})
+            by_id = {r["decision_id"]: r for r in (_row(x) for _, x in cases.iterrows())}
+            with self.feedback_store().store.transaction():
+                for d, y in known:
+                    if d in by_id:
+                        self._post_feedback(by_id[d], y, None, key_id, source="feed")
+        return {"received": len(labels), "decisions": len(known)}
 
     # -- feedback into autoglm ---------------------------------------------------------------------
     def feedback_store(self) -> Any:

@@ -7,7 +7,7 @@ transactions with an ``is_target`` flag) from the rows of ``ev`` strictly before
 
 * training (:func:`training_features`): ``ev`` = the stored transactions of a period plus the 30 days
   before it, every row of the period a target — each row's features see only its own past (point in
-  time correct; ``tests/test_risk_features.py`` recomputes random rows by brute force);
+  time correct; ``apps/risk/tests/test_risk_features.py`` recomputes random rows by brute force);
 * online (:func:`online_features`): ``ev`` = the stored history of the incoming transaction's user,
   card and device over the last 30 days, plus the incoming transaction as the only target.
 
@@ -100,8 +100,8 @@ def _build() -> tuple[str, list[str]]:
         stat_names += [(entity, n) for n in sn]
         distinct_names += [(entity, n) for n in dn]
     hours_since = f"CAST(w.ts - w.prev_ts AS {_DOUBLE}) / 3600000"
-    a = (f"POWER(SIN(RADIANS(w.lat - w.prev_lat) / 2), 2) + COS(RADIANS(w.prev_lat)) * COS(RADIANS(w.lat)) * "
-         f"POWER(SIN(RADIANS(w.lon - w.prev_lon) / 2), 2)")
+    a = ("POWER(SIN(RADIANS(w.lat - w.prev_lat) / 2), 2) + COS(RADIANS(w.prev_lat)) * COS(RADIANS(w.lat)) * "
+         "POWER(SIN(RADIANS(w.lon - w.prev_lon) / 2), 2)")
     haversine = f"2 * 6371 * ASIN(SQRT(CASE WHEN {a} > 1 THEN 1 ELSE {a} END))"  # rounding may give 1 + 1e-16
     derived = {
         "amount": "w.amount",

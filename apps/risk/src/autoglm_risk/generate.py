@@ -11,6 +11,10 @@ transactions; then injects labelled fraud events of five kinds:
 * ``category_anomaly`` — a large amount in a risky category the user never buys in, from the user's
   own device and country (the hard one: only the amount and the category give it away).
 
+Legitimate look-alikes keep every single signal ambiguous: trips abroad (new country, continent jump),
+shopping sprees (a burst of purchases within the hour), new phones (a new device from some day on),
+wealthy users buying cars (amounts above 50,000).
+
 Identifiers are integers (no card numbers anywhere: a card is ``card_id``); IP addresses are drawn
 from ``10.0.0.0/8`` with the second octet naming the country (the ``countries`` table maps it).
 Timestamps are epoch milliseconds, unique per user (a tie is moved by 1 ms), so "strictly before"
@@ -58,6 +62,7 @@ CATEGORIES = [
 FRAUD_TYPES = ["velocity_burst", "card_testing", "account_takeover", "impossible_travel", "category_anomaly"]
 CAT_INDEX = {c[0]: i for i, c in enumerate(CATEGORIES)}
 N_FRAUD_DEVICES = 60  # a shared pool of fraudsters' devices (ids above every user's)
+UPGRADE_DEVICE_BASE = 10_000_000  # a user's new phone: this + user_id
 
 
 @dataclass
@@ -162,6 +167,30 @@ def generate(n_users: int = 5000, days: int = 30, *, seed: int = 0, start_ms: in
     on_trip = trip[uid] & (day >= trip_start[uid]) & (day < trip_start[uid] + trip_len[uid])
     country = np.where(on_trip, trip_country[uid], home[uid])
     host = np.where(on_trip | (rng.random(N) < 0.1), rng.integers(0, 65536, N), home_host[uid])
+    # legitimate look-alikes, so that no single signal gives fraud away: a shopping spree (many purchases
+    # within the hour, like a velocity burst) and a new phone (a new device from some day on)
+    spree = np.flatnonzero(rng.random(U) < 0.03)
+    k = rng.integers(5, 11, len(spree))
+    su = np.repeat(spree, k)
+    s_t0 = start_ms + rng.integers(0, days, len(spree)) * DAY_MS + rng.integers(10, 20, len(spree)) * HOUR_MS
+    s_cat = np.array([CAT_INDEX[c] for c in ("clothing", "restaurants", "electronics", "entertainment")])[
+        rng.integers(0, 4, len(su))]
+    uid = np.concatenate([uid, su])
+    ts = np.concatenate([ts, np.repeat(s_t0, k) + rng.integers(0, HOUR_MS, len(su))])
+    cat = np.concatenate([cat, s_cat])
+    merchant = np.concatenate([merchant, m_off[s_cat] + rng.integers(0, per_cat[s_cat])])
+    amount = np.concatenate([amount, np.exp(mu[su] + sigma[su] * rng.standard_normal(len(su))) * k_mult[s_cat]])
+    device = np.concatenate([device, dev_base[su]])
+    card = np.concatenate([card, card_base[su]])
+    day = np.concatenate([day, (np.repeat(s_t0, k) - start_ms) // DAY_MS])
+    on_trip = trip[uid] & (day >= trip_start[uid]) & (day < trip_start[uid] + trip_len[uid])
+    country = np.where(on_trip, trip_country[uid], home[uid])
+    host = np.concatenate([host, home_host[su]])
+    upgrade = rng.random(U) < 0.05
+    upgrade_day = rng.integers(1, max(2, days), U)
+    new_phone = upgrade[uid] & (day >= upgrade_day[uid])
+    device = np.where(new_phone, UPGRADE_DEVICE_BASE + uid, device)
+    N = len(uid)
     fraud_type = np.full(N, -1)
 
     # fraud events
@@ -230,8 +259,9 @@ def generate(n_users: int = 5000, days: int = 30, *, seed: int = 0, start_ms: in
                           "tx_per_day": np.round(rate, 3), "typical_amount": np.round(np.exp(mu), 2)})
     cards = pd.DataFrame({"card_id": np.arange(int(n_card.sum()), dtype=np.int64),
                           "user_id": np.repeat(np.arange(U), n_card).astype(np.int64)})
-    devices = pd.DataFrame({"device_id": np.arange(n_devices_users + N_FRAUD_DEVICES + len(fr["new_devices"]),
-                                                   dtype=np.int64)})
+    devices = pd.DataFrame({"device_id": np.concatenate([
+        np.arange(n_devices_users + N_FRAUD_DEVICES + len(fr["new_devices"])),
+        UPGRADE_DEVICE_BASE + np.flatnonzero(upgrade)]).astype(np.int64)})
     info = {"rows": n, "fraud_rows": int(tx["is_fraud"].sum()), "users": U, "days": days,
             "fraud_by_type": {t: int((tx["fraud_type"] == t).sum()) for t in FRAUD_TYPES}}
     return Dataset(countries, merchants, users, cards, devices, tx, start_ms=start_ms, days=days, seed=seed,

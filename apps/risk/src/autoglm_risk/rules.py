@@ -207,8 +207,8 @@ def _problems(rs: RuleSet) -> list[tuple[Loc, str]]:
         for loc, f in r.when.fields():
             if f not in FIELDS:
                 near = difflib.get_close_matches(f, FIELDS, n=3)
-                hint = f"; did you mean {', '.join(near)}?" if near else f"; known fields include amount, score, " \
-                                                                         f"user_cnt_1h, continent_jump"
+                hint = f"; did you mean {', '.join(near)}?" if near else "; known fields include amount, score, " \
+                                                                         "user_cnt_1h, continent_jump"
                 out.append((("rules", i, "when") + loc, f"unknown field {f!r}{hint}"))
         for loc, name in r.when.list_names():
             if name not in rs.lists:

@@ -25,7 +25,7 @@ import time
 from typing import Any, Literal, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autoglm.api.errors import APIError, install_error_handlers
@@ -163,9 +163,10 @@ def build_risk_app(engine: RiskEngine, keys: KeyChecker, *, allow_anonymous: boo
                 "rules_version": engine.rules.version}
 
     @app.post("/v1/risk/decide")
-    def decide(body: TransactionIn, request: Request) -> dict[str, Any]:
+    def decide(body: TransactionIn, request: Request) -> JSONResponse:
         key_of(request)
-        return engine.decide(body.to_engine()).to_response()
+        rec = engine.decide(body.to_engine())
+        return JSONResponse(rec.to_response(), headers={"x-risk-decision-ms": f"{rec.latency_ms:.3f}"})
 
     @app.get("/v1/risk/decisions/{decision_id}")
     async def get_decision(decision_id: str, request: Request) -> dict[str, Any]:

@@ -148,6 +148,9 @@ def _structured(vllm: Any, params: SamplingParams) -> dict[str, Any]:
     if guided is None:
         return {}
     spec: dict[str, Any] = {"json_object": True} if guided.kind == "json_object" else {"json": guided.schema or {}}
+    if guided.kind in ("regex", "choice", "grammar"):  # vLLM's own extensions, passed through
+        spec = {guided.kind: {"regex": guided.regex, "choice": list(guided.choices or ()),
+                              "grammar": guided.grammar}[guided.kind]}
     sp_mod = vllm.sampling_params
     if hasattr(sp_mod, "StructuredOutputsParams"):  # vLLM >= 0.11
         return {"structured_outputs": sp_mod.StructuredOutputsParams(**spec)}

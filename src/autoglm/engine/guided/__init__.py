@@ -33,6 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from autoglm.engine.guided.backends import (
+    GUIDED_BACKEND_CHOICES,
+    JSON_KINDS,
+    GuidedBackend,
+    GuidedConstraint,
+    compute_masks,
+    get_backend,
+    resolve_backend,
+)
 from autoglm.engine.guided.automaton import (
     BAD,
     StringFrame,
@@ -50,7 +59,9 @@ from autoglm.engine.guided.schema import (
 from autoglm.engine.guided.vocab import TrieNode, VocabIndex, vocab_index
 from autoglm.errors import InvalidRequestError
 
-__all__ = ["Constraint", "build_constraint", "min_tokens_needed", "validate_schema", "SAFETY_MARGIN"]
+__all__ = ["Constraint", "build_constraint", "min_tokens_needed", "validate_schema", "validate_spec",
+           "SAFETY_MARGIN", "GuidedBackend", "GuidedConstraint", "get_backend", "resolve_backend",
+           "compute_masks", "recheck", "GUIDED_BACKEND_CHOICES"]
 
 # tokens kept in reserve beyond the exact closing cost, in case the caller counts one token
 # differently than we do; costs one token of budget in the worst case
@@ -105,7 +116,13 @@ def min_tokens_needed(spec: Any, *, max_string_chars: int = DEFAULT_MAX_STRING_C
     """The smallest ``max_tokens`` with which ``spec`` can always be satisfied.
 
     Callers reject requests below it up front (HTTP 400) instead of returning broken JSON.
+    Regex, choice and grammar specs (llguidance backend) have a looser bound, see
+    :func:`autoglm.engine.guided.llg.min_tokens_other`.
     """
+    if spec.kind not in JSON_KINDS:
+        from autoglm.engine.guided.llg import min_tokens_other
+
+        return min_tokens_other(spec)
     cells = initial_cells(_root(spec, max_string_chars), _spec_prefix(spec))
     return min(cell_cost(c) for c in cells) + SAFETY_MARGIN
 
@@ -118,14 +135,60 @@ def build_constraint(spec: Any, tokenizer: Any, *,
     return Constraint(vocab_index(tokenizer), initial_cells(root, _spec_prefix(spec)), SAFETY_MARGIN)
 
 
-class Constraint:
+def validate_spec(spec: Any, backend: str | None = "auto") -> None:
+    """InvalidRequestError (naming the parameter) when ``spec`` cannot be used by ``backend``:
+    JSON kinds are compiled by the builtin automaton (it keeps the budget with either backend),
+    regex / choice / grammar by llguidance. Blocking; call it off the event loop."""
+    if spec.kind in JSON_KINDS:
+        _root(spec, DEFAULT_MAX_STRING_CHARS)
+        if spec.kind == "json_object":
+            return
+    name = resolve_backend(backend)
+    if name == "llguidance":
+        from autoglm.engine.guided.llg import validate_spec as llg_validate
+
+        llg_validate(spec)
+    elif spec.kind not in JSON_KINDS:
+        get_backend("builtin").build(spec, None)  # raises: names the missing extra
+
+
+def recheck(constraints: list[Any], tokens: list[int], remaining: list[int]) -> list[int]:
+    """Indices whose sampled token a fast mask let through but the constraint refuses (see
+    :meth:`GuidedConstraint.check`): sample those again with :meth:`GuidedConstraint.exact_mask`."""
+    return [i for i, (c, t, r) in enumerate(zip(constraints, tokens, remaining)) if not c.check(t, r)]
+
+
+class Constraint(GuidedConstraint):
     """The state of one constrained output. Not thread-safe; one per request."""
+
+    backend = "builtin"
 
     def __init__(self, index: VocabIndex, cells: list[tuple], margin: int = SAFETY_MARGIN):
         self._index = index
         self._cells = cells
         self._margin = margin
         self._out = bytearray()
+
+    @property
+    def margin(self) -> int:
+        return self._margin
+
+    def cost_after(self, token_id: int) -> int | None:
+        """The closing cost after ``token_id`` (state unchanged), None when it cannot come next."""
+        if not 0 <= token_id < self._index.size:
+            return None
+        data = self._index.tokens[token_id]
+        if data is None:
+            return None
+        cells = self._cells
+        for b in data:
+            nxt: list[tuple] = []
+            for c in cells:
+                nxt.extend(c[0].step(b, c[1]))
+            if not nxt:
+                return None
+            cells = nxt
+        return min(cell_cost(c) for c in cells)
 
     @property
     def vocab_size(self) -> int:

@@ -8,8 +8,10 @@ which is what lets the decoder close a value before the token budget runs out. R
 What it enforces: ``type`` (one or a list), ``properties``/``required``/``additionalProperties``,
 ``items``/``minItems``/``maxItems``, ``enum``/``const``, ``anyOf``/``oneOf`` (both as "any of"),
 ``allOf`` (shallow merge), ``minLength``/``maxLength``, ``$ref`` into ``$defs``/``definitions``, and
-``minimum >= 0`` (as "no minus sign") for numbers. Everything else (``pattern``, ``format``, other
-numeric bounds, ``prefixItems``, ``not``, ``if``) is accepted and NOT enforced.
+``minimum >= 0`` (as "no minus sign") for numbers. ``pattern`` and ``format`` only raise a string's
+minimal length here (their shortest match); they, the other numeric bounds and ``multipleOf`` are
+enforced by the llguidance backend (:mod:`autoglm.engine.guided.llg`), which runs this automaton
+beside it for the closing-cost guarantee. ``prefixItems``, ``not``, ``if`` are accepted and NOT enforced.
 
 Malformed keywords (``{"type": 5}``, a ``required`` that is not a list of names, a ``$ref`` that is not
 a string, a negative ``minLength``) are :class:`~autoglm.errors.InvalidRequestError` s naming the place
@@ -519,6 +521,11 @@ class _Compiler:
             hi = _size(schema, "maxLength", path)
             if hi is not None and hi < lo:
                 raise _bad(path, f"maxLength {hi} is below minLength {lo}")
+            # pattern/format are enforced by the llguidance backend; here they only raise the
+            # minimal length (a lower bound, so this automaton's language stays a superset)
+            lo = max(lo, _pattern_min_chars(schema.get("pattern")), FORMAT_MIN_CHARS.get(schema.get("format"), 0))
+            if hi is not None:
+                lo = min(lo, hi)
             return StringAlt(lo, max(lo, self.max_string_chars) if hi is None else hi)
         if t in ("number", "integer"):
             lo = schema.get("minimum", schema.get("exclusiveMinimum"))
@@ -557,6 +564,23 @@ class _Compiler:
                 "back to itself, or the minimum sizes (minLength, minItems) multiply past 10^9 bytes; make the "
                 "recursive part optional or lower the minimums", param=_PARAM)
         return root
+
+
+# the shortest value of each string format llguidance enforces (lower bounds: "a@b", "::", "P1D")
+FORMAT_MIN_CHARS = {"date-time": 19, "date": 10, "time": 8, "duration": 3, "email": 3, "hostname": 1,
+                    "ipv4": 7, "ipv6": 2, "uuid": 36}
+
+
+def _pattern_min_chars(pattern: Any) -> int:
+    """Fewest characters any match of ``pattern`` has (0 when Python's re cannot read it)."""
+    if not isinstance(pattern, str):
+        return 0
+    try:
+        from re import _parser  # the stdlib's own regex parser: the only way to get a width
+
+        return min(int(_parser.parse(pattern).getwidth()[0]), MAX_SIZE_KEYWORD)
+    except Exception:  # an ECMA-only construct, or too complex: no bound
+        return 0
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,7 @@ export const ctx = {
       return s.gateway ? t('Launching, stopping and swapping need the admin key: enter it with the key button at the top.')
         : t('Launching, stopping and swapping need the server\'s --api-key, or a browser on the server\'s own machine.');
     }
-    if (what === 'admin_api' && !s.caller.deploy) {
+    if (what === 'admin_api' && !s.caller.admin_api) {
       if (s.gateway && !s.admin_key_configured) return t('This page needs the admin key, and the server has none: restart it with AUTOGLM_ADMIN_KEY=... set, then enter that key here.');
       return s.gateway ? t('This needs the admin key: enter it with the key button at the top.')
         : t('This page needs the server\'s --api-key, or a browser on the server\'s own machine.');

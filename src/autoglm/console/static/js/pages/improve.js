@@ -21,6 +21,7 @@ function seriesIn(obj, prefix = '') {
   const out = [];
   if (!obj || typeof obj !== 'object') return out;
   for (const [k, v] of Object.entries(obj)) {
+    if (k === 'config') continue; // the resolved pipeline file: settings, not measurements
     const name = prefix ? `${prefix}.${k}` : k;
     if (Array.isArray(v) && v.length > 1 && v.every((x) => typeof x === 'number')) out.push({ name, values: v });
     else if (Array.isArray(v) && v.length > 1 && v.every((x) => x && typeof x === 'object' && typeof x.value === 'number')) {
@@ -39,9 +40,14 @@ function columnsOf(rows) {
 // An object shown as: scalar fields in a definition list, lists of objects as tables, series as charts.
 export function details(obj, { onRow } = {}) {
   const box = h('div', { class: 'details' });
-  const scalars = Object.entries(obj || {}).filter(([, v]) => isScalar(v));
+  const scalars = Object.entries(obj || {}).filter(([, v]) => isScalar(v) && v !== null && v !== '');
   if (scalars.length) {
     box.append(h('dl', { class: 'kv' }, scalars.map(([k, v]) => [h('dt', {}, k), h('dd', {}, /(_at|time)$/.test(k) ? fmtTime(v) : String(v))])));
+  }
+  if (obj && obj.stages && typeof obj.stages === 'object' && !Array.isArray(obj.stages)) { // a run's stages, in order
+    const rows = Object.entries(obj.stages).map(([stage, v]) => ({ stage, ...(v && typeof v === 'object' ? v : { status: v }) }));
+    box.append(h('h4', {}, t('Stages')), table(rows, [['stage', t('stage')], ['status', t('status'), (v) => h('span', { class: `badge ${v}` }, v)],
+      ['seconds', t('seconds')], ['key', 'key']]));
   }
   for (const s of seriesIn(obj)) box.append(lineChart(s.name, [{ name: s.name, values: s.values }], { digits: 3 }));
   for (const [k, v] of Object.entries(obj || {})) {
@@ -57,7 +63,8 @@ export function details(obj, { onRow } = {}) {
 }
 
 function section(id, title) {
-  return h('section', { class: 'card', 'aria-labelledby': `${id}-h` }, h('h2', { id: `${id}-h` }, title), h('div', { class: 'body', id: `${id}-body` }));
+  return h('section', { class: 'card', 'aria-labelledby': `${id}-h` }, h('h2', { id: `${id}-h` }, title),
+    h('div', { class: 'body', id: `${id}-body`, 'aria-live': 'polite' }, h('p', { class: 'muted' }, t('Loading…'))));
 }
 
 const trainHint = () => t('Pipelines, studies and the registry need the train extra: pip install -e ".[train]" (MLflow, Optuna).');
@@ -118,8 +125,8 @@ export async function render(root, ctx) {
           const bestSoFar = values.map((v) => { if (v !== null && (best === null || v > best)) best = v; return best; });
           clear(into).append(h('h3', {}, name),
             trials.length ? lineChart(t('History'), [{ name: t('value'), values }, { name: t('best so far'), values: bestSoFar }], { digits: 3 }) : null,
-            d.importance ? bars(t('Parameter importance'), d.importance, '') : null,
-            details({ ...d, trials: undefined, importance: undefined }), trials.length ? table(trials, columnsOf(trials)) : null);
+            d.importances && Object.keys(d.importances).length ? bars(t('Parameter importance'), d.importances, '') : null,
+            details({ ...d, trials: undefined, importances: undefined }), trials.length ? table(trials, columnsOf(trials)) : null);
         } catch (err) { clear(into).append(note('error', err.message)); }
       };
       const cols = columnsOf(rows);
@@ -135,14 +142,16 @@ export async function render(root, ctx) {
       const msg = h('p', { role: 'status', class: 'muted' });
       const act = (name, what, version) => async () => {
         try {
-          await api.post(`/admin/models/${enc(name)}/${what}`, version ? { version } : {});
+          await api.post(`/admin/models/${enc(name)}/${what}`, version ? { version: Number(version) } : {});
           msg.textContent = `${name}: ${what} ✔`;
         } catch (err) { msg.textContent = `${name}: ${err.message}`; }
         registry();
       };
       const cols = columnsOf(rows);
+      cols.push(['aliases', t('aliases'), (v) => (v && typeof v === 'object' ? Object.entries(v).map(([a, n]) => `${a} → v${n}`).join(', ') : '–')]);
       cols.push(['', t('actions'), (_, r) => h('span', { class: 'row' },
-        h('button', { type: 'button', class: 'small', onclick: act(r.name, 'promote', r.latest_version || r.version) }, t('Promote')),
+        h('button', { type: 'button', class: 'small', 'aria-label': `${t('Promote')} ${r.name} v${r.latest_version}`,
+          onclick: act(r.name, 'promote', r.latest_version || r.version) }, `${t('Promote')} v${r.latest_version ?? ''}`),
         h('button', { type: 'button', class: 'small danger', onclick: act(r.name, 'rollback') }, t('Roll back')))]);
       clear(body('registry')).append(rows.length ? table(rows, cols) : h('p', { class: 'muted' }, t('No registered models yet.')), msg);
     } catch (err) { clear(body('registry')).append(note('error', err.message)); }
@@ -151,9 +160,9 @@ export async function render(root, ctx) {
   async function loop() {
     if (!f.loop) return missing('loop');
     try {
-      const d = await api.get('/admin/loop');
-      const rows = listOf(d.decisions || d);
-      clear(body('loop')).append(rows.length ? table(rows, columnsOf(rows)) : details(d));
+      const loops = listOf(await api.get('/admin/loop'));
+      clear(body('loop')).append(loops.length ? h('div', {}, loops.map((l) => h('div', {}, h('h3', {}, l.name || t('loop')), details(l))))
+        : h('p', { class: 'muted' }, t('No loop has run yet: start one with `autoglm loop run FILE`.')));
     } catch (err) { clear(body('loop')).append(note('error', err.message)); }
   }
 

@@ -1,0 +1,203 @@
+"""Guided-decoding mask cost at GLM-4's vocabulary size (151,552 tokens): builtin vs llguidance.
+
+Builds a synthetic byte-level BPE tokenizer of that size (every token is a merge of two earlier
+ones, like a trained BPE: ASCII words with and without a leading space, digits, punctuation runs,
+CJK characters and their pairs, GLM-4's special tokens), then for each backend:
+
+  * per-token mask time of one sequence, median over the states of a realistic JSON answer;
+  * the step overhead of 16 guided sequences: masks of all 16 (``compute_masks``: llguidance does
+    them in one parallel call) + applying them in ``sample()`` + the budget recheck, minus
+    ``sample()`` of the same 16 rows without masks; reported in ms and as a share of a decode step
+    (``--decode-step-ms``, default 25 ms: a 16-sequence decode step of GLM-4-9B in bf16 on one
+    data-centre GPU; give your own measured figure).
+
+    .venv/bin/python benchmarks/guided_masks.py            # ~1-2 min on an idle machine
+    .venv/bin/python benchmarks/guided_masks.py --vocab 32000 --seqs 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+import torch
+
+SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+            "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>"]
+
+SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 40},
+    "city": {"type": "string", "pattern": "^[A-Z][a-z]+$"},
+    "when": {"type": "string", "format": "date-time"},
+    "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+    "score": {"type": "number"}},
+    "required": ["name", "city", "when", "age", "tags", "score"], "additionalProperties": False}
+ANSWER = json.dumps({"name": "Li Lei 李雷", "city": "Beijing", "when": "2024-05-01T12:30:00Z", "age": 31,
+                     "tags": ["alpha", "beta test", "数据"], "score": 0.875}, ensure_ascii=False,
+                    separators=(",", ":"))
+
+
+def synthetic_tokenizer(vocab_size: int, seed: int = 0):
+    """A PreTrainedTokenizerFast with exactly ``vocab_size`` tokens (specials included)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_to = {b: c for b, c in zip(range(256), _bytes_to_unicode())}
+    vocab: dict[str, int] = {}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    target = vocab_size - len(SPECIALS)
+    groups: dict[str, list[str]] = {"alpha": [byte_to[b] for b in b"abcdefghijklmnopqrstuvwxyz"],
+                                    "Alpha": [byte_to[b] for b in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"],
+                                    "digit": [byte_to[b] for b in b"0123456789"],
+                                    "punct": [byte_to[b] for b in b'{}[]",:.-_/()=+*#@!?;<>\'\\ \n']}
+
+    def add(a: str, b: str, group: str) -> None:
+        t = a + b
+        if t in vocab or len(vocab) >= target:
+            return
+        vocab[t] = len(vocab)
+        merges.append((a, b))
+        groups.setdefault(group, []).append(t)
+
+    space = byte_to[0x20]
+    for c in groups["alpha"] + groups["Alpha"]:
+        add(space, c, "alpha")
+    for _ in range(3000):  # CJK: 3-byte characters built byte by byte, then pairs
+        ch = chr(rng.randint(0x4E00, 0x9FA5)).encode("utf-8")
+        s = [byte_to[b] for b in ch]
+        add(s[0], s[1], "cjk_part")
+        add(s[0] + s[1], s[2], "cjk")
+    while len(vocab) < target:
+        r = rng.random()
+        if r < 0.80:
+            g = "alpha"
+            a = rng.choice(groups["alpha"] if rng.random() < 0.95 else groups["Alpha"])
+            b = rng.choice(groups["alpha"])
+        elif r < 0.88:
+            g, a, b = "digit", rng.choice(groups["digit"]), rng.choice(groups["digit"])
+        elif r < 0.94:
+            g, a = "punct", rng.choice(groups["punct"])
+            b = rng.choice(groups["punct"] if rng.random() < 0.5 else groups["alpha"][:50])
+        else:
+            g, a, b = "cjk", rng.choice(groups["cjk"]), rng.choice(groups["cjk"])
+        if len(a) + len(b) <= 24:
+            add(a, b, g)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                 additional_special_tokens=SPECIALS[1:])
+    assert len(hf) == vocab_size, len(hf)
+    return hf
+
+
+def _bytes_to_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs))]
+
+
+def per_token(backend: str, tok, spec, ids: list[int], budget: int) -> list[float]:
+    from autoglm.engine.guided import compute_masks, get_backend
+
+    c = get_backend(backend).build(spec, tok)
+    times = []
+    for i, t in enumerate(ids):
+        t0 = time.perf_counter()
+        compute_masks([c], [budget - i])
+        times.append(time.perf_counter() - t0)
+        c.advance(t)
+    return times
+
+
+def step_overhead(backend: str, tok, spec, ids: list[int], seqs: int, budget: int) -> tuple[float, float]:
+    """(median ms per step spent on masks + recheck + redraws, median ms of ``sample()`` itself)."""
+    from autoglm.engine.guided import compute_masks, get_backend, recheck
+    from autoglm.engine.io_struct import SamplingParams
+    from autoglm.engine.sampling import RowState, sample
+
+    v = len(tok)
+    cons = [get_backend(backend).build(spec, tok) for _ in range(seqs)]
+    rows = [RowState(SamplingParams(max_tokens=budget, temperature=1.0, seed=i), v, [1]) for i in range(seqs)]
+    plain = [RowState(SamplingParams(max_tokens=budget, temperature=1.0, seed=i), v, [1]) for i in range(seqs)]
+    for r in plain:  # the same sampling path, with a mask that costs nothing to compute
+        r.allowed_mask = torch.ones(v, dtype=torch.bool)
+    logits = torch.randn(seqs, v)
+    guided_ms, plain_ms, mask_ms = [], [], []
+    # sequences at different positions of the answer, as in a real batch
+    offsets = [(k * 7) % max(1, len(ids) - 1) for k in range(seqs)]
+    for j, c in enumerate(cons):
+        for t in ids[:offsets[j]]:
+            c.advance(t)
+    refused = 0
+    for step in range(min(20, len(ids) - max(offsets) - 1)):
+        left = [budget - offsets[j] - step for j in range(seqs)]
+        t0 = time.perf_counter()
+        masks = compute_masks(cons, left)
+        for r, m in zip(rows, masks):
+            r.allowed_mask = torch.from_numpy(m)
+        spent = time.perf_counter() - t0
+        mask_ms.append(1000 * spent)
+        res = sample(logits, rows)  # the sampler's own cost is the same with any mask: not counted
+        t0 = time.perf_counter()
+        again = recheck(cons, res.token_ids, left)
+        for j in again:
+            rows[j].allowed_mask = torch.from_numpy(cons[j].exact_mask(left[j]))
+            res.token_ids[j] = sample(logits[j:j + 1], [rows[j]]).token_ids[0]
+        refused += len(again)
+        guided_ms.append(1000 * (spent + time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        sample(logits, plain)
+        plain_ms.append(1000 * (time.perf_counter() - t0))
+        for j, c in enumerate(cons):  # follow the answer, not the random pick, so the states stay realistic
+            c.advance(ids[offsets[j] + step])
+    print(f"  ({backend}: masks of {seqs} seqs median {statistics.median(mask_ms):.2f} ms, min {min(mask_ms):.2f} ms; "
+          f"{refused} of {seqs * len(guided_ms)} picks refused by the budget check and redrawn from the exact mask)")
+    return statistics.median(guided_ms), statistics.median(plain_ms)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocab", type=int, default=151_552)
+    ap.add_argument("--seqs", type=int, default=16)
+    ap.add_argument("--decode-step-ms", type=float, default=25.0)
+    ap.add_argument("--backends", default="builtin,llguidance")
+    args = ap.parse_args()
+    from autoglm.engine.io_struct import GuidedSpec
+
+    t0 = time.perf_counter()
+    tok = synthetic_tokenizer(args.vocab)
+    print(f"synthetic byte-level BPE: {len(tok)} tokens, built in {time.perf_counter() - t0:.1f} s")
+    spec = GuidedSpec("json_schema", SCHEMA)
+    ids = tok.encode(ANSWER, add_special_tokens=False)
+    print(f"answer: {len(ids)} tokens")
+    budget = 400
+    for name in args.backends.split(","):
+        t0 = time.perf_counter()
+        per_token(name, tok, spec, ids[:1], budget)  # warm: vocabulary index / llguidance tokenizer
+        warm = time.perf_counter() - t0
+        times = per_token(name, tok, spec, ids, budget)
+        ms = sorted(1000 * t for t in times)
+        over, sampler = step_overhead(name, tok, spec, ids, args.seqs, budget)
+        print(f"{name:>10}: per-token mask median {statistics.median(ms):.2f} ms, p90 {ms[int(0.9 * len(ms))]:.2f} ms, "
+              f"max {ms[-1]:.2f} ms (first use {warm:.1f} s) | {args.seqs} seqs: guided overhead {over:.2f} ms "
+              f"per step = {100 * over / args.decode_step_ms:.1f} % of a {args.decode_step_ms:g} ms decode step "
+              f"(sample() itself: {sampler:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
