@@ -87,7 +87,7 @@ def wrk_hits(url: str, seconds: int, connections: int, home: Path) -> str:
     script = home / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
                       f'wrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer {KEY}"\n')
-    r = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+    r = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s", str(script),
                         url + "/v1/chat/completions"], capture_output=True, text=True, timeout=seconds + 60)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
     p50 = re.search(r"50%\s+([\d.]+\w+)", r.stdout)

@@ -120,6 +120,29 @@ def test_waits_while_the_engine_has_waiting_requests(store):
     assert len(ex.calls) == 3
 
 
+def test_a_draining_server_takes_no_new_batch_work_and_finishes_what_runs(store):
+    async def run():
+        gate = asyncio.Event()
+        ex = Executor(gate=gate)
+        w = worker_for(store, ex, max_concurrency=2)
+        rec = make_batch(w.records, 5)
+        await w.start()
+        await w.enqueue(rec.id, list(range(1, 6)))
+        deadline = time.monotonic() + 10
+        while len(ex.calls) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        w.pause()  # SIGTERM: the ShutdownGate calls the app's on_drain hooks
+        gate.set()  # the two running requests finish
+        await asyncio.sleep(1.0)
+        done = await asyncio.to_thread(w.records.get_batch, rec.id)
+        await w.stop()
+        return ex, done
+
+    ex, done = asyncio.run(run())
+    assert len(ex.calls) == 2  # nothing new was taken while draining
+    assert done.completed == 2 and done.status == "in_progress"  # the rest waits for the next process
+
+
 def test_a_result_written_before_a_crash_is_kept_and_not_run_again(store):
     async def run():
         records = BatchStore(store)

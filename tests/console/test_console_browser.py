@@ -4,8 +4,8 @@ One ``autoglm deploy`` process on the demo model (admin key, capture on, ``model
 state store) serves every test here. Each page must load with no console error, no failed request
 and no HTTP error; a chat streams into the page; a bad deploy file shows its line and key, and the
 copied CLI and curl commands are executed; a launch from the form serves a second model; without a
-key the console asks for one. Screenshots of each page go to the test's tmp dir and to
-/work/notes/screens/ when that folder's parent exists. The first load's navigation timing is printed
+key the console asks for one. Screenshots of each page go to the test's tmp dir and, when
+``AUTOGLM_SCREENSHOTS`` names a folder, there too (to look at them). The first load's navigation timing is printed
 (target < 1 s on loopback), never asserted.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN = "adm-console-test"
 PAGES = ["playground", "models", "config", "metrics", "keys", "improve"]
-NOTES_SCREENS = Path("/work/notes/screens")
+SCREENS = Path(os.environ["AUTOGLM_SCREENSHOTS"]) if os.environ.get("AUTOGLM_SCREENSHOTS") else None
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 if not Path(CHROMIUM).exists():
@@ -121,9 +121,9 @@ class Watched:
 def shoot(page, tmp_path: Path, name: str) -> Path:
     out = tmp_path / f"console-{name}.png"
     page.screenshot(path=str(out), full_page=True)
-    if NOTES_SCREENS.parent.is_dir():
-        NOTES_SCREENS.mkdir(exist_ok=True)
-        shutil.copy(out, NOTES_SCREENS / out.name)
+    if SCREENS is not None:
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, SCREENS / out.name)
     return out
 
 

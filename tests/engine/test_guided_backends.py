@@ -190,3 +190,23 @@ def test_registry_and_clear_errors(tok):
     with pytest.raises(InvalidRequestError, match="guided_grammar"):
         validate_spec(GuidedSpec("grammar", grammar="root ::= missing_rule"))
     validate_spec(GuidedSpec("choice", choices=("a", "b")))
+
+
+def test_engine_core_uses_its_configured_backend(tok):
+    from autoglm.engine.core import EngineCore
+    from autoglm.engine.io_struct import EngineRequest, SamplingParams
+
+    def request(spec: GuidedSpec) -> EngineRequest:
+        return EngineRequest("r", [1, 2, 3], SamplingParams(max_tokens=50, guided=spec))
+
+    builtin = EngineCore(SimpleNamespace(), tok, max_model_len=256, guided_backend="builtin")
+    with pytest.raises(InvalidRequestError, match="llguidance"):
+        builtin.add_request(request(GuidedSpec("regex", regex="[0-9]+")))
+    builtin.add_request(request(GuidedSpec("json_object")))
+    assert builtin.scheduler.get("r").extra["constraint"].backend == "builtin"
+    core = EngineCore(SimpleNamespace(), tok, max_model_len=256, guided_backend="llguidance")
+    core.add_request(request(GuidedSpec("regex", regex="[0-9]+")))
+    assert core.scheduler.get("r").extra["constraint"].backend == "llguidance"
+    with pytest.raises(InvalidRequestError, match="guided_backend"):
+        EngineCore(SimpleNamespace(), tok, max_model_len=256, guided_backend="nope").add_request(
+            request(GuidedSpec("json_object")))

@@ -55,7 +55,11 @@ async def drive(url: str, key: str, bodies: list[dict], rate: float, seconds: fl
         async def one(b: dict) -> None:
             nonlocal errors
             t0 = time.perf_counter()
-            r = await c.post("/v1/risk/decide", json=b)
+            try:
+                r = await c.post("/v1/risk/decide", json=b)
+            except httpx.HTTPError:
+                errors += 1
+                return
             if r.status_code != 200:
                 errors += 1
                 return

@@ -292,6 +292,7 @@ def install_batch_routes(app: Any, owner: Any, server: Any, router: Any) -> None
     worker = BatchWorker(records, queue, _Executor(app, owner, server, router, store), settings,
                          waiting=_waiting(router))
     app.state.batch = worker
+    app.state.on_drain = [*(getattr(app.state, "on_drain", None) or []), worker.pause]  # SIGTERM: take no more
     inner = app.router.lifespan_context
 
     @asynccontextmanager

@@ -60,6 +60,7 @@ class BatchWorker:
         self._inflight: dict[str, int] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._paused = False  # the server drains: no new work, running requests finish
         self._wake = asyncio.Event()
         self._last_progress: dict[str, float] = {}
         self._queue_down_logged = False
@@ -77,6 +78,10 @@ class BatchWorker:
         self._loop_task = asyncio.create_task(self._run(), name="autoglm-batch-worker")
         log.info("batch worker: %s, at most %d request(s) at once while at most %d wait", self.queue.describe(),
                  self.settings.max_concurrency, self.settings.max_waiting)
+
+    def pause(self) -> None:
+        """Take no new work (the server is draining); what runs finishes and is recorded."""
+        self._paused = True
 
     async def stop(self) -> None:
         """Stop taking work; requests still running are stopped and handed back (run again later)."""
@@ -132,7 +137,7 @@ class BatchWorker:
         s = self.settings
         while not self._stopping:
             free = s.max_concurrency - len(self._tasks)
-            if free <= 0 or self._busy():
+            if free <= 0 or self._paused or self._busy():
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.1)

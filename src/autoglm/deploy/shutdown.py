@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ShutdownGate", "GracefulServer", "drain_on_signal", "SHUTDOWN_CODE"]
 
@@ -83,7 +86,14 @@ class ShutdownGate:
         return len(self._calls)
 
     def close(self, grace: float = 0.0) -> None:
-        """Refuse new requests from now on (503); the running ones go on."""
+        """Refuse new requests from now on (503); the running ones go on. Callables in the app's
+        ``state.on_drain`` (e.g. the batch worker's ``pause``) are told, once."""
+        if not self.closing:
+            for hook in list(getattr(getattr(self.app, "state", None), "on_drain", None) or ()):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - the drain goes on whatever a hook does
+                    log.exception("a drain hook failed")
         self.closing, self.grace = True, grace
 
     async def stop_all(self, timeout: float = 5.0) -> int:

@@ -139,7 +139,9 @@ def _train(config: Any, cycle_dir: Path, home: Path, out: Any, subscribers: list
 
         file = cycle_dir / "pipeline.yaml"
         file.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
-        study = tune(file, home=home, progress=False, out=out)
+        # a study per cycle: the pipeline's own study would already hold the last cycle's trials (its budget
+        # spent, it would register the old best again); a resumed cycle finds its own study and goes on
+        study = tune(file, home=home, progress=False, out=out, study_name=f"{config.name}-{cycle_dir.name}")
         if not study.registered:
             raise ConfigError(f"the search of {config.name!r} finished no trial; nothing to gate")
         from autoglm.loop.promote import registry_client

@@ -131,8 +131,7 @@ class RiskEngine:
             if geo is None:
                 raise InvalidRequestError(f"ip: {ip} is in no known address block (10.<country block>.x.y); send "
                                           "country, continent, lat and lon with it", param="ip")
-            txn.setdefault("country", geo[0])
-            txn["country"] = txn["country"] or geo[0]
+            txn["country"] = txn.get("country") or geo[0]
             txn["continent"] = txn.get("continent") or geo[1]
             txn["lat"] = geo[2] if txn.get("lat") is None else txn["lat"]
             txn["lon"] = geo[3] if txn.get("lon") is None else txn["lon"]
@@ -201,9 +200,10 @@ class RiskEngine:
             if item is None:
                 return
             batch = [item]
+            until = time.monotonic() + 0.05  # gather for 50 ms: an append costs the same for 1 row or 500
             while len(batch) < 500:
                 try:
-                    nxt = self._writes.get_nowait()
+                    nxt = self._writes.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:

@@ -195,80 +195,63 @@ def online_features(store: "Store", txn: dict[str, Any]) -> dict[str, Any]:
 
 
 class OnlineFeatures:
-    """Online scoring at service speed: the same :data:`FEATURE_SQL`, run by an in-memory SQLite over the
-    incoming transaction's history rows, which an in-process index of the stored history hands over.
+    """Online scoring at service speed: the same :data:`FEATURE_SQL` with the same online ``ev``
+    (:func:`events_sql_online`), run by an in-memory SQLite that holds the store's last 30 days.
 
     DuckDB runs this query in tens of milliseconds whatever the input size (it plans and schedules a
-    parallel pipeline per operator); SQLite runs it over the ~10-200 rows of one user, card and device in
-    about a millisecond. The index is loaded from the store (the last 30 days) and told of every
-    transaction the service stores (:meth:`add`), so it always equals the stored history; the store stays
-    the source of truth (:func:`online_features` reads it directly, and tests compare the two).
+    parallel pipeline per operator); SQLite, with indexes on user, card and device, runs it over the
+    incoming transaction's ~10-200 history rows in a few milliseconds. The replica is loaded from the
+    store and told of every transaction the service stores (:meth:`add`), so it equals the stored
+    history; the store stays the source of truth (:func:`online_features` reads it directly, and tests
+    compare the two). One connection behind a lock: decisions are short and CPU-bound.
     """
 
     def __init__(self, store: "Store | None" = None, *, now_ms: int | None = None):
+        import sqlite3
         import threading
-        from collections import defaultdict
 
-        self._by: dict[str, dict[int, list[tuple]]] = {k: defaultdict(list) for k in ("user_id", "card_id",
-                                                                                        "device_id")}
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self.rows = 0
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.execute("CREATE TABLE transactions (txn_id INTEGER, ts INTEGER, user_id INTEGER, card_id INTEGER, "
+                         "device_id INTEGER, merchant_id INTEGER, category TEXT, amount REAL, country TEXT, "
+                         "continent TEXT, lat REAL, lon REAL)")
+        self.rows, self._newest, self._since_prune = 0, 0, 0
         if store is not None:
             hi = now_ms if now_ms is not None else (store.query("SELECT MAX(ts) FROM transactions")[0][0] or 0)
             df = store.frame(f"SELECT {_COLS} FROM transactions WHERE ts >= :lo ORDER BY ts",
                              {"lo": int(hi) - HABIT_MS})
-            for row in df.itertuples(index=False):
-                self._add(tuple(_plain(v) for v in row))
-
-    def _add(self, row: tuple) -> None:
-        for key, pos in (("user_id", 2), ("card_id", 3), ("device_id", 4)):
-            self._by[key][row[pos]].append(row)
-        self.rows += 1
+            rows = [tuple(_plain(v) for v in r) for r in df.itertuples(index=False)]
+            self._db.executemany(_INSERT, rows)
+            self.rows = len(rows)
+            self._newest = max((r[1] for r in rows), default=0)
+        for key in ("user_id", "card_id", "device_id"):
+            self._db.execute(f"CREATE INDEX tx_{key} ON transactions ({key}, ts)")
 
     def add(self, txn: dict[str, Any]) -> None:
         """Record a stored transaction (a dict with :data:`INCOMING_FIELDS`)."""
+        row = tuple(_plain(txn[k]) for k in EVENT_COLUMNS)
         with self._lock:
-            self._add(tuple(_plain(txn[k]) for k in EVENT_COLUMNS))
-
-    def history(self, txn: dict[str, Any]) -> list[tuple]:
-        lo, ts = int(txn["ts"]) - HABIT_MS, int(txn["ts"])
-        seen: dict[int, tuple] = {}
-        with self._lock:
-            for key in ("user_id", "card_id", "device_id"):
-                rows = self._by[key].get(int(txn[key]))
-                if not rows:
-                    continue
-                if rows and rows[0][1] < lo - HABIT_MS:  # drop what no query can reach any more
-                    rows[:] = [r for r in rows if r[1] >= lo]
-                for r in rows:
-                    if lo <= r[1] < ts:
-                        seen[r[0]] = r
-        return list(seen.values())
-
-    def _conn(self) -> Any:
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            import sqlite3
-
-            c = sqlite3.connect(":memory:", check_same_thread=False)
-            c.execute("CREATE TABLE transactions (txn_id INTEGER, ts INTEGER, user_id INTEGER, card_id INTEGER, "
-                      "device_id INTEGER, merchant_id INTEGER, category TEXT, amount REAL, country TEXT, "
-                      "continent TEXT, lat REAL, lon REAL)")
-            self._local.conn = c
-        return c
+            self._db.execute(_INSERT, row)
+            self.rows += 1
+            self._newest = max(self._newest, int(row[1]))
+            self._since_prune += 1
+            if self._since_prune >= 10_000:  # drop what no query can reach any more
+                self._since_prune = 0
+                self._db.execute("DELETE FROM transactions WHERE ts < ?", (self._newest - 2 * HABIT_MS,))
 
     def compute(self, txn: dict[str, Any]) -> dict[str, Any]:
         """The features of one incoming transaction; the same values :func:`online_features` gives."""
         missing = [k for k in INCOMING_FIELDS if txn.get(k) is None]
         if missing:
             raise InvalidRequestError(f"the transaction has no {missing[0]!r}", param=missing[0])
-        c = self._conn()
-        c.execute("DELETE FROM transactions")
-        c.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.history(txn))
-        cur = c.execute(_ONLINE_SQL, {k: _plain(txn[k]) for k in INCOMING_FIELDS})
-        names = [d[0] for d in cur.description]
-        return dict(zip(names, cur.fetchone()))
+        params = {k: _plain(txn[k]) for k in INCOMING_FIELDS}
+        with self._lock:
+            cur = self._db.execute(_ONLINE_SQL, params)
+            values = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], values))
+
+
+_INSERT = "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _plain(v: Any) -> Any:

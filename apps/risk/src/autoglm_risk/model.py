@@ -200,7 +200,6 @@ def calibrate(home: Path, version: str, pipeline_file: Path) -> dict[str, Any]:
     typical = json.loads((data / "typical.json").read_text()) if (data / "typical.json").exists() else {}
     bundle = Path(home) / "risk-models" / version
     bundle.mkdir(parents=True, exist_ok=True)
-    (bundle / "calibration.json").write_text(json.dumps(cal, indent=1))
     (bundle / "typical.json").write_text(json.dumps(typical))
     from autoglm_risk.monitor import Reference, auc
 
@@ -208,6 +207,7 @@ def calibrate(home: Path, version: str, pipeline_file: Path) -> dict[str, Any]:
                                      auc(test[TARGET].to_numpy(), cal_p))
     (bundle / "reference.json").write_text(json.dumps(reference.to_json()))
     cal["auc_test"] = reference.auc
+    (bundle / "calibration.json").write_text(json.dumps(cal, indent=1))
     try:
         client = registry_client(tracking_uri_for(home))
         mv = client.get_model_version(MODEL_NAME, version)

@@ -163,7 +163,9 @@ def build_risk_app(engine: RiskEngine, keys: KeyChecker, *, allow_anonymous: boo
                 "rules_version": engine.rules.version}
 
     @app.post("/v1/risk/decide")
-    def decide(body: TransactionIn, request: Request) -> JSONResponse:
+    async def decide(body: TransactionIn, request: Request) -> JSONResponse:
+        # On the event loop, not a worker thread: a decision is a few milliseconds of CPU, and handing it to
+        # a thread and back (under the GIL) cost more than it saved. Keys are cached after the first check.
         key_of(request)
         rec = engine.decide(body.to_engine())
         return JSONResponse(rec.to_response(), headers={"x-risk-decision-ms": f"{rec.latency_ms:.3f}"})
@@ -219,11 +221,11 @@ def build_risk_app(engine: RiskEngine, keys: KeyChecker, *, allow_anonymous: boo
         opts = body or {}
 
         def work() -> dict[str, Any]:
-            from autoglm_risk.loop import retrain as run
+            from autoglm_risk.loop import retrain as loop_retrain
 
             engine.flush()
             with _retrain_lock:
-                r = run(engine.store, wd.root, home=wd.home, min_feedback=int(opts.get("min_feedback", 1)),
+                r = loop_retrain(engine.store, wd.root, home=wd.home, min_feedback=int(opts.get("min_feedback", 1)),
                         n_trials=int(opts.get("trials", 4)), n_estimators=int(opts.get("estimators", 200)))
             old = engine.reload_model() if r.status == "promoted" else None
             return {"status": r.status, "reason": r.reason, "candidate": r.candidate, "previous": old,
