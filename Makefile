@@ -39,8 +39,10 @@ venv-test: $(VENV)/.test
 run: venv
 	$(VENV)/bin/autoglm serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
+# three workers (pytest-xdist), a test file per worker at a time (module fixtures stay shared), longest files
+# first (tests/conftest.py): the suite waits on server processes as much as it computes
 test: venv-test
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

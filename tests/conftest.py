@@ -22,6 +22,33 @@ import pytest
 
 LIVE_START_TIMEOUT_S = 120.0
 
+# The longest test files, longest first (measured; `pytest --durations`). `make test` spreads files over
+# workers (pytest-xdist, --dist loadfile) in collection order, so starting these first keeps one long file
+# from running alone at the end.
+LONGEST_FIRST = [
+    "tests/training/test_e2e.py", "tests/tuning/test_serve.py", "tests/api/test_admin_api.py",
+    "tests/api/test_batch_live.py", "tests/bench/test_compare_serve.py", "tests/training/test_kubeflow.py",
+    "tests/deploy/test_swap.py", "tests/monitoring/test_served_monitor.py", "tests/console/test_console_browser.py",
+    "tests/training/trainers/test_causal_lm.py", "tests/deploy/test_redeploy.py", "apps/risk/tests/test_risk_demo.py",
+    "tests/bench/test_scripts.py", "tests/compression/test_distill.py", "tests/deploy/kubernetes/test_loopback.py",
+    "tests/api/test_shutdown.py", "tests/deploy/test_live.py", "tests/training/test_distributed.py",
+    "tests/api/test_feedback_live.py", "tests/tuning/test_study.py",
+]
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    root = Path(str(config.rootpath))
+
+    def key(item) -> int:
+        try:
+            rel = Path(str(item.path)).relative_to(root).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(rel, len(rank))
+
+    items.sort(key=key)  # stable: the order within a file, and of the other files, is kept
+
 
 @pytest.fixture(scope="session")
 def autoglm_home(tmp_path_factory) -> Path:

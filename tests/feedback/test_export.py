@@ -3,7 +3,6 @@ from corrections and preferences; KTO labels; and the rows pass the trainers' ow
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest

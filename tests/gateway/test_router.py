@@ -14,7 +14,7 @@ import pytest
 from autoglm.errors import ModelNotFoundError, OverloadedError
 from autoglm.gateway.facade import GatewayError
 from autoglm.gateway.router import Backend, Route, Router
-from autoglm.gateway.upstream import Upstream, UpstreamConnectionError
+from autoglm.gateway.upstream import Upstream
 
 pytestmark = pytest.mark.anyio
 

@@ -99,7 +99,7 @@ def test_bad_rows_name_file_line_and_column(tmp_path, objective, row, column, pr
     with pytest.raises(DataError) as err:
         preference_examples(read_records(path, "auto"), objective)
     assert err.value.line == 2 and err.value.column == column and problem in str(err.value)
-    assert f"d.jsonl:2" in str(err.value)
+    assert "d.jsonl:2" in str(err.value)
 
 
 def test_losses_match_their_formulas():

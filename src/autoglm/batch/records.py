@@ -81,20 +81,7 @@ BATCH_MIGRATIONS: list[tuple[int, str, list[str]]] = [
 
 def migrate_batch(store: StateStore) -> list[int]:
     """Apply the missing batch migrations (serialised across processes by the store's transaction)."""
-    applied: list[int] = []
-    with store.transaction():
-        store.execute("CREATE TABLE IF NOT EXISTS batch_schema_version (version BIGINT PRIMARY KEY, "
-                      "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-        done = {int(r[0]) for r in store.execute("SELECT version FROM batch_schema_version")}
-        for version, description, statements in BATCH_MIGRATIONS:
-            if version in done:
-                continue
-            for sql in statements:
-                store.execute(sql)
-            store.execute("INSERT INTO batch_schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                          (version, description, time.time()))
-            applied.append(version)
-    return applied
+    return store.apply_migrations("batch_schema_version", BATCH_MIGRATIONS)
 
 
 def new_id(prefix: str) -> str:

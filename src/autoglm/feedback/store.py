@@ -78,19 +78,7 @@ FEEDBACK_MIGRATIONS: list[tuple[int, str, list[str]]] = [
 
 def migrate_feedback(store: StateStore) -> list[int]:
     """Apply the missing feedback migrations (serialised across processes by the store's transaction)."""
-    applied: list[int] = []
-    with store.transaction():
-        store.execute("CREATE TABLE IF NOT EXISTS feedback_schema_version (version BIGINT PRIMARY KEY, "
-                      "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-        done = {int(r[0]) for r in store.execute("SELECT version FROM feedback_schema_version")}
-        for version, description, statements in FEEDBACK_MIGRATIONS:
-            if version in done:
-                continue
-            for sql in statements:
-                store.execute(sql)
-            store.execute("INSERT INTO feedback_schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                          (version, description, time.time()))
-            applied.append(version)
+    applied = store.apply_migrations("feedback_schema_version", FEEDBACK_MIGRATIONS)
     if applied:
         log.info("feedback tables: applied migrations %s", applied)
     return applied

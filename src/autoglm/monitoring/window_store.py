@@ -104,19 +104,7 @@ _REF_COLS = "model, source, complete, windows, n, counts, first_window, last_win
 
 def migrate_monitor(store: StateStore) -> list[int]:
     """Apply the missing monitor migrations (serialised across processes by the store's transaction)."""
-    applied: list[int] = []
-    with store.transaction():
-        store.execute("CREATE TABLE IF NOT EXISTS monitor_schema_version (version BIGINT PRIMARY KEY, "
-                      "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-        done = {int(r[0]) for r in store.execute("SELECT version FROM monitor_schema_version")}
-        for version, description, statements in MONITOR_MIGRATIONS:
-            if version in done:
-                continue
-            for sql in statements:
-                store.execute(sql)
-            store.execute("INSERT INTO monitor_schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                          (version, description, time.time()))
-            applied.append(version)
+    applied = store.apply_migrations("monitor_schema_version", MONITOR_MIGRATIONS)
     if applied:
         log.info("monitor tables: applied migrations %s", applied)
     return applied

@@ -121,7 +121,6 @@ def evaluate_quality(reference_model: nn.Module, candidate_model: nn.Module, tok
                      random_weights: bool = False) -> QualityReport:
     """Compare ``candidate_model`` with ``reference_model`` on ``text`` (default: the shipped sample),
     truncated to ``max_tokens`` tokens. ``random_weights=True`` adds the note about perplexity."""
-    import torch
     import torch.nn.functional as F
 
     if max_tokens < 2:

@@ -112,19 +112,7 @@ class QualityStore:
             self.migrate()
 
     def migrate(self) -> list[int]:
-        applied: list[int] = []
-        with self.store.transaction():
-            self.store.execute("CREATE TABLE IF NOT EXISTS recommend_schema_version (version BIGINT PRIMARY KEY, "
-                               "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-            done = {int(r[0]) for r in self.store.execute("SELECT version FROM recommend_schema_version")}
-            for version, description, statements in RECOMMEND_MIGRATIONS:
-                if version in done:
-                    continue
-                for sql in statements:
-                    self.store.execute(sql)
-                self.store.execute("INSERT INTO recommend_schema_version (version, description, applied_at) "
-                                   "VALUES (?, ?, ?)", (version, description, time.time()))
-                applied.append(version)
+        applied = self.store.apply_migrations("recommend_schema_version", RECOMMEND_MIGRATIONS)
         if applied:
             log.info("recommend tables: applied migrations %s", applied)
         return applied

@@ -101,25 +101,29 @@ class StateStore(abc.ABC):
     # -- migrations ------------------------------------------------------------------------------
     def migrate(self) -> list[int]:
         """Apply missing migrations in order; return the versions applied now (``[]`` when up to date)."""
+        applied_now = self.apply_migrations("schema_version", MIGRATIONS)
+        if applied_now:
+            log.info("state store %s: applied migrations %s", redact_url(self.url), applied_now)
+        return applied_now
+
+    def apply_migrations(self, version_table: str, migrations: Any) -> list[int]:
+        """Apply the ``(version, description, [sql, ...])`` entries of ``migrations`` not yet recorded in
+        ``version_table``, in one transaction (so processes starting together serialise on it); returns the
+        versions applied now. Each feature keeps its own table (``feedback_schema_version``, ...), so their
+        version numbers never collide with the gateway's."""
         applied_now: list[int] = []
         with self.transaction():
-            self.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                "version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-            )
-            done = {int(r[0]) for r in self.execute("SELECT version FROM schema_version")}
-            for version, description, statements in MIGRATIONS:
+            self.execute(f"CREATE TABLE IF NOT EXISTS {version_table} ("
+                         "version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+            done = {int(r[0]) for r in self.execute(f"SELECT version FROM {version_table}")}
+            for version, description, statements in migrations:
                 if version in done:
                     continue
                 for sql in statements:
                     self.execute(sql)
-                self.execute(
-                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                    (version, description, time.time()),
-                )
+                self.execute(f"INSERT INTO {version_table} (version, description, applied_at) VALUES (?, ?, ?)",
+                             (version, description, time.time()))
                 applied_now.append(version)
-        if applied_now:
-            log.info("state store %s: applied migrations %s", redact_url(self.url), applied_now)
         return applied_now
 
     def schema_version(self) -> int:
