@@ -216,3 +216,25 @@ def test_webhooks_file_errors_are_file_line_key_and_secrets_stay_hidden(tmp_path
     path.write_text("outbound:\n  - name: ops\n    url: http://h/x\n    secret: ${HOOK_SECRET}\n")
     config = load_webhooks_file(path)
     assert config.outbound[0].secret.get_secret_value() == SECRET and SECRET not in repr(config)
+
+
+def test_deploy_and_alert_events_reach_the_targets_that_want_them(tmp_path, receiver):
+    """``notify`` (what a swap, a launch, a stop and a fired drift window call) sends the event to the
+    targets of ``AUTOGLM_WEBHOOKS`` that want its category, signed; the others get nothing."""
+    from autoglm.registry.records import notify
+
+    ops, registry_only = receiver(), receiver()
+    hooks = tmp_path / "hooks.yaml"
+    hooks.write_text(f"outbound:\n  - {{name: ops, url: '{ops.url}', secret: {SECRET}, events: [deploy, alert]}}\n"
+                     f"  - {{name: reg, url: '{registry_only.url}', secret: {SECRET}, events: [registry]}}\n")
+    env = {"AUTOGLM_WEBHOOKS": str(hooks), "AUTOGLM_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"}
+    assert notify("deploy.swapped", {"name": "demo", "from": "a", "to": "b"}, environ=env)
+    assert notify("alert.drift", {"model": "demo", "max_psi": 3.2}, environ=env)
+    assert [json.loads(body)["entity"] + "." + json.loads(body)["action"] for _, body in ops.requests] == [
+        "deploy.swapped", "alert.drift"]
+    headers, body = ops.requests[0]
+    assert headers["x-mlflow-signature"] == independent_signature(SECRET, headers["x-mlflow-delivery-id"],
+                                                                  headers["x-mlflow-timestamp"], body)
+    assert json.loads(body)["data"]["to"] == "b"
+    assert registry_only.requests == []
+    assert notify("deploy.swapped", {}, environ={}) == []  # no webhooks file: nothing to do

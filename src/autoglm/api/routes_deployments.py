@@ -20,6 +20,7 @@ Knows HTTP and auth; the changes themselves are :mod:`autoglm.deploy.live`'s.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -59,8 +60,14 @@ def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any
         if cache is not None:  # an answer of the old version must not be replayed as the new one's
             await cache.clear()
 
+    async def send_event(event: str, details: dict[str, Any]) -> None:  # the outbound webhooks (AUTOGLM_WEBHOOKS)
+        from autoglm.registry.records import notify
+
+        await asyncio.to_thread(notify, event, details)
+
     if deployments is None:
-        deployments = Deployments(router, getattr(app.state, "engines", None), on_switch=clear_cache)
+        deployments = Deployments(router, getattr(app.state, "engines", None), on_switch=clear_cache,
+                                  on_event=send_event)
     app.state.deployments = deployments
     receiver = getattr(app.state, "hook_receiver", None)
     if receiver is not None:

@@ -129,18 +129,21 @@ class Deployments:
     ``engines``: the app's label -> engine map (``app.state.engines``), kept in step in place.
     ``base``: engine settings a launch starts from (store dir, offline mode); default: the first
     local engine's, else :class:`~autoglm.config.EngineSettings`. ``on_switch``: called (awaited)
-    after routing changed, e.g. to clear the response cache so no old answer is replayed.
+    after routing changed, e.g. to clear the response cache so no old answer is replayed. ``on_event``:
+    called (awaited) with ``("deploy.launched" | "deploy.stopped" | "deploy.swapped", details)`` after each
+    change, e.g. to send the outbound webhooks; its failure is logged, never the change's.
     """
 
     def __init__(self, router: Any, engines: MutableMapping[str, Any] | None = None, *,
                  base: EngineSettings | None = None, drain_s: float = DEFAULT_DRAIN_S,
                  health_timeout_s: float = HEALTH_TIMEOUT_S,
                  on_switch: Callable[[str], Awaitable[None]] | None = None,
+                 on_event: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
                  engine_factory: Callable[[EngineSettings], Any] | None = None):
         self.router = router
         self.engines = engines if engines is not None else {}
         self.drain_s, self.health_timeout_s = drain_s, health_timeout_s
-        self.on_switch = on_switch
+        self.on_switch, self.on_event = on_switch, on_event
         self._factory = engine_factory
         self._base = base
         self._served: dict[str, _Served] = {}
@@ -278,7 +281,17 @@ class Deployments:
         await self.router.start()  # the health check, when the new route has upstreams
         served.phase = None
         log.info("deployments: launched %s (%s)", spec.name, served.source)
-        return self._entry(route)
+        entry = self._entry(route)
+        await self._event("deploy.launched", entry)
+        return entry
+
+    async def _event(self, event: str, details: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            await self.on_event(event, details)
+        except Exception:  # noqa: BLE001 - the change is done; a webhook that fails is the webhook's
+            log.warning("deployments: the %s hook failed", event, exc_info=True)
 
     async def stop(self, name: str, *, drain_s: float | None = None) -> dict[str, Any]:
         """Stop routing ``name``; its replicas finish what they serve, then shut down."""
@@ -299,7 +312,9 @@ class Deployments:
             finally:
                 self._served.pop(name, None)
         log.info("deployments: stopped %s (%s)", name, "drained" if drained else "drain timed out")
-        return {**entry, "status": "down", "drained": drained}
+        result = {**entry, "status": "down", "drained": drained}
+        await self._event("deploy.stopped", result)
+        return result
 
     # -- swap -------------------------------------------------------------------------------------
     async def swap(self, name: str, source: str, *, drain_s: float | None = None) -> dict[str, Any]:
@@ -355,8 +370,11 @@ class Deployments:
             finally:
                 served.phase = None
             await self._switched(name)  # again: an old request may have stored its answer while draining
-        return {"name": name, "from": before["source"], "to": source, "switched_at": switched_at, "drained": drained,
-                "from_version": before["version"], "to_version": version, "mode": mode, "load_s": round(load_s, 3)}
+        result = {"name": name, "from": before["source"], "to": source, "switched_at": switched_at,
+                  "drained": drained, "from_version": before["version"], "to_version": version, "mode": mode,
+                  "load_s": round(load_s, 3)}
+        await self._event("deploy.swapped", result)
+        return result
 
     async def _load_beside(self, old_engines: list[Any], source: str) -> tuple[list[Any], str, str | None]:
         """New engines for ``source``, started and health-checked; (engines, mode, resolved path)."""

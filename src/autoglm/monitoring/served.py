@@ -211,11 +211,24 @@ class ServedMonitor:
             self._next_flush = now + self.settings.flush_interval
             ws = self.window_store()
             self._flush(ws, now)
-            ws.evaluate_ready(self.settings, now)
+            for row in ws.evaluate_ready(self.settings, now):  # evaluated here, once across processes
+                if row.fired:  # sent from a thread of its own: a slow receiver must not hold the monitor's lock
+                    threading.Thread(target=self._alert, args=(row,), name="autoglm-drift-alert", daemon=True).start()
             if now >= self._next_prune:
                 self._next_prune = now + _PRUNE_EVERY_S
                 ws.prune(now - self.settings.retention_days * 86400)
             self.snapshot = self.read_snapshot(ws, now)
+
+    @staticmethod
+    def _alert(row: Any) -> None:
+        """A window's drift test fired: ``alert.drift`` to the outbound webhooks (``AUTOGLM_WEBHOOKS``)."""
+        try:
+            from autoglm.registry.records import notify
+
+            notify("alert.drift", {"model": row.model, "window_start": row.window_start, "window_s": row.window_s,
+                                   "requests": row.n, "max_psi": row.max_psi, "max_kl": row.max_kl})
+        except Exception:  # noqa: BLE001 - monitoring goes on whatever the webhooks do
+            log.warning("sending the drift alert of %s failed", row.model, exc_info=True)
 
     def read_snapshot(self, ws: Any, now: float) -> dict[str, ModelSnapshot]:
         """Per model: drift rate over ``rate_window``, the latest tested window's PSI/KL, output rates, quality."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from autoglm.errors import NotFoundError
 
-__all__ = ["list_models", "get_model", "promote_model", "rollback_model", "notify_alias_set"]
+__all__ = ["list_models", "get_model", "promote_model", "rollback_model", "notify", "notify_alias_set"]
 
 log = logging.getLogger("autoglm.registry")
 
@@ -75,9 +75,10 @@ def get_model(name: str, tracking_uri: str | None = None) -> dict[str, Any]:
     return _model(client, rm)
 
 
-def notify_alias_set(model: str, alias: str, version: str, *, environ: Any = None) -> list[str]:
-    """Queue ``model_version_alias.created`` for the outbound webhooks (``AUTOGLM_WEBHOOKS``) and send what
-    is due once; returns the delivery ids ([] without a webhooks file or an interested target)."""
+def notify(event: str, data: dict[str, Any], *, environ: Any = None) -> list[str]:
+    """Queue ``event`` (``entity.action``: ``deploy.swapped``, ``alert.drift``, ...) for the outbound webhooks
+    of ``AUTOGLM_WEBHOOKS`` and send what is due once; returns the delivery ids ([] without a webhooks file or
+    an interested target). Blocking (the delivery log and one send round): call it off the event loop."""
     from autoglm.registry.webhook_config import WebhookSettings
 
     settings = WebhookSettings.from_env(environ)
@@ -90,14 +91,20 @@ def notify_alias_set(model: str, alias: str, version: str, *, environ: Any = Non
     store = open_store(settings.store_url)
     try:
         sender = WebhookSender(targets, store)
-        ids = sender.emit_alias_set(model, alias, version)
+        ids = sender.emit(event, data)
         try:
             sender.deliver_due()
         except Exception:  # noqa: BLE001 - queued in the log; the next sender delivers it
-            log.warning("webhook delivery after %s@%s failed; it stays queued", model, alias, exc_info=True)
+            log.warning("webhook delivery of %s failed; it stays queued", event, exc_info=True)
         return ids
     finally:
         store.close()
+
+
+def notify_alias_set(model: str, alias: str, version: str, *, environ: Any = None) -> list[str]:
+    """MLflow's ``model_version_alias.created`` (``{"name", "alias", "version"}``) through :func:`notify`."""
+    return notify("model_version_alias.created", {"name": model, "alias": alias, "version": str(version)},
+                  environ=environ)
 
 
 def promote_model(name: str, version: str | int, *, alias: str = "champion", tracking_uri: str | None = None,
