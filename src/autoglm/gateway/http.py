@@ -136,8 +136,7 @@ class GatewayHTTP:
         gw, presented = self.gateway, extract_api_key(request.headers)
         if self._static_match(presented) or (gw is not None and gw.is_admin(request.headers)):
             return "key"
-        protected = bool(self._static) or (gw is not None and (bool(gw.settings.admin_key) or not await gw.open_mode()))
-        if protected:
+        if await self._protected():
             return None
         host = request.client.host if request.client is not None else ""
         if host == "localhost":
@@ -146,6 +145,11 @@ class GatewayHTTP:
             return "local" if ipaddress.ip_address(host).is_loopback else None
         except ValueError:
             return None
+
+    async def _protected(self) -> bool:
+        """Does anything protect this server: a static key, an admin key, or an API key created?"""
+        gw = self.gateway
+        return bool(self._static) or (gw is not None and (bool(gw.settings.admin_key) or not await gw.open_mode()))
 
     async def require_operator(self, request: Request) -> None:
         """Admit an operator (see :meth:`operator_access`) or raise the 401/403 that says what to send."""
@@ -157,8 +161,7 @@ class GatewayHTTP:
                     record.key_name = ADMIN_KEY_INFO.name
             return
         gw = self.gateway
-        protected = bool(self._static) or (gw is not None and (bool(gw.settings.admin_key) or not await gw.open_mode()))
-        if not protected:
+        if not await self._protected():
             raise GatewayError(403, "admin_loopback_only", "this server has no admin key, so /admin/* answers only "
                                "clients on this machine; set AUTOGLM_ADMIN_KEY (or --api-key) on the server")
         self.count_auth_failure(None, None, "admin")
