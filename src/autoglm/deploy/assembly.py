@@ -10,8 +10,10 @@ model (its flags build the DeployConfig). Both go through :func:`serve`, so the 
 - :func:`open_gateway` - the gateway of the server settings (None without one); a store or Redis that
   cannot be reached is one :class:`~autoglm.errors.ConfigError` line.
 - :func:`serve` - pull missing weights, create declared keys, open the access log and the gateway, start
-  the engines, run uvicorn (:class:`~autoglm.deploy.shutdown.GracefulServer`), wait until every model is
-  healthy, print the URLs; on SIGTERM / Ctrl-C drain for ``server.shutdown_grace`` seconds and return.
+  the engines, run uvicorn (:class:`~autoglm.deploy.shutdown.GracefulServer`) and, with
+  ``server.grpc_port``, the gRPC listener (:class:`~autoglm.rpc.server.GrpcServer`, whose calls go through
+  the same gated app), wait until every model is healthy, print the URLs; on SIGTERM / Ctrl-C drain for
+  ``server.shutdown_grace`` seconds and return.
 - :func:`check_port_free` and :func:`is_loopback` - start-up checks a CLI runs before loading a model.
 
 Knows the parts and the order they start in; not argparse, YAML or HTTP routes.
