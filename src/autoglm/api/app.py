@@ -3,7 +3,10 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /health`` (200 with queue numbers when every engine is up, 503
 otherwise), ``GET /version``, ``GET /metrics`` (Prometheus text) and, with a gateway, the admin
-routes ``/admin/keys`` and ``/admin/usage``. The lifespan starts the engines (``Engine.start`` is
+routes ``/admin/keys`` and ``/admin/usage``. Each feature mounts its own routes by one ``install_*`` call
+below: feedback, hooks, recommend, the served-model monitor (``/v1/monitor/labels``), live deployments
+(``/admin/deployments``), the admin REST API (``/admin/pipelines``, runs, studies, models, loop), the Batch API
+(``/v1/files``, ``/v1/batches``) and the console (``/ui``). The lifespan starts the engines (``Engine.start`` is
 idempotent, so a caller may start them earlier) and shuts them down.
 
 Every request passes :class:`~autoglm.gateway.http.GatewayMiddleware` (request id, authentication,
