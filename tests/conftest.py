@@ -108,18 +108,27 @@ def start_live_server(home: Path, model: str = "autoglm-demo", *args: str) -> Li
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model=model)
-    deadline = time.monotonic() + LIVE_START_TIMEOUT_S
+    wait_healthy(proc, server.url, log_path, what="autoglm serve")
+    return server
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *, what: str = "the server",
+                 timeout: float = LIVE_START_TIMEOUT_S) -> None:
+    """Return once ``url``/health answers 200; fail the test with the log's tail when ``proc`` exits first or
+    ``timeout`` passes (then ``proc`` is stopped)."""
+    deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            pytest.fail(f"autoglm serve exited with {proc.returncode} before it was healthy:\n{server.log_tail()}")
+            pytest.fail(f"{what} exited with {proc.returncode} before it was healthy:\n"
+                        f"{log_path.read_text(errors='replace')[-6000:]}")
         try:
-            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                return server
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             _stop(proc)
-            pytest.fail(f"autoglm serve not healthy after {LIVE_START_TIMEOUT_S:.0f}s:\n{server.log_tail()}")
+            pytest.fail(f"{what} not healthy after {timeout:.0f}s:\n{log_path.read_text(errors='replace')[-6000:]}")
         time.sleep(0.25)
 
 

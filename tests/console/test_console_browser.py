@@ -14,13 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import LIVE_START_TIMEOUT_S, _stop, free_port
+from tests.conftest import _stop, free_port, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -63,19 +62,7 @@ server:
         proc = subprocess.Popen([sys.executable, "-m", "autoglm", "deploy", str(deploy)], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + LIVE_START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"autoglm deploy exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(f"not healthy after {LIVE_START_TIMEOUT_S:.0f}s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.25)
+    wait_healthy(proc, url, log_path, what="autoglm deploy")
     yield url
     _stop(proc)
 

@@ -18,6 +18,7 @@ import yaml
 from autoglm.deploy.kubernetes import render_kustomize
 from autoglm.deploy.kubernetes.validate import load_docs
 from autoglm.deploy.loader import parse_deploy_text
+from tests.conftest import wait_healthy
 
 INTERNAL = "internal-key-for-the-test"
 ADMIN = "admin-key-for-the-test"
@@ -34,18 +35,8 @@ def _free_port() -> int:
 def _start(cmd: list[str], env: dict, log: Path, url: str) -> subprocess.Popen:
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{cmd[3]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    pytest.fail(f"not healthy in time:\n{log.read_text()[-4000:]}")
+    wait_healthy(proc, url, log, what=cmd[3], timeout=150)
+    return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:
