@@ -229,3 +229,25 @@ async def test_prefix_affinity_keeps_a_conversation_on_one_replica_least_outstan
     assert len(set(await served_by("least_outstanding"))) == 3  # ties go to the one that served least
     with pytest.raises(ValueError, match="routing policy"):
         Router([Route("m", [Backend(engine=Stub("a"))])], policy="random")
+
+
+async def test_the_prompt_text_is_computed_only_for_a_route_with_several_replicas():
+    asked: list[str] = []
+
+    def text() -> str:
+        asked.append("x")
+        return "<user>" + "same conversation " * 20
+
+    async def local(engine, route):
+        return engine.model_name
+
+    single = Router([Route("one", [Backend(engine=Stub("a"))])], policy="prefix_affinity")
+    (await single.dispatch("one", local=local, remote=via_upstream, prefix=text)).release()
+    assert asked == []  # one replica: nothing to choose, no text built
+    many = Router([Route("m", [Backend(engine=Stub(n), label=n) for n in "ab"])], policy="prefix_affinity")
+    firsts = []
+    for _ in range(3):
+        d = await many.dispatch("m", local=local, remote=via_upstream, prefix=text)
+        d.release()
+        firsts.append(d.result)
+    assert len(asked) == 3 and len(set(firsts)) == 1  # asked each time, and the same replica kept

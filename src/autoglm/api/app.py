@@ -192,9 +192,10 @@ def build_app(engines: dict[str, Any], server: ServerSettings | None = None, *,
 
         decision = await resolve_auto(router, request, body, metrics)  # model "auto" -> a concrete model
         try:
-            prefix = request_text(body) if router.policy == "prefix_affinity" else None
+            # the prompt's text only when a route with several replicas asks for it (prefix affinity)
             response = _hold_until_done(await router.dispatch(decision.model if decision else body.model,
-                                                              local=local, remote=remote, prefix=prefix))
+                                                              local=local, remote=remote,
+                                                              prefix=lambda: request_text(body)))
         except UpstreamOverloaded as exc:  # saturated and no fallback left: the upstream's own 429
             return JSONResponse(exc.reply.body, status_code=429, headers=exc.reply.headers)
         if decision is not None:

@@ -217,8 +217,9 @@ class Router:
 
     # -- picking and calling ---------------------------------------------------------------------
     def pick(self, route: Route, avoid: set[int] = frozenset(),  # type: ignore[assignment]
-             prefix: str | None = None) -> Backend | None:
-        """The replica for a request (``prefix``: its prompt text, for prefix affinity), preferring
+             prefix: str | Callable[[], str | None] | None = None) -> Backend | None:
+        """The replica for a request (``prefix``: its prompt text, or a callable giving it - called only when a
+        route with several replicas needs it - for prefix affinity), preferring
         healthy ones not in ``avoid``: the fewest outstanding requests, or the affine one within its bound."""
         up = [b for b in route.backends if b.is_up()]
         if not up:
@@ -231,14 +232,15 @@ class Router:
             from autoglm.gateway.affinity import PrefixAffinity
 
             policy = self._affinity[route.name] = PrefixAffinity(self.affinity_settings)
-        return policy.choose(fresh, policy.hashes(prefix))
+        return policy.choose(fresh, policy.hashes(prefix() if callable(prefix) else prefix))
 
     def affinity_stats(self) -> dict[str, dict[str, int]]:
         """Per route with prefix affinity: choices that followed a prefix, spilled for load, or were cold."""
         return {name: p.stats() for name, p in self._affinity.items()}
 
     async def dispatch(self, model: str | None, *, local: Callable[[Any, Route], Awaitable[T]],
-                       remote: Callable[[Upstream, Route], Awaitable[T]], prefix: str | None = None) -> Dispatched[T]:
+                       remote: Callable[[Upstream, Route], Awaitable[T]],
+                       prefix: str | Callable[[], str | None] | None = None) -> Dispatched[T]:
         """Serve ``model``: ``local(engine, route)`` or ``remote(upstream, route)`` on a replica, then the
         fallback. ``route`` is the one actually serving (the fallback's, after a fallback)."""
         route = self.resolve(model)
@@ -263,7 +265,8 @@ class Router:
         raise _unavailable(first, sorted(seen))
 
     async def _try_route(self, route: Route, local: Callable[[Any, Route], Awaitable[T]],
-                         remote: Callable[[Upstream, Route], Awaitable[T]], prefix: str | None = None) -> Dispatched[T]:
+                         remote: Callable[[Upstream, Route], Awaitable[T]],
+                       prefix: str | Callable[[], str | None] | None = None) -> Dispatched[T]:
         tried: set[int] = set()
         for attempt in range(self.retries + 1):
             backend = self.pick(route, tried, prefix if not attempt else None)  # a retry: least loaded
