@@ -44,7 +44,7 @@ def generate_into(wd: Workdir, *, users: int, days: int, seed: int, stream_days:
     return meta
 
 
-def train_in(wd: Workdir, *, trials: int = 8, estimators: int = 200, valid_days: float = 4, test_days: float = 4,
+def train_in(wd: Workdir, *, trials: int = 8, estimators: int = 100, valid_days: float = 4, test_days: float = 4,
              store: str | None = None, say: Say = _quiet) -> Any:
     """Export the features, write the pipeline, run the search, calibrate, promote to @champion."""
     import io

@@ -81,7 +81,7 @@ def _sample_stream(tx: Any, n: int, seed: int) -> Any:
 
 def run_demo(wd: Workdir, *, users: int = 3000, days: int = 35, stream_days: float = 2, seed: int = 7,
              fraud_rate: float = 2.0,
-             trials: int = 6, estimators: int = 200, stream: int = 1500, reviews: int = 10, retrain: bool = True,
+             trials: int = 6, estimators: int = 100, stream: int = 1500, reviews: int = 10, retrain: bool = True,
              retrain_trials: int | None = None, out: TextIO | None = None, show: int = 25) -> dict[str, Any]:
     import httpx
     import pandas as pd

@@ -2,8 +2,9 @@
 
 :data:`FEATURE_SQL` computes every feature of the *target* rows of a relation ``ev`` (the events:
 transactions with an ``is_target`` flag) from the rows of ``ev`` strictly before each target's
-``ts`` — window frames end at ``1 PRECEDING`` (timestamps are integer milliseconds), joins use
-``h.ts < t.ts``. Only the relation ``ev`` differs between the two uses:
+``ts``: every feature is an aggregate over pairs (target, an earlier row of the same user / card / device)
+joined with ``h.ts < t.ts`` (timestamps are integer milliseconds) and grouped per target. Only the
+relation ``ev`` differs between the two uses:
 
 * training (:func:`training_features`): ``ev`` = the stored transactions of a period plus the 30 days
   before it, every row of the period a target — each row's features see only its own past (point in
@@ -40,13 +41,6 @@ _DOUBLE = "DOUBLE PRECISION"
 EVENT_COLUMNS = ["txn_id", "ts", "user_id", "card_id", "device_id", "merchant_id", "category", "amount", "country",
                  "continent", "lat", "lon"]
 INCOMING_FIELDS = EVENT_COLUMNS  # what an incoming transaction must carry (after IP/merchant lookups)
-
-
-def _windows_clause() -> str:
-    parts = [f"{name} AS (PARTITION BY {keys} ORDER BY ts RANGE BETWEEN {HABIT_MS} PRECEDING AND 1 PRECEDING)"
-             for name, keys in (("u_30d", "user_id"), ("ud_30d", "user_id, device_id"), ("uc_30d", "user_id, country"),
-                                ("uk_30d", "user_id, category"))]
-    return "WINDOW " + ",\n  ".join(parts)
 
 
 def _entity(entity: str, key: str, of: tuple[tuple[str, str], tuple[str, str]]) -> tuple[str, list[str], list[str]]:
@@ -118,16 +112,32 @@ def _build() -> tuple[str, list[str]]:
         "new_country": "CASE WHEN w.user_country_cnt_30d = 0 THEN 1 ELSE 0 END",
         "continent_jump": "CASE WHEN w.prev_continent IS NOT NULL AND w.prev_continent <> w.continent THEN 1 ELSE 0 END",
     }
+    # The user's 30-day habits, as pairs (target, an earlier row of the same user within 30 days) grouped per
+    # target, like the 1 h / 24 h / 7 d statistics: window functions over RANGE frames compute every row of
+    # every partition (online: the card's and device's other users too) where only the targets are needed.
+    # The previous transaction is the latest earlier row (ties at the same millisecond: the largest values).
+    habit = (
+        f"p_habit AS (\n  SELECT t.txn_id, t.device_id AS t_device, t.country AS t_country, t.category AS t_category,\n"
+        f"    h.ts AS h_ts, h.amount, h.device_id, h.country, h.category, h.lat, h.lon, h.continent\n"
+        f"    FROM ev t JOIN ev h ON h.user_id = t.user_id AND h.ts < t.ts AND h.ts >= t.ts - {HABIT_MS}\n"
+        f"    WHERE t.is_target\n),\n"
+        "a_habit AS (\n  SELECT txn_id, COUNT(*) AS user_cnt_30d, AVG(amount) AS user_mean_30d,\n"
+        "    (SUM(amount * amount) - SUM(amount) * SUM(amount) / COUNT(*)) / NULLIF(COUNT(*) - 1, 0) AS user_var_30d,\n"
+        "    MAX(h_ts) AS prev_ts, SUM(CASE WHEN device_id = t_device THEN 1 ELSE 0 END) AS user_device_cnt_30d,\n"
+        "    SUM(CASE WHEN country = t_country THEN 1 ELSE 0 END) AS user_country_cnt_30d,\n"
+        "    SUM(CASE WHEN category = t_category THEN 1 ELSE 0 END) AS user_category_cnt_30d\n"
+        "  FROM p_habit GROUP BY txn_id\n),\n"
+        "l_habit AS (\n  SELECT p.txn_id, MAX(p.lat) AS prev_lat, MAX(p.lon) AS prev_lon, MAX(p.continent) AS prev_continent\n"
+        "  FROM p_habit p JOIN a_habit a ON a.txn_id = p.txn_id AND p.h_ts = a.prev_ts GROUP BY p.txn_id\n)")
     w_sql = (
-        "SELECT txn_id, is_target, ts, user_id, card_id, device_id, merchant_id, category, amount, country, continent, "
-        "lat, lon,\n    "
-        "COUNT(*) OVER u_30d AS user_cnt_30d, AVG(amount) OVER u_30d AS user_mean_30d,\n    "
-        "(SUM(amount * amount) OVER u_30d - SUM(amount) OVER u_30d * SUM(amount) OVER u_30d / NULLIF(COUNT(*) OVER u_30d, 0))\n"
-        "      / NULLIF(COUNT(*) OVER u_30d - 1, 0) AS user_var_30d, LAST_VALUE(ts) OVER u_30d AS prev_ts,\n    "
-        "LAST_VALUE(lat) OVER u_30d AS prev_lat, LAST_VALUE(lon) OVER u_30d AS prev_lon,\n    "
-        "LAST_VALUE(continent) OVER u_30d AS prev_continent,\n    "
-        "COUNT(*) OVER ud_30d AS user_device_cnt_30d, COUNT(*) OVER uc_30d AS user_country_cnt_30d,\n    "
-        "COUNT(*) OVER uk_30d AS user_category_cnt_30d\n  FROM ev\n  " + _windows_clause())
+        "SELECT ev.txn_id, ev.is_target, ev.ts, ev.user_id, ev.card_id, ev.device_id, ev.merchant_id, ev.category, "
+        "ev.amount, ev.country, ev.continent, ev.lat, ev.lon,\n    "
+        "COALESCE(a.user_cnt_30d, 0) AS user_cnt_30d, a.user_mean_30d, a.user_var_30d, a.prev_ts, l.prev_lat, "
+        "l.prev_lon, l.prev_continent,\n    COALESCE(a.user_device_cnt_30d, 0) AS user_device_cnt_30d, "
+        "COALESCE(a.user_country_cnt_30d, 0) AS user_country_cnt_30d,\n    "
+        "COALESCE(a.user_category_cnt_30d, 0) AS user_category_cnt_30d\n"
+        "  FROM ev LEFT JOIN a_habit a ON a.txn_id = ev.txn_id LEFT JOIN l_habit l ON l.txn_id = ev.txn_id\n"
+        "  WHERE ev.is_target")
     select = (["w.txn_id", "w.ts", "w.user_id", "w.card_id", "w.device_id", "w.merchant_id", "w.category",
                "w.country", "w.continent", "w.prev_continent"]
               + [f"COALESCE(s_{e}.{n}, 0) AS {n}" for e, n in stat_names]
@@ -135,7 +145,7 @@ def _build() -> tuple[str, list[str]]:
               + [f"CAST({e} AS {_DOUBLE}) AS {n}" for n, e in derived.items()])
     joins = " ".join(f"LEFT JOIN {k}_{e} ON {k}_{e}.txn_id = w.txn_id" for e in ("user", "card", "device")
                      for k in ("s", "d"))
-    sql = (f"WITH ev AS (\n{{events}}\n),\nw AS (\n  {w_sql}\n),\n" + ",\n".join(parts) +
+    sql = (f"WITH ev AS (\n{{events}}\n),\n{habit},\nw AS (\n  {w_sql}\n),\n" + ",\n".join(parts) +
            "\nSELECT " + ",\n  ".join(select) + f"\nFROM w {joins}\nWHERE w.is_target\nORDER BY w.ts, w.txn_id")
     return sql, [n for _, n in stat_names] + [n for _, n in distinct_names] + list(derived)
 

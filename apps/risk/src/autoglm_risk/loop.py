@@ -33,7 +33,7 @@ class RetrainResult:
 
 
 def retrain(store: Store, workdir: Path, *, home: Path, min_feedback: int = 1, n_trials: int = 4,
-            n_estimators: int = 200, valid_days: float = 4, test_days: float = 4, margin: float = 0.0,
+            n_estimators: int = 100, valid_days: float = 4, test_days: float = 4, margin: float = 0.0,
             progress: Callable[[str], None] | None = None) -> RetrainResult:
     from autoglm.loop import load_improve, run_loop_once
 

@@ -226,7 +226,7 @@ def build_risk_app(engine: RiskEngine, keys: KeyChecker, *, allow_anonymous: boo
             engine.flush()
             with _retrain_lock:
                 r = loop_retrain(engine.store, wd.root, home=wd.home, min_feedback=int(opts.get("min_feedback", 1)),
-                        n_trials=int(opts.get("trials", 4)), n_estimators=int(opts.get("estimators", 200)))
+                        n_trials=int(opts.get("trials", 4)), n_estimators=int(opts.get("estimators", 100)))
             old = engine.reload_model() if r.status == "promoted" else None
             return {"status": r.status, "reason": r.reason, "candidate": r.candidate, "previous": old,
                     "model_version": engine.model.name if engine.model else None}
