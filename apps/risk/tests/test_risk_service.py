@@ -1,13 +1,23 @@
 """The decision service on the demo's trained model (a copy of its working directory): the decision's
 shape with reasons, 400s naming the field, keys, the review queue with its conflicts, labels posted to
-autoglm's feedback store, and a /metrics that has every metric the dashboard and the alerts name."""
+autoglm's feedback store, a /metrics that has every metric the dashboard and the alerts name; and reviewer
+summaries by a real `autoglm serve` process on the demo model (random weights: the text is noise), written in
+the background for review cases only, with a dead model server costing the decisions nothing.
+
+(One file with the service tests: they share the demo's working directory, built once per test worker.)"""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -150,3 +160,110 @@ def test_metrics_has_what_the_dashboard_and_alerts_name(service):
     named |= set(re.findall(r"\brisk_[a-z_]+", (DEPLOY / "alerts.yaml").read_text()))
     assert named <= exported, named - exported
     assert 'risk_decisions_total{decision=' in text and "risk_auc_reference" in text
+
+
+# -- reviewer summaries ------------------------------------------------------------------------------
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def glm(tmp_path_factory):
+    """`autoglm serve --model autoglm-demo` on a free port: its /v1 URL."""
+    home = tmp_path_factory.mktemp("summary-home")
+    port, log = _port(), tmp_path_factory.mktemp("summary-log") / "serve.log"
+    env = {**os.environ, "AUTOGLM_HOME": str(home)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "autoglm", "serve", "--model", "autoglm-demo", "--port",
+                                 str(port), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail("autoglm serve exited:\n" + log.read_text(errors="replace")[-4000:])
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("autoglm serve not healthy:\n" + log.read_text(errors="replace")[-4000:])
+        time.sleep(0.25)
+    yield url + "/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _engine(demo_run, tmp_path_factory, summary):
+    from autoglm_risk.app import build_engine
+    from autoglm_risk.workdir import Workdir
+
+    src, _, _ = demo_run
+    root = tmp_path_factory.mktemp("risk-summary") / "work"
+    shutil.copytree(src, root)
+    meta = json.loads((root / "workdir.json").read_text())
+    meta["store"] = str(root / "risk.duckdb")
+    (root / "workdir.json").write_text(json.dumps(meta))
+    return build_engine(Workdir(root), summary=summary), meta
+
+
+def _txn(meta, **over):
+    body = {"user_id": 5, "card_id": 5, "device_id": 5, "merchant_id": 10, "amount": 25.5, "ip": "10.0.1.2",
+            "ts": int(meta["stream_from"]) + 3 * 86_400_000}
+    body.update(over)
+    return body
+
+
+def _wait(engine, decision_id, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = engine.get(decision_id).get("summary")
+        if got:
+            return got
+        time.sleep(0.2)
+    return None
+
+
+def _count(engine, outcome):
+    return engine.registry.get_sample_value("risk_summaries_total", {"outcome": outcome}) or 0.0
+
+
+def test_review_cases_get_a_summary_and_approvals_do_not(demo_run, tmp_path_factory, glm):
+    from autoglm_risk.summary import SummaryConfig
+
+    engine, meta = _engine(demo_run, tmp_path_factory, SummaryConfig(base_url=glm, model="autoglm-demo", max_tokens=24))
+    try:
+        flagged = engine.decide(_txn(meta, amount=75_000.0))  # the seed's rule: amount > 50,000 -> strong verify
+        assert flagged.decision in ("strong_verify", "block", "review"), flagged
+        if flagged.decision == "block":
+            pytest.skip("the model blocked the test transaction; no review case to summarise")
+        text = _wait(engine, flagged.decision_id)
+        assert text, "no summary was stored for the review case"
+        assert _count(engine, "ok") >= 1
+        plain = engine.decide(_txn(meta, ts=int(meta["stream_from"]) + 3 * 86_400_000 + 60_000, amount=12.0))
+        if plain.decision == "approve":
+            time.sleep(1.0)
+            assert engine.get(plain.decision_id)["summary"] is None
+    finally:
+        engine.close()
+
+
+def test_a_dead_summary_server_costs_the_decisions_nothing(demo_run, tmp_path_factory):
+    from autoglm_risk.summary import SummaryConfig
+
+    dead = f"http://127.0.0.1:{_port()}/v1"  # nothing listens there
+    engine, meta = _engine(demo_run, tmp_path_factory, SummaryConfig(base_url=dead, model="m", timeout_s=2))
+    try:
+        rec = engine.decide(_txn(meta, amount=80_000.0))
+        assert rec.decision in ("strong_verify", "block", "review")
+        deadline = time.monotonic() + 30
+        while _count(engine, "error") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _count(engine, "error") >= 1
+        assert engine.get(rec.decision_id)["summary"] is None
+        assert engine.get(rec.decision_id)["decision"] == rec.decision  # stored as decided
+    finally:
+        engine.close()

@@ -65,24 +65,25 @@ def train_in(wd: Workdir, *, trials: int = 8, estimators: int = 100, valid_days:
     return result
 
 
-def build_engine(wd: Workdir, *, rules: str | None = None, store: str | None = None) -> Any:
+def build_engine(wd: Workdir, *, rules: str | None = None, store: str | None = None, summary: Any = None) -> Any:
     from autoglm_risk.engine import RiskEngine
     from autoglm_risk.model import RiskModel
     from autoglm_risk.rules import load_rules
 
     s = wd.open_store(store)
     return RiskEngine(s, load_rules(rules), RiskModel.champion(wd.home), home=wd.home,
-                      feedback_url=str(wd.home / "state.db"))
+                      feedback_url=str(wd.home / "state.db"), summary=summary)
 
 
 def serve(wd: Workdir, *, host: str = "127.0.0.1", port: int = 8100, keys: list[str] | None = None,
-          rules: str | None = None, store: str | None = None, allow_anonymous: bool = False) -> None:
+          rules: str | None = None, store: str | None = None, allow_anonymous: bool = False,
+          summary: Any = None) -> None:
     import uvicorn
 
     from autoglm.gateway import open_store
     from autoglm_risk.service import KeyChecker, build_risk_app
 
-    engine = build_engine(wd, rules=rules, store=store)
+    engine = build_engine(wd, rules=rules, store=store, summary=summary)
     checker = KeyChecker(keys, open_store(str(wd.home / "state.db")))
     app = build_risk_app(engine, checker, allow_anonymous=allow_anonymous)
     app.state.workdir = wd

@@ -36,10 +36,17 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from autoglm_risk.app import serve
+    import os
 
+    from autoglm_risk.app import serve
+    from autoglm_risk.summary import SummaryConfig
+
+    summary = None
+    if a.summary_url:
+        summary = SummaryConfig(base_url=a.summary_url, model=a.summary_model,
+                                api_key=os.environ.get(a.summary_key_env) or "none")
     serve(_wd(a), host=a.host, port=a.port, keys=a.key, rules=a.rules, store=a.store,
-          allow_anonymous=a.allow_anonymous)
+          allow_anonymous=a.allow_anonymous, summary=summary)
 
 
 def cmd_key(a: argparse.Namespace) -> None:
@@ -122,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", action="append", help="a static API key (repeat); autoglm gateway keys always work")
     s.add_argument("--rules", default=None, help="a rules YAML file (default: the shipped data/rules.yaml)")
     s.add_argument("--allow-anonymous", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--summary-url", default=None, help="an OpenAI-compatible server (e.g. autoglm serve: "
+                   "http://127.0.0.1:8000/v1) whose GLM writes a summary of each review case, off the decision path")
+    s.add_argument("--summary-model", default="glm-4-9b-chat", help="the served model for summaries")
+    s.add_argument("--summary-key-env", default="AUTOGLM_RISK_SUMMARY_KEY",
+                   help="the environment variable that holds the summary server's API key")
     s.set_defaults(fn=cmd_serve)
 
     k = sub.add_parser("key", help="create an API key for the service (an autoglm gateway key)")

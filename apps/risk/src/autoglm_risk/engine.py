@@ -35,6 +35,7 @@ from autoglm_risk.monitor import Monitor, Reference
 from autoglm_risk.policy import decide
 from autoglm_risk.rules import RuleSet
 from autoglm_risk.store import TRANSACTIONS_COLUMNS, Store
+from autoglm_risk.summary import ReviewSummarizer, SummaryConfig
 
 __all__ = ["RiskEngine", "DecisionRecord", "NotFound", "Conflict", "DECISIONS_DDL"]
 
@@ -45,7 +46,9 @@ DECISIONS_DDL = """CREATE TABLE IF NOT EXISTS decisions (
     amount DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL, decision VARCHAR NOT NULL,
     score DOUBLE PRECISION, rule_hits VARCHAR NOT NULL, reasons VARCHAR NOT NULL, model_version VARCHAR,
     rules_version INTEGER NOT NULL, status VARCHAR NOT NULL, claimed_by VARCHAR, claimed_at DOUBLE PRECISION,
-    label INTEGER, resolved_at DOUBLE PRECISION, note VARCHAR)"""
+    label INTEGER, resolved_at DOUBLE PRECISION, note VARCHAR, summary VARCHAR)"""
+# stores made before reviewer summaries existed
+_MIGRATIONS = ["ALTER TABLE decisions ADD COLUMN IF NOT EXISTS summary VARCHAR"]
 _DECISION_COLS = ["decision_id", "txn_id", "user_id", "ts", "amount", "created_at", "decision", "score", "rule_hits",
                   "reasons", "model_version", "rules_version", "status"]
 QUEUED = ("review", "strong_verify")
@@ -84,11 +87,13 @@ class DecisionRecord:
 class RiskEngine:
     def __init__(self, store: Store, rules: RuleSet, model: RiskModel | None, *, home: Path,
                  feedback_url: str | None = None, registry: Any = None, now_ms: int | None = None,
-                 write_interval_s: float = 0.25):
+                 write_interval_s: float = 0.25, summary: SummaryConfig | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.store, self.rules, self.model, self.home = store, rules, model, Path(home)
         store.execute(DECISIONS_DDL)
+        for sql in _MIGRATIONS:
+            store.execute(sql)
         self.online = OnlineFeatures(store, now_ms=now_ms)
         self._countries = {int(b): (c, k, la, lo) for c, k, b, la, lo in
                            store.query("SELECT country, continent, ip_block, lat, lon FROM countries")}
@@ -119,6 +124,8 @@ class RiskEngine:
         self._writer = threading.Thread(target=self._write_loop, name="risk-writer", daemon=True)
         self._writer.start()
         self.m_queue.set(self._count_open())
+        # reviewer summaries by a served GLM (optional): off the decision's path, see autoglm_risk.summary
+        self.summarizer = ReviewSummarizer(summary, self._store_summary, registry=self.registry) if summary else None
 
     # -- deciding ---------------------------------------------------------------------------------
     def resolve_transaction(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +193,10 @@ class RiskEngine:
             self.m_hits.labels(rule=h.rule, shadow=str(h.shadow).lower()).inc()
         if rec.decision in QUEUED and store:
             self.m_queue.inc()
+            if self.summarizer is not None:
+                self.summarizer.submit(rec.decision_id, {
+                    "decision": rec.decision, "score": rec.score, "rule_hits": rec.rule_hits, "reasons": rec.reasons,
+                    "amount": txn.get("amount"), "category": txn.get("category"), "country": txn.get("country")})
         if score is not None:
             self.monitor.observe(rec.decision_id, feats, score)
         return rec
@@ -248,7 +259,13 @@ class RiskEngine:
             self._pending_cv.notify_all()
             self._pending_cv.wait_for(lambda: not self._pending and not self._writing, timeout=timeout)
 
+    def _store_summary(self, decision_id: str, text: str) -> None:
+        self.flush()  # the decision's row may still be waiting for the writer
+        self.store.execute("UPDATE decisions SET summary = :s WHERE decision_id = :d", {"s": text, "d": decision_id})
+
     def close(self) -> None:
+        if self.summarizer is not None:
+            self.summarizer.close()
         with self._pending_cv:
             self._closing = True
             self._pending_cv.notify_all()
