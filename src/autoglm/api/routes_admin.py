@@ -8,6 +8,7 @@ GET      /admin/pipelines/{name}              one pipeline: runs, per-stage stat
 POST     /admin/pipelines/validate            {"yaml"|"path", "base_dir"?} -> {"ok", "errors": [{line, key, message}]}
 POST     /admin/pipelines/run                 {"path"|"yaml", "base_dir"?, "until"?} -> a run handle (202; 200 finished)
 GET      /admin/runs/{run_id}                 stage status, metric history, learning rate, guard and LR events
+POST     /admin/runs/{run_id}/resume          an interrupted or failed run started again -> a run handle (202)
 GET      /admin/studies                       Optuna studies (journal files under $AUTOGLM_HOME/studies)
 GET      /admin/studies/{name}                trials, best trial, parameter importances
 GET      /admin/models                        registered models (MLflow): versions and aliases
@@ -16,6 +17,13 @@ POST     /admin/models/{name}/promote         {"version", "alias"?} -> the alias
 POST     /admin/models/{name}/rollback        {"alias"?} -> the alias moved back (+ webhooks)
 GET      /admin/loop                          each loop's state: cycle in progress, history, decisions
 =======  ===================================  =====================================================
+
+A resume is the pipeline run again from the file the run recorded (its resolved settings, with relative
+data paths starting where the run started them: the folder ``/admin/pipelines/run`` noted, else the
+server's working directory); finished stages are found by their keys and a stage left half-done
+continues from its checkpoints. The settings must give the same run key, else nothing starts (409
+``run_changed``: the data or settings changed, run the file again). A finished run is a 409
+``run_finished``, a running one a 409 ``run_running``.
 
 Feedback (``/admin/feedback``), keys (``/admin/keys``) and deployments (``/admin/deployments``) are
 mounted by their own modules. Who may call: the admin key (``AUTOGLM_ADMIN_KEY``) or a static
@@ -37,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoglm.api.errors import APIError
 from autoglm.errors import AutoGLMError, NotFoundError
 
-__all__ = ["install_admin_api", "PipelineSource", "RunRequest", "PromoteRequest", "RollbackRequest"]
+__all__ = ["install_admin_api", "PipelineSource", "RunRequest", "PromoteRequest", "RollbackRequest", "resume_run",
+           "RunConflict"]
 
 _MAX_YAML = 1 << 20
 _ALIAS = r"^[A-Za-z0-9_\-]{1,64}$"
@@ -116,6 +125,86 @@ def _listed(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": rows}
 
 
+class RunConflict(AutoGLMError):
+    """A resume that cannot start now (``code``: run_finished, run_running, run_changed): a 409."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _sources_dir(home: Any) -> Any:
+    return home / "admin" / "runs"
+
+
+def _remember_source(home: Any, handle: dict[str, Any], base_dir: str | None, until: str | None,
+                     tracking: bool) -> None:
+    """Where a run started through the API came from, so that it can be resumed from the same folder."""
+    import json
+    import os
+
+    folder = _sources_dir(home)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        note = {"file": handle.get("file"), "base_dir": base_dir, "until": until, "tracking": tracking}
+        tmp = folder / f".{handle['run_key']}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(note), encoding="utf-8")
+        os.replace(tmp, folder / f"{handle['run_key']}.json")
+    except OSError:  # the run goes on; only a resume from another folder would need this note
+        pass
+
+
+def resume_run(run_id: str, home: Any, launcher: Any) -> dict[str, Any]:
+    """Start an interrupted or failed run again (see the module docstring); a run handle."""
+    import json
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from autoglm.training import records as pipelines
+    from autoglm.training.loader import parse_pipeline_text
+    from autoglm.training.pipeline import STAGES, plan_run
+
+    run = pipelines.get_run(run_id, home)
+    key = run["run_key"]
+    stages = run.get("stages") or {}
+    if run["status"] == "finished" and all(v.get("status") == "finished" for v in stages.values()):
+        raise RunConflict(f"run {key} finished: there is nothing to resume (its stages are all done)",
+                            code="run_finished")
+    if run["status"] == "running":
+        raise RunConflict(f"run {key} is running (pid {run.get('pid')}): wait for it, or stop it first",
+                            code="run_running")
+    if not run.get("config"):
+        raise RunConflict(f"run {key} recorded no pipeline settings; run its pipeline file again with "
+                            "`autoglm pipeline run FILE`", code="run_changed")
+    note: dict[str, Any] = {}
+    try:
+        note = json.loads((_sources_dir(home) / f"{key}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    text = yaml.safe_dump(run["config"], sort_keys=False, allow_unicode=True)
+    base = note.get("base_dir") or (str(Path(note["file"]).parent) if note.get("file") else os.getcwd())
+    recorded = [s for s in STAGES if s in stages]
+    config = parse_pipeline_text(text, f"run {key}", base_dir=base)
+    full = pipelines.describe_pipeline(config)["stages"]
+    until = note.get("until") or (recorded[-1] if recorded and recorded != full else None)
+    tracking = bool(note["tracking"]) if "tracking" in note else run.get("mlflow_run_id") is not None
+    try:
+        again = plan_run(config, home, until=until).run_key
+    except Exception as exc:  # noqa: BLE001 - a data file gone, a trainer missing: the run cannot start the same
+        raise RunConflict(f"run {key} cannot be resumed from here: {exc}", code="run_changed") from None
+    if again != key:
+        raise RunConflict(f"run {key} cannot be resumed from here: its settings and data now give run {again} "
+                            "(a data file changed, or its relative paths start in another folder); run the "
+                            "pipeline file again with `autoglm pipeline run FILE`", code="run_changed")
+    handle = launcher.start(text=text, base_dir=base, until=until, tracking=tracking)
+    if handle["status"] == "running":  # its process is still there (exiting, or started by another caller)
+        raise RunConflict(f"run {key} is running (pid {handle.get('pid')}): wait for it, or stop it first",
+                          code="run_running")
+    return {**handle, "resumed": True}
+
+
 def install_admin_api(app: FastAPI, owner: Any, server: Any) -> None:
     """Mount the admin REST routes on ``app`` (see the module docstring); ``owner`` is the app's GatewayHTTP."""
     from autoglm.config import default_store_dir
@@ -147,6 +236,12 @@ def install_admin_api(app: FastAPI, owner: Any, server: Any) -> None:
         src = _source(body)
         handle = await _call(launcher.start, until=body.until, tracking=body.tracking,
                              param="yaml" if body.yaml is not None else "path", **src)
+        if handle.get("started"):  # for a resume: where its relative paths start
+            import os
+
+            base = body.base_dir if body.yaml is not None else None
+            await asyncio.to_thread(_remember_source, home, handle, base or (None if body.path else os.getcwd()),
+                                    body.until, body.tracking)
         return JSONResponse(handle, status_code=200 if handle["status"] == "finished" else 202)
 
     @router.get("/pipelines/{name}", summary="One pipeline: its runs, per-stage status, durations, metrics")
@@ -156,6 +251,19 @@ def install_admin_api(app: FastAPI, owner: Any, server: Any) -> None:
     @router.get("/runs/{run_id}", summary="A pipeline run: stages, metric history, learning rate, events")
     async def get_run(run_id: str) -> dict[str, Any]:
         return await _call(pipelines.get_run, run_id, home)
+
+    @router.post("/runs/{run_id}/resume", status_code=202, summary="Start an interrupted or failed run again: "
+                 "finished stages are kept, a half-done one continues from its checkpoints")
+    async def resume(run_id: str) -> JSONResponse:
+        try:
+            handle = await asyncio.to_thread(resume_run, run_id, home, launcher)
+        except RunConflict as exc:
+            raise APIError(str(exc), 409, code=exc.code, param="run_id") from None
+        except NotFoundError as exc:
+            raise APIError(str(exc), 404, code="not_found", param=exc.param) from None
+        except AutoGLMError as exc:
+            raise APIError(str(exc), 400, code="invalid_value", param="run_id") from None
+        return JSONResponse(handle, status_code=202)
 
     @router.get("/studies", summary="Hyper-parameter studies (Optuna)")
     async def list_studies() -> dict[str, Any]:

@@ -6,6 +6,9 @@
 - ``DELETE /admin/deployments/{name}`` - stop routing it, drain, shut it down.
 - ``POST /admin/deployments/{name}/swap`` - body ``{"source": "models:/NAME@champion", "drain_s": 30}``;
   200 with ``{"name", "from", "to", "switched_at", "drained", ...}``.
+- ``POST /admin/deployments/{name}/scale`` - body ``{"replicas": 2, "drain_s": 30}``; 200 with ``{"name",
+  "from", "to", "added", "removed", "backends", "drained", "plan"}`` (``plan``: the precision planner's
+  choice and reasons for the new replicas); 409 ``does_not_fit`` when they would not fit in memory.
 
 Who may call them: the operators of :meth:`autoglm.gateway.http.GatewayHTTP.require_operator` (the
 admin key or a static ``--api-key``; on an open server, callers on the loopback interface). Errors
@@ -50,7 +53,7 @@ class _SwapOnAliasSet:
 def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any, *,
                               deployments: Any = None) -> None:
     """Mount the deployment routes on ``app`` (see the module docstring)."""
-    from autoglm.deploy.live import DeploymentError, Deployments
+    from autoglm.deploy.live import MAX_REPLICAS, DeploymentError, Deployments
     from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
 
     gateway = getattr(owner, "gateway", None)
@@ -151,4 +154,25 @@ def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any
             return await deployments.swap(name, source, drain_s=drain_s)
         except AutoGLMError as exc:
             log.warning("swap of %s to %s refused: %s", name, source, exc)
+            raise api_error(exc) from None
+
+    @app.post("/admin/deployments/{name}/scale")
+    async def scale_deployment(name: str, request: Request) -> dict[str, Any]:
+        await admin(request)
+        body = await json_body(request, '{"replicas": 2}')
+        unknown = sorted(set(body) - {"replicas", "drain_s"})
+        if unknown:
+            raise APIError(f"unknown field(s) {unknown}; allowed: replicas, drain_s", 400, code="invalid_request",
+                           param=unknown[0])
+        replicas, drain_s = body.get("replicas"), body.get("drain_s")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
+            raise APIError(f"'replicas' must be a whole number from 1 to {MAX_REPLICAS}; got {replicas!r}", 400,
+                           code="invalid_request", param="replicas")
+        if drain_s is not None and (isinstance(drain_s, bool) or not isinstance(drain_s, (int, float)) or drain_s < 0):
+            raise APIError(f"'drain_s' must be a number of seconds, 0 or more; got {drain_s!r}", 400,
+                           code="invalid_request", param="drain_s")
+        try:
+            return await deployments.scale(name, replicas, drain_s=drain_s)
+        except AutoGLMError as exc:
+            log.warning("scaling %s to %s replicas refused: %s", name, replicas, exc)
             raise api_error(exc) from None

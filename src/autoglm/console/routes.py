@@ -12,6 +12,12 @@
   the plan, or false and the error exactly as ``autoglm deploy FILE --dry-run`` prints it
   (``FILE:line key: message``, split into ``line``, ``key``, ``message``). ``${VAR}`` references are
   not substituted here (the server's environment is nobody's business); ``autoglm deploy`` does that.
+* ``POST /admin/pulls`` -- body ``{"name": "org/repo", "source": "auto", "revision": null}``: starts
+  ``autoglm pull NAME`` in the background (:mod:`autoglm.console.pulls`); 202 with its state. A name that
+  cannot be pulled is a 400 (404 for one that is no alias and no ``org/name``) before anything starts;
+  one missing on every hub ends in ``state: "error"`` with the message ``autoglm pull`` prints.
+  ``GET /admin/pulls`` lists the pulls and what the store holds; ``GET /admin/pulls/{id}`` is one
+  pull's progress (bytes and files done of the total, ``percent``, ``state``, ``error``, ``path``).
 
 The ``/admin/`` helpers are for operators, as every ``/admin`` route: the admin key, a static
 ``--api-key``, or a loopback caller while the server is open (``GatewayHTTP.require_operator``). Knows FastAPI, the gateway's key objects and the deploy loader; not engines.
@@ -36,6 +42,9 @@ GiB = 1024**3
 # Routes of other parts the pages use, by capability name: (method, a path that route answers).
 CAPABILITY_ROUTES = {
     "deployments": ("GET", "/admin/deployments"),
+    "pulls": ("GET", "/admin/pulls"),
+    "scale": ("POST", "/admin/deployments/some-model/scale"),
+    "resume": ("POST", "/admin/runs/some-run/resume"),
     "keys": ("GET", "/admin/keys"),
     "usage": ("GET", "/admin/usage"),
     "feedback": ("POST", "/v1/feedback"),
@@ -219,9 +228,25 @@ def validate_deploy_text(text: str, name: str = "autoglm-deploy.yaml") -> dict[s
     return {"valid": True, "data": data, "plan": plan_lines(config), "models": [m.name for m in config.models]}
 
 
+def _engine_settings(app: FastAPI) -> Any:
+    """The settings a pull starts from: the first local engine's (its store), else the defaults."""
+    from autoglm.config import EngineSettings
+
+    router = getattr(app.state, "router", None)
+    for engine in (router.local_engines() if router is not None else []):
+        settings = getattr(engine, "settings", None)
+        if isinstance(settings, EngineSettings):
+            return settings
+    return EngineSettings()
+
+
 def install_console_routes(app: FastAPI, server: Any) -> None:
     """Mount ``/ui/api/session`` and the ``/admin/`` helpers on ``app``."""
+    from autoglm.console.pulls import PullJobs
+
     schema_cache: dict[str, Any] = {}
+    pulls = PullJobs(lambda: _engine_settings(app))
+    app.state.pulls = pulls
 
     @app.get("/ui/api/session", include_in_schema=False)
     async def session(request: Request) -> JSONResponse:
@@ -300,3 +325,47 @@ def install_console_routes(app: FastAPI, server: Any) -> None:
         if not re.fullmatch(r"[\w.@+-]{1,100}", name):
             raise APIError("name must be a file name such as autoglm-deploy.yaml", 400, param="name")
         return await asyncio.to_thread(validate_deploy_text, text, name)
+
+    @app.get("/admin/pulls")
+    async def list_pulls(request: Request) -> dict[str, Any]:
+        await require_operator(request)
+        return {"object": "list", "data": pulls.list(), "store": await asyncio.to_thread(pulls.store)}
+
+    @app.get("/admin/pulls/{pull_id}")
+    async def get_pull(pull_id: str, request: Request) -> dict[str, Any]:
+        from autoglm.errors import ModelNotFoundError
+
+        await require_operator(request)
+        try:
+            return pulls.get(pull_id)
+        except ModelNotFoundError as exc:
+            raise APIError(str(exc), 404, code="not_found", param="id") from None
+
+    @app.post("/admin/pulls", status_code=202)
+    async def start_pull(request: Request) -> JSONResponse:
+        from autoglm.errors import ConfigError, ModelNotFoundError
+
+        await require_operator(request)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            raise APIError('the body is not JSON; send an object like {"name": "zai-org/glm-4-9b-chat-hf"}', 400,
+                           code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise APIError('the body must be a JSON object like {"name": "zai-org/glm-4-9b-chat-hf"}', 400,
+                           code="invalid_request")
+        unknown = sorted(set(body) - {"name", "source", "revision"})
+        if unknown:
+            raise APIError(f"unknown field(s) {unknown}; allowed: name, source, revision", 400,
+                           code="invalid_request", param=unknown[0])
+        try:
+            job = await asyncio.to_thread(pulls.start, body.get("name"), body.get("source") or "auto",
+                                          body.get("revision") or None)
+        except ModelNotFoundError as exc:
+            raise APIError(str(exc), 404, code="model_not_found", param="name") from None
+        except ConfigError as exc:
+            message = str(exc)
+            param = message.split(":", 1)[0] if message.split(":", 1)[0] in ("name", "source", "revision") else None
+            raise APIError(message, 409 if message.startswith("offline") else 400, code="invalid_value",
+                           param=param) from None
+        return JSONResponse(job, status_code=202)

@@ -6,7 +6,8 @@ works on the :class:`~autoglm.gateway.router.Router` (whose ``add_route``, ``rem
 the lifespan's shutdown see):
 
 - :meth:`Deployments.list` - one dict per served model: name, source, registry version, status
-  (``ok``/``down``/``loading``/``draining``), replicas, engine, quantize, started_at.
+  (``ok``/``down``/``loading``/``draining``), replicas, engine, quantize, started_at, and ``backends``:
+  each replica's label, requests served and outstanding, and whether it is up.
 - :meth:`Deployments.launch` - a ``models:`` entry of a deploy file (checked by
   :class:`~autoglm.deploy.schema.ModelConfig`): pulled, started, health-checked, then routed.
 - :meth:`Deployments.stop` - routing stops at once; the replicas finish what they serve (bounded by
@@ -17,6 +18,11 @@ the lifespan's shutdown see):
   (bounded by ``drain_s``; past it their streams end with an error) and are shut down. A source that
   does not resolve is a :class:`SwapRefused` (409), one that does not load or answer a
   :class:`SwapFailed` (502); either way the old version keeps serving.
+- :meth:`Deployments.scale` - set the number of replicas of a local route: new replicas (the same
+  settings, the precision the first one runs at) are planned by the precision planner against the
+  memory free now (:func:`scale_plan`; a 409 ``does_not_fit`` when they would not fit), started and
+  health-checked beside the serving ones, then added to the route in one step; extra replicas are
+  taken off the route at once, finish what they serve (bounded by ``drain_s``) and are shut down.
 - :meth:`Deployments.on_alias_set` - the inbound webhook's redeploy: every route whose source is
   ``models:/NAME@ALIAS`` is swapped to what that alias names now.
 
@@ -44,13 +50,15 @@ from autoglm.deploy.schema import ModelConfig
 from autoglm.errors import AutoGLMError, ConfigError, ModelNotFoundError
 from autoglm.hub.adapters import MERGED_FROM_FILE
 
-__all__ = ["Deployments", "DeploymentError", "DeploymentBusy", "SwapRefused", "SwapFailed", "DEFAULT_DRAIN_S"]
+__all__ = ["Deployments", "DeploymentError", "DeploymentBusy", "SwapRefused", "SwapFailed", "DoesNotFit",
+           "DEFAULT_DRAIN_S", "MAX_REPLICAS", "scale_plan"]
 
 log = logging.getLogger("autoglm.deploy")
 
 DEFAULT_DRAIN_S = 120.0  # the longest an old version waits for its streams before they are ended
 HEALTH_TIMEOUT_S = 120.0  # a new version's first short generation (the first step warms it up)
 _HEALTH_PROMPT = "Hello"
+MAX_REPLICAS = 64  # a typo guard: more replicas of one model than this on one server is not a plan
 
 
 class DeploymentError(AutoGLMError):
@@ -69,6 +77,12 @@ class SwapRefused(DeploymentError):
     """The new source does not resolve to a model (nothing was loaded; the old one keeps serving)."""
 
     code = "swap_refused"
+
+
+class DoesNotFit(DeploymentError):
+    """The replicas asked for would not fit in the memory free now (nothing was loaded)."""
+
+    code = "does_not_fit"
 
 
 class SwapFailed(DeploymentError):
@@ -114,6 +128,12 @@ def registry_version(path: str | Path | None) -> str | None:
         if m and d.parent.parent.name == "registry" and (d / ".complete").is_file():
             return m.group(1)
     return None
+
+
+def _replica(backend: Any) -> dict[str, Any]:
+    """One replica of a route as the listing shows it: its label and what it has served."""
+    return {"label": backend.label, "served": backend.served, "outstanding": max(0, backend.outstanding),
+            "up": backend.is_up()}
 
 
 def _first_error(exc: Any) -> tuple[str, str]:
@@ -185,7 +205,8 @@ class Deployments:
         status = served.phase or route.status()
         return {"name": route.name, "source": served.source, "version": served.version, "status": status,
                 "replicas": len(route.backends), "engine": served.engine if local else "remote",
-                "quantize": served.quantize, "started_at": served.started_at}
+                "quantize": served.quantize, "started_at": served.started_at,
+                "backends": [_replica(b) for b in route.backends]}
 
     def list(self) -> list[dict[str, Any]]:
         """One dict per served model (see the module docstring), then the launches still loading and the
@@ -193,7 +214,8 @@ class Deployments:
         routed = [self._entry(r) for r in self.router.routes if r.name in self._served]
         names = {e["name"] for e in routed}
         loading = [{"name": s.name, "source": s.source, "version": s.version, "status": s.phase,
-                    "replicas": s.replicas, "engine": s.engine, "quantize": s.quantize, "started_at": s.started_at}
+                    "replicas": s.replicas, "engine": s.engine, "quantize": s.quantize, "started_at": s.started_at,
+                    "backends": []}
                    for s in self._served.values() if s.name not in names and s.phase in ("loading", "draining")]
         return routed + loading
 
@@ -501,6 +523,99 @@ class Deployments:
             except Exception:  # noqa: BLE001 - the swap is done; a cache that cannot be cleared is logged
                 log.warning("deployments: after switching %s the on_switch hook failed", name, exc_info=True)
 
+    # -- scale ------------------------------------------------------------------------------------
+    async def scale(self, name: str, replicas: int, *, drain_s: float | None = None) -> dict[str, Any]:
+        """Serve ``name`` with ``replicas`` replicas (see the module docstring).
+
+        Returns ``{"name", "from", "to", "added", "removed", "backends", "drained", "plan"}``; ``plan`` is
+        the planner's view of one more replica (:func:`scale_plan`) when replicas were added, else None."""
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
+            raise ConfigError(f"scale: replicas: must be a whole number from 1 to {MAX_REPLICAS}; got {replicas!r}")
+        if drain_s is not None and not drain_s >= 0:
+            raise ConfigError(f"scale: drain_s: must be 0 or more seconds; got {drain_s!r}")
+        route = self._route(name)
+        served = self._served[name]
+        if served.lock.locked():
+            raise DeploymentBusy(f"{name!r} is being changed (a swap, scale or stop is running); retry when it is done")
+        async with served.lock:
+            current = list(route.backends)
+            engines = [b.engine for b in current if b.engine is not None]
+            if len(engines) != len(current):
+                raise DeploymentError(f"{name!r} is served by a remote upstream; its replicas are the upstream's "
+                                      "urls (change upstream.urls in the deploy file)")
+            before = len(current)
+            plan: dict[str, Any] | None = None
+            added: list[Any] = []
+            removed: list[Any] = []
+            drained = True
+            from autoglm.gateway.router import Backend
+
+            if replicas > before:
+                settings = self._replica_settings(engines[0])
+                plan = await asyncio.to_thread(scale_plan, engines[0], settings, replicas - before)
+                first = getattr(getattr(engines[0], "settings", None), "quantize", None)
+                if first and first != settings.quantize:  # e.g. "auto" chose int8 for the first replica
+                    plan["reasons"].insert(0, f"the serving replica runs at {settings.quantize} (quantize: {first} "
+                                              "chose it): the new replicas match it")
+                if not plan["fits"]:
+                    raise DoesNotFit(f"{replicas - before} more replica(s) of {name!r} would not fit: "
+                                     f"{'; '.join(plan['reasons'][-2:])}")
+                served.phase = "loading"
+                try:
+                    new_engines = [self._create(settings) for _ in range(replicas - before)]
+                    await self._start_checked(new_engines, served.source)
+                finally:
+                    served.phase = None
+                taken = {b.label for b in current} | set(self.engines)
+                labels = []
+                i = 0
+                while len(labels) < len(new_engines):
+                    label = f"{name}#{i}"
+                    if label not in taken:
+                        labels.append(label)
+                    i += 1
+                added = [Backend(engine=e, label=label) for e, label in zip(new_engines, labels)]
+                for b in added:
+                    b.version = served.version
+                # one step: the route now has the old replicas and the new ones
+                self.router.replace_backends(name, current + added)
+                for b in current:  # replace_backends retires what it replaced; these keep serving
+                    b.retired = False
+                for b in added:
+                    self.engines[b.label] = b.engine
+                log.info("deployments: %s scaled %d -> %d replicas", name, before, replicas)
+            elif replicas < before:
+                kept, removed = current[:replicas], current[replicas:]
+                self.router.replace_backends(name, kept)
+                for b in kept:
+                    b.retired = False
+                log.info("deployments: %s scaled %d -> %d replicas; draining %s", name, before, replicas,
+                         ", ".join(b.label for b in removed))
+                served.phase = "draining"
+                try:
+                    drained = await self._drain(removed, self.drain_s if drain_s is None else drain_s)
+                    await self._retire(removed, keep=[b.engine for b in kept])
+                finally:
+                    served.phase = None
+            served.replicas = len(route.backends)
+        result = {"name": name, "from": before, "to": len(route.backends), "added": [b.label for b in added],
+                  "removed": [b.label for b in removed], "backends": [_replica(b) for b in route.backends],
+                  "drained": drained, "plan": plan}
+        if added or removed:
+            await self._event("deploy.scaled", result)
+        return result
+
+    def _replica_settings(self, engine: Any) -> EngineSettings:
+        """A new replica's settings: the serving one's, pinned to the precision it runs at."""
+        settings = getattr(engine, "settings", None)
+        if not isinstance(settings, EngineSettings):
+            settings = self._base_settings()
+        info = getattr(engine, "info", None) or {}
+        changes: dict[str, Any] = {}
+        if info.get("precision"):  # "auto" chose this for the first replica: the others match it
+            changes["quantize"] = info["precision"]
+        return replace(settings, **changes) if changes else settings
+
     # -- redeploy on promotion --------------------------------------------------------------------
     async def on_alias_set(self, model: str, alias: str, version: str) -> dict[str, Any]:
         """Swap every route served from ``models:/MODEL@ALIAS`` to the version the alias names now."""
@@ -517,6 +632,47 @@ class Deployments:
             result = await self.swap(served.name, uri)
             swapped.append({k: result[k] for k in ("name", "from_version", "to_version", "drained", "mode")})
         return {"redeployed": bool(swapped), "swapped": swapped, "skipped": skipped}
+
+
+def scale_plan(engine: Any, settings: EngineSettings, add: int, *, device: Any = None) -> dict[str, Any]:
+    """The precision planner's view of ``add`` more replicas like ``engine``: one replica's plan at the
+    memory free now (``device``: a :class:`~autoglm.quantization.device.DeviceInfo`, default detected),
+    and whether ``add`` of them fit its budget. ``{"precision", "per_replica_bytes", "needed_bytes",
+    "budget_bytes", "fits", "reasons", "table", "device"}``; ``fits`` is True with a reason saying so when
+    the engine's architecture is unknown (a scripted or remote engine: nothing to plan)."""
+    from autoglm.quantization.device import detect_device
+    from autoglm.quantization.planner import ModelArch, plan_precision
+
+    info = getattr(engine, "info", None) or {}
+    path = Path(info["path"]) if info.get("path") else None
+    config_file = path / "config.json" if path is not None else None
+    if config_file is None or not config_file.is_file():
+        return {"precision": info.get("precision"), "per_replica_bytes": None, "needed_bytes": None,
+                "budget_bytes": None, "fits": True, "table": "", "device": None,
+                "reasons": ["the engine reports no model directory with config.json: no memory plan"]}
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = config.get("text_config") or config
+    dev = device if device is not None else detect_device(settings.device)
+    try:
+        plan = plan_precision(ModelArch.from_config(config, name=path.name), dev, requested=settings.quantize,
+                              max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
+                              extra_kv_tokens=settings.prefix_cache_tokens)
+    except AutoGLMError as exc:  # not even one more replica fits
+        return {"precision": settings.quantize, "per_replica_bytes": None, "needed_bytes": None,
+                "budget_bytes": int(dev.free_bytes), "fits": False, "table": "", "device": dev.describe(),
+                "reasons": [str(exc)]}
+    row = plan.chosen
+    per = max(row.total_bytes, row.peak_bytes)
+    # replicas load one after another: one load peak, then each replica's steady footprint
+    needed = per + (add - 1) * row.total_bytes
+    fits = needed <= plan.budget_bytes
+    gib = 1024**3
+    reasons = list(plan.reasons) + [
+        f"{add} more replica(s) at {plan.precision}: {needed / gib:.2f} GiB of the {plan.budget_bytes / gib:.2f} GiB "
+        f"budget ({dev.describe()}): {'fits' if fits else 'does not fit'}"]
+    return {"precision": plan.precision, "per_replica_bytes": row.total_bytes, "needed_bytes": needed,
+            "budget_bytes": plan.budget_bytes, "fits": fits, "reasons": reasons, "table": plan.table(),
+            "device": dev.describe(), "max_model_len": plan.max_model_len, "max_num_seqs": plan.max_num_seqs}
 
 
 def _resolve(source: str, settings: EngineSettings) -> Path:

@@ -15,13 +15,22 @@ store writes into the directory's completion marker.
 :func:`download_first` tries candidates in order and, if all fail, raises ONE :class:`DownloadError` listing
 every source, endpoint and short reason, plus how to point at a local copy. Offline mode is enforced by the
 caller (:mod:`autoglm.hub.resolve`); this module assumes it may use the network when called.
+
+Progress: ``on_progress`` (or, when not given, the callback installed with :func:`progress_to` for the
+calling thread's context) receives a :class:`PullProgress` a few times a second while files arrive:
+bytes and files done of the total, read from the files on disk (the final files, Hugging Face's
+``.incomplete`` and ModelScope's ``.part`` ones), so it holds for either client.
 It knows nothing about model aliases or demo models.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fnmatch
 import hashlib
 import os
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,7 @@ from autoglm.hub.store import ModelStore, StoredModel
 __all__ = [
     "Candidate", "Attempt", "select_files", "hf_endpoint", "modelscope_endpoint", "default_revision",
     "download_huggingface", "download_modelscope", "download_first", "unreachable_error",
-    "HF_DEFAULT_ENDPOINT", "MODELSCOPE_DEFAULT_ENDPOINT",
+    "HF_DEFAULT_ENDPOINT", "MODELSCOPE_DEFAULT_ENDPOINT", "PullProgress", "progress_to",
 ]
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -67,6 +76,99 @@ class Attempt:
     repo_id: str
     endpoint: str
     reason: str
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far one download is: what :func:`download_first` reports while it fetches."""
+
+    source: str
+    repo_id: str
+    files_total: int
+    files_done: int
+    bytes_done: int
+    bytes_total: int | None  # None while a file's size is unknown
+    file: str | None = None  # the file arriving now, when one is
+
+
+ProgressFn = Callable[[PullProgress], None]
+_PROGRESS: contextvars.ContextVar[ProgressFn | None] = contextvars.ContextVar("autoglm_pull_progress", default=None)
+_WATCH_S = 0.2
+
+
+@contextlib.contextmanager
+def progress_to(fn: ProgressFn) -> Iterator[None]:
+    """Within the block, downloads started from this context report to ``fn`` (so a caller of
+    :func:`autoglm.hub.resolve.resolve_model` sees the progress without passing it through)."""
+    token = _PROGRESS.set(fn)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+class _DiskWatcher:
+    """Reports the bytes of ``sizes``' files under ``target`` every ``_WATCH_S`` seconds, in a thread."""
+
+    def __init__(self, source: str, repo_id: str, target: Path, sizes: dict[str, int | None], fn: ProgressFn):
+        self.source, self.repo_id, self.target, self.sizes, self.fn = source, repo_id, target, sizes, fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="autoglm-pull-progress", daemon=True)
+
+    def snapshot(self, finished: bool = False) -> PullProgress:
+        cache = self.target / ".cache" / "huggingface" / "download"
+        # huggingface_hub names its partial files by a hash of the file's name: they count, unnamed
+        done_bytes = sum(_size(p) for p in cache.rglob("*.incomplete")) if cache.is_dir() else 0
+        done_files, current = 0, None
+        for name, expected in self.sizes.items():
+            final = self.target / name
+            have = _size(final) if final.is_file() else 0
+            if final.is_file() and (expected is None or have == expected):
+                done_files += 1
+                done_bytes += have
+                continue
+            part = _size(final.with_name(final.name + ".part"))  # ModelScope's
+            if part:
+                current = name
+            done_bytes += part
+        total = None if any(v is None for v in self.sizes.values()) else sum(self.sizes.values())  # type: ignore[arg-type]
+        if finished:
+            done_files, current = len(self.sizes), None
+            done_bytes = total if total is not None else done_bytes
+        return PullProgress(self.source, self.repo_id, len(self.sizes), done_files, done_bytes, total, current)
+
+    def _run(self) -> None:
+        while not self._stop.wait(_WATCH_S):
+            self._report(self.snapshot())
+
+    def _report(self, progress: PullProgress) -> None:
+        try:
+            self.fn(progress)
+        except Exception:  # noqa: BLE001 - a broken progress display must not break the download
+            pass
+
+    def __enter__(self) -> "_DiskWatcher":
+        self._report(self.snapshot())
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if exc_type is None:
+            self._report(self.snapshot(finished=True))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _watch(fn: ProgressFn | None, source: str, repo_id: str, target: Path,
+           sizes: dict[str, int | None]) -> contextlib.AbstractContextManager[Any]:
+    return _DiskWatcher(source, repo_id, target, sizes, fn) if fn is not None else contextlib.nullcontext()
 
 
 def select_files(names: list[str]) -> list[str]:
@@ -114,7 +216,8 @@ def _has_weights(files: list[str]) -> bool:
 
 
 def download_huggingface(repo_id: str, target: Path, *, endpoint: str, revision: str | None = None,
-                         progress: bool = True, token: str | bool | None = None) -> dict:
+                         progress: bool = True, token: str | bool | None = None,
+                         on_progress: ProgressFn | None = None) -> dict:
     """Fetch ``repo_id`` into ``target`` with huggingface_hub; returns marker info (commit, files)."""
     try:
         from huggingface_hub import HfApi, snapshot_download
@@ -129,10 +232,19 @@ def download_huggingface(repo_id: str, target: Path, *, endpoint: str, revision:
         raise DownloadError(f"{repo_id} has no *.safetensors or pytorch_model*.bin weights (files: "
                             f"{', '.join(names[:8]) or 'none'})")
     target.mkdir(parents=True, exist_ok=True)
-    snapshot_download(
-        repo_id, revision=info.sha or revision, local_dir=target, endpoint=endpoint, token=token,
-        allow_patterns=files, max_workers=4, tqdm_class=None if progress else _silent_tqdm(),
-    )
+    sizes: dict[str, int | None] = dict.fromkeys(files)
+    if on_progress is not None:  # the sizes, for the progress only: the listing is one more request
+        try:
+            for entry in HfApi(endpoint=endpoint, token=token).list_repo_tree(repo_id, revision=info.sha or revision):
+                if entry.path in sizes and getattr(entry, "size", None) is not None:
+                    sizes[entry.path] = int(entry.size)
+        except Exception:  # noqa: BLE001 - without sizes the progress counts files and bytes, with no total
+            pass
+    with _watch(on_progress, "huggingface", repo_id, target, sizes):
+        snapshot_download(
+            repo_id, revision=info.sha or revision, local_dir=target, endpoint=endpoint, token=token,
+            allow_patterns=files, max_workers=4, tqdm_class=None if progress else _silent_tqdm(),
+        )
     missing = [f for f in files if not (target / f).is_file()]
     if missing:
         raise DownloadError(f"download of {repo_id} ended without {', '.join(missing)}")
@@ -239,7 +351,8 @@ def _ms_fetch_file(client: Any, endpoint: str, repo_id: str, revision: str, entr
 
 
 def download_modelscope(repo_id: str, target: Path, *, endpoint: str, revision: str | None = None,
-                        progress: bool = True, retries: int = _MS_RETRIES, timeout: float = 30.0) -> dict:
+                        progress: bool = True, retries: int = _MS_RETRIES, timeout: float = 30.0,
+                        on_progress: ProgressFn | None = None) -> dict:
     """Fetch ``repo_id`` from ModelScope into ``target`` over its REST API; returns marker info."""
     import httpx
 
@@ -251,8 +364,10 @@ def download_modelscope(repo_id: str, target: Path, *, endpoint: str, revision: 
         if not _has_weights(files):
             raise DownloadError(f"{repo_id} has no *.safetensors or pytorch_model*.bin weights")
         target.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            _ms_fetch_file(client, endpoint, repo_id, revision, by_name[name], target, progress, retries)
+        sizes = {n: (int(by_name[n]["Size"]) if by_name[n].get("Size") is not None else None) for n in files}
+        with _watch(on_progress, "modelscope", repo_id, target, sizes):
+            for name in files:
+                _ms_fetch_file(client, endpoint, repo_id, revision, by_name[name], target, progress, retries)
     return {"commit": None, "files": files}
 
 
@@ -275,8 +390,10 @@ def unreachable_error(name: str, attempts: list[Attempt], store: ModelStore, off
 
 def download_first(name: str, candidates: list[Candidate], store: ModelStore, settings: Any, *,
                    revision: str | None = None, progress: bool = True,
-                   ms_retries: int = _MS_RETRIES) -> StoredModel:
-    """Fetch the first candidate that works into ``store``; one :class:`DownloadError` if none does."""
+                   ms_retries: int = _MS_RETRIES, on_progress: ProgressFn | None = None) -> StoredModel:
+    """Fetch the first candidate that works into ``store``; one :class:`DownloadError` if none does.
+    ``on_progress`` (default: the one :func:`progress_to` installed) sees each candidate's progress."""
+    on_progress = on_progress if on_progress is not None else _PROGRESS.get()
     attempts: list[Attempt] = []
     for cand in candidates:
         rev = revision or default_revision(cand.source)
@@ -286,10 +403,11 @@ def download_first(name: str, candidates: list[Candidate], store: ModelStore, se
             return _stored(store, cand, rev, target)
         try:
             if cand.source == "huggingface":
-                info = download_huggingface(cand.repo_id, target, endpoint=endpoint, revision=rev, progress=progress)
+                info = download_huggingface(cand.repo_id, target, endpoint=endpoint, revision=rev, progress=progress,
+                                            on_progress=on_progress)
             elif cand.source == "modelscope":
                 info = download_modelscope(cand.repo_id, target, endpoint=endpoint, revision=rev,
-                                           progress=progress, retries=ms_retries)
+                                           progress=progress, retries=ms_retries, on_progress=on_progress)
             else:
                 raise ValueError(f"unknown source {cand.source!r}")
         except KeyboardInterrupt:

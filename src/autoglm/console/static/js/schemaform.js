@@ -2,6 +2,8 @@
 // The data holds only what the person set: a blank control removes its key, so the YAML written
 // from it stays as short as a hand-written file. Every control carries data-path="models[0].quantize"
 // (the key path as the server's error messages spell it) so errors can be shown at the field.
+// onChange({ structural, path, value }) says which key changed and to what (undefined: removed), so
+// the caller can patch that key alone in the YAML text.
 
 import { h, nextId } from './dom.js';
 import { t } from './i18n.js';
@@ -56,8 +58,8 @@ export class SchemaForm {
     return el;
   }
 
-  changed(structural = false) {
-    this.onChange({ structural });
+  changed(structural = false, path = null, value = undefined) {
+    this.onChange({ structural, path, value });
   }
 
   child(node, key, prune) {
@@ -112,7 +114,7 @@ export class SchemaForm {
       return sec;
     }
     if (r.type === 'array' && r.items && (r.items.$ref || r.items.oneOf)) return this.objectList(key, r, parentNode, path);
-    return this.scalarField(key, inner, r, this.child(parentNode, key, false), loc, required || (top && key === 'models'));
+    return this.scalarField(key, inner, r, this.child(parentNode, key, false), loc, required || (top && key === 'models'), path);
   }
 
   optionalSection(key, schema, parentNode, path) {
@@ -121,7 +123,7 @@ export class SchemaForm {
     const id = nextId('opt');
     const present = node.get() !== undefined && node.get() !== null;
     const box = h('input', { type: 'checkbox', id, checked: present, 'data-path': formatLoc(path),
-      onchange: (e) => { node.set(e.target.checked ? {} : undefined); this.changed(true); } });
+      onchange: (e) => { node.set(e.target.checked ? {} : undefined); this.changed(true, path, node.get()); } });
     const sec = h('fieldset', { class: 'section optional' },
       h('legend', {}, box, h('label', { for: id }, ` ${key}`)),
       r.description ? h('p', { class: 'hint' }, plainText(r.description)) : null);
@@ -146,7 +148,7 @@ export class SchemaForm {
       const box = h('fieldset', { class: 'item', 'data-path': formatLoc([...path, i]) },
         h('legend', {}, title,
           h('button', { type: 'button', class: 'small', 'aria-label': `${t('Remove')} ${title}`,
-            onclick: () => { itemNode.set(undefined); if (!(node.get() || []).length) node.set(undefined); this.changed(true); } }, t('Remove'))));
+            onclick: () => { itemNode.set(undefined); if (!(node.get() || []).length) node.set(undefined); this.changed(true, [...path, i], undefined); } }, t('Remove'))));
       this.objectFields(schema, itemNode, [...path, i], box);
       sec.append(box);
     });
@@ -161,12 +163,12 @@ export class SchemaForm {
         const tag = variants?.discriminator?.propertyName || 'type';
         const fresh = variants ? { [tag]: kind.value } : (key === 'models' ? { name: `model-${list.length + 1}`, source: 'autoglm-demo' } : {});
         node.set([...list, fresh]);
-        this.changed(true);
+        this.changed(true, path, node.get());
       } }, `${t('Add')} ${key}`)));
     return sec;
   }
 
-  scalarField(key, schema, r, node, loc, required) {
+  scalarField(key, schema, r, node, loc, required, path) {
     const value = node.get();
     const dflt = schema.default;
     const hintParts = [];
@@ -176,7 +178,7 @@ export class SchemaForm {
     if (r.exclusiveMinimum !== undefined) hintParts.push(`> ${r.exclusiveMinimum}`);
     if (r.maximum !== undefined) hintParts.push(`≤ ${r.maximum}`);
     let control;
-    const set = (v) => { node.set(v); this.changed(false); };
+    const set = (v) => { node.set(v); this.changed(false, path, v); };
     const enumValues = r.enum || (r.const !== undefined ? [r.const] : null);
     if (enumValues) {
       control = h('select', { onchange: (e) => set(e.target.value === '' ? undefined : e.target.value) },

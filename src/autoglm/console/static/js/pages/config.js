@@ -1,12 +1,13 @@
 // Configuration: the deploy file as a form generated from its schema (GET /admin/schema/deploy) and as
 // YAML side by side, validated live by POST /admin/validate/deploy (the loader `autoglm deploy` uses, so
-// errors carry the same "file:line key"); saved in this browser, downloaded, copied as YAML / CLI /
-// curl, and launched through /admin/deployments with a history of launches.
+// errors carry the same "file:line key"); a form edit patches only that key's lines of the YAML
+// (patchYAML), so comments and the order of keys stay; saved in this browser, downloaded, copied as
+// YAML / CLI / curl, and launched through /admin/deployments with a history of launches.
 
 import { h, clear, note, debounce, copyText, fmtTime } from '../dom.js';
 import { t } from '../i18n.js';
 import { SchemaForm } from '../schemaform.js';
-import { toYAML } from '../yaml.js';
+import { toYAML, patchYAML } from '../yaml.js';
 import * as store from '../store.js';
 
 export const FILE_NAME = 'autoglm-deploy.yaml';
@@ -48,6 +49,7 @@ export async function render(root, ctx) {
   const yaml = h('textarea', { id: 'yaml-editor', class: 'mono yaml', spellcheck: 'false', rows: 24, value: text, 'aria-describedby': 'validate-status' });
   const gutter = h('pre', { class: 'gutter mono', 'aria-hidden': 'true' });
   const status = h('div', { id: 'validate-status', role: 'status', 'aria-live': 'polite', class: 'validate' });
+  const yamlNote = h('p', { id: 'yaml-note', class: 'hint', role: 'status' });
   const formHost = h('div', { class: 'form-host' });
   const copyOut = h('textarea', { id: 'copy-out', class: 'mono', rows: 6, readonly: true });
   const copyNote = h('span', { role: 'status', class: 'muted', id: 'copy-note' });
@@ -56,8 +58,11 @@ export async function render(root, ctx) {
   const savedSel = h('select', { id: 'saved-select' });
   const saveName = h('input', { type: 'text', id: 'save-name', value: 'my-deploy', class: 'narrow' });
 
-  const form = new SchemaForm(schema, { onChange: ({ structural }) => {
-    text = toYAML(data);
+  const form = new SchemaForm(schema, { onChange: ({ structural, path, value }) => {
+    // only the changed key's lines: comments, blank lines and the order of keys stay as written
+    const patched = path ? patchYAML(text, path, value) : null;
+    yamlNote.textContent = patched === null ? t('This edit rewrote the YAML from the form: its comments are gone.') : '';
+    text = patched ?? toYAML(data);
     yaml.value = text;
     drawGutter();
     if (structural) drawForm();
@@ -216,7 +221,7 @@ export async function render(root, ctx) {
     h('div', { class: 'split' },
       h('section', { class: 'card', 'aria-labelledby': 'form-h' }, h('h2', { id: 'form-h' }, t('Form')), formHost),
       h('section', { class: 'card', 'aria-labelledby': 'yaml-h' }, h('h2', {}, h('label', { id: 'yaml-h', for: 'yaml-editor' }, `YAML (${FILE_NAME})`)),
-        h('div', { class: 'editor' }, gutter, yaml))),
+        h('div', { class: 'editor' }, gutter, yaml), yamlNote)),
     h('section', { class: 'card', 'aria-labelledby': 'copy-h' }, h('h2', { id: 'copy-h' }, t('Copy')),
       h('div', { class: 'row' },
         h('button', { type: 'button', id: 'copy-yaml', onclick: () => copy('yaml') }, t('Copy as YAML')),

@@ -1,6 +1,8 @@
 // Pipelines, runs and studies, registered versions with promote and rollback, the loop's decisions:
 // /admin/pipelines[/{name}], /admin/runs/{id}, /admin/studies[/{name}], /admin/models (+ promote,
-// rollback) and /admin/loop. Shapes are read generically: lists of objects become tables, series of
+// rollback) and /admin/loop; an interrupted or failed run is resumed with POST /admin/runs/{id}/resume
+// (the same pipeline run again: finished stages are kept, a half-done one continues from its
+// checkpoints) and followed until it ends. Shapes are read generically: lists of objects become tables, series of
 // numbers become charts, so a field added on the server shows up without a change here.
 
 import { h, clear, note, table, fmtTime } from '../dom.js';
@@ -88,9 +90,34 @@ export async function render(root, ctx) {
   const routes = { pipelines: '/admin/pipelines', studies: '/admin/studies', registry: '/admin/models', loop: '/admin/loop' };
   const missing = (k) => clear(body(k)).append(note('info', t('Not available on this server: it has no {route} route (upgrade autoglm and restart it).', { route: routes[k] })));
   const detail = h('div', {});
+  let alive = true;
+  let follow = null;
+  const resumable = (run) => Boolean(f.resume && run && ['interrupted', 'failed'].includes(run.status));
 
-  async function showRun(id, into) {
-    try { clear(into).append(h('h3', {}, `${t('Run')} ${id}`), details(await api.get(`/admin/runs/${enc(id)}`))); } catch (err) { clear(into).append(note('error', err.message)); }
+  // watching: after a resume, until the run ends (its new process may not have said "running" yet)
+  async function showRun(id, into, message, watching = false) {
+    clearTimeout(follow);
+    try {
+      const run = await api.get(`/admin/runs/${enc(id)}`);
+      if (!alive) return;
+      clear(into).append(h('h3', {}, `${t('Run')} ${id} `, h('span', { class: `badge ${run.status}`, 'data-run-status': run.status }, run.status)),
+        message || null,
+        resumable(run) ? h('p', {}, h('button', { type: 'button', class: 'primary', id: 'resume-run', onclick: () => resume(id, into) }, t('Resume')),
+          ' ', h('span', { class: 'hint' }, t('Runs the same pipeline again: finished stages are kept, a half-done one continues from its checkpoints.'))) : null,
+        details(run));
+      if (run.status === 'running' || (watching && run.status === 'interrupted')) {
+        follow = setTimeout(() => showRun(id, into, message, watching), 1000);
+      }
+    } catch (err) { clear(into).append(note('error', err.message)); }
+  }
+
+  async function resume(id, into) {
+    try {
+      const handle = await api.post(`/admin/runs/${enc(id)}/resume`, {});
+      await showRun(id, into, note('ok', t('Resumed run {id}: {status} (pid {pid}); its log: {log}', { id, status: handle.status, pid: handle.pid, log: handle.log })), true);
+    } catch (err) {
+      await showRun(id, into, note('error', `${t('Resume refused')}: ${err.message}`));
+    }
   }
 
   async function pipelines() {
@@ -102,7 +129,9 @@ export async function render(root, ctx) {
         try {
           const d = await api.get(`/admin/pipelines/${enc(name)}`);
           clear(into).append(h('h3', {}, name), details(d, { onRow: { runs: (run) => (f.runs && (run.id || run.run_id)
-            ? h('button', { type: 'button', class: 'small', onclick: () => showRun(run.id || run.run_id, into) }, t('Open run')) : '') } }));
+            ? h('span', { class: 'row' }, h('button', { type: 'button', class: 'small', onclick: () => showRun(run.id || run.run_id, into) }, t('Open run')),
+              resumable(run) ? h('button', { type: 'button', class: 'small', 'aria-label': `${t('Resume')} ${run.id}`, onclick: () => resume(run.id, into) }, t('Resume')) : null)
+            : '') } }));
         } catch (err) { clear(into).append(note('error', err.message)); }
       };
       const cols = columnsOf(rows);
@@ -168,5 +197,5 @@ export async function render(root, ctx) {
 
   root.append(detail);
   await Promise.all([pipelines(), studies(), registry(), loop()]);
-  return null;
+  return () => { alive = false; clearTimeout(follow); };
 }
