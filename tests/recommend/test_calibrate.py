@@ -19,7 +19,7 @@ def _rows(identifier):
 
 def test_fit_repairs_a_bad_threshold_and_reports_a_confusion_matrix(identifier):
     rows = _rows(identifier)
-    bad = replace(identifier.params, threshold=0.9)  # nearly everything "unknown"
+    bad = replace(identifier.params, linear=None, linear_fast=None, threshold=0.9)  # nearly everything "unknown"
     before = evaluate(identifier, rows, bad)
     saved = identifier.params
     identifier.params = bad
@@ -28,7 +28,9 @@ def test_fit_repairs_a_bad_threshold_and_reports_a_confusion_matrix(identifier):
     finally:
         identifier.params = saved
     assert before.accuracy < 0.2
-    assert params.threshold < 0.9 and report.accuracy > 0.9
+    assert params.linear is not None and params.threshold < 0.9 and report.accuracy > 0.9
+    grid, grid_report = fit(identifier, rows, method="grid")  # the weighted sum's grid, still there
+    assert grid.linear is None and grid.threshold < 0.9 and grid_report.accuracy > 0.85
     text = format_report(report)
     assert "confusion (en; rows = true, columns = predicted)" in text and "confusion (zh;" in text
     assert report.confusion.sum() == len(rows) and report.confusion.shape == (len(identifier.tasks) + 1,) * 2
@@ -45,7 +47,7 @@ def test_calibration_is_versioned_and_reloaded_without_restart(tmp_path):
     rows = _rows(identifier)
     params, report = fit(identifier, rows)
     assert store.save(params, report, source="test", fingerprint=identifier.fingerprint) == 1
-    strict = replace(params, threshold=0.99)  # a calibration under which nothing is sure enough
+    strict = replace(params, linear=None, threshold=0.99)  # a calibration under which nothing is sure enough
     assert store.save(strict, report, source="test", fingerprint=identifier.fingerprint) == 2
     assert store.versions() == [1, 2]
     rec._checked = -1e9  # the next decision looks for a new version (normally: at most once a second)

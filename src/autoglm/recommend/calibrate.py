@@ -3,9 +3,12 @@
 A labelled file is JSON lines, each ``{"text": "...", "task": "code"}`` or ``{"request": {<a chat or
 completions body>}, "task": "..."}`` (``task`` may be ``unknown``); an optional ``language`` field
 groups the report (otherwise it is detected). :func:`fit` computes every row's raw signals once, then
-searches a grid of ``w_keywords``, ``w_fluency``, ``prior`` and ``threshold`` for the best accuracy
-(ties: the balanced accuracy over tasks, then the setting closest to the defaults) - a few hundred
-milliseconds for a few hundred rows.
+fits the calibrated linear models (:mod:`~autoglm.recommend.linear`; the default, ``method="linear"``:
+one over every encoder's signals, and with a neural encoder one over the hashing encoder's alone, for
+the cascade of :mod:`~autoglm.recommend.identify`) - a second or two for a few hundred rows - or, with
+``method="grid"``, searches a grid of the weighted sum's ``w_keywords``, ``w_fluency``, ``prior`` and
+``threshold`` for the best accuracy (ties: the balanced accuracy over tasks, then the setting closest
+to the defaults). The language a row is fitted under is the one identification detects in its text.
 
 :class:`CalibrationStore` keeps every fit as ``v<N>.json`` under ``$AUTOGLM_HOME/recommend/calibration``
 (parameters, accuracy, confusion matrix, when, on what); the newest version is the one in force, and a
@@ -30,10 +33,19 @@ import numpy as np
 from autoglm.errors import ConfigError
 from autoglm.recommend.identify import IdentifyParams, RequestSignals, TaskIdentifier, detect_language, \
     signals_from_request
+from autoglm.recommend.linear import fit_linear
 from autoglm.recommend.taxonomy import UNKNOWN
 
-__all__ = ["LabelledRow", "EvalReport", "read_labelled", "evaluate", "fit", "CalibrationStore",
+__all__ = ["LabelledRow", "EvalReport", "read_labelled", "evaluate", "fit", "linear_features", "signals_of", "CalibrationStore",
            "format_report"]
+
+# The linear model's encoder-free signals, its L2 penalty, and the encoders whose signals it leaves out per
+# language: MiniLM adds nothing in Chinese over character n-grams and keywords (5-fold cross-validation on
+# the dev set: 93.0 % without it, 92.1 % with it), so it is never run for a Chinese request. Both chosen
+# by cross-validation on the dev set (benchmarks/task_identification.py --cv).
+PLAIN_FEATURES = ("keywords", "shape", "fluency", "material", "length")
+LINEAR_L2 = 0.0  # (0, 3e-4, 1e-3, 1e-2 tried: 0 and 3e-4 tie, 1e-2 loses 4-8 points; 0 asks MiniLM less often)
+SKIP_ENCODERS: dict[str, tuple[str, ...]] = {"zh": ("minilm",)}
 
 GRID = {
     "w_keywords": (0.3, 0.45, 0.6, 0.8, 1.0, 1.3),
@@ -114,9 +126,13 @@ def read_labelled(path: str | Path, tasks: Iterable[str]) -> list[LabelledRow]:
     return rows
 
 
-def _raw(identifier: TaskIdentifier, rows: list[LabelledRow]) -> dict[str, np.ndarray]:
+def signals_of(identifier: TaskIdentifier, rows: list[LabelledRow]) -> dict[str, np.ndarray]:
+    """Every row's raw signals, every encoder's included: name -> ``[N, n_tasks]``."""
     per = [identifier.signal_matrix(r.signals) for r in rows]
-    return {k: np.stack([p[k] for p in per]) for k in per[0]}  # name -> [N, n_tasks]
+    return {k: np.stack([p[k] for p in per]) for k in per[0]}
+
+
+_raw = signals_of
 
 
 def _predict(raw: Mapping[str, np.ndarray], p: IdentifyParams, thresholds: np.ndarray) -> np.ndarray:
@@ -151,15 +167,72 @@ def _report(pred: np.ndarray, rows: list[LabelledRow], tasks: list[str]) -> Eval
     return EvalReport(labels, conf, by_lang, by_conf)
 
 
-def evaluate(identifier: TaskIdentifier, rows: list[LabelledRow], params: IdentifyParams | None = None) -> EvalReport:
+def _predict_linear(identifier: TaskIdentifier, raw: Mapping[str, np.ndarray], languages: list[str],
+                    p: IdentifyParams) -> tuple[np.ndarray, np.ndarray]:
+    """``([N] predicted task indices (-1: unknown), [N] whether the slower encoders were asked)``: what
+    :meth:`TaskIdentifier.identify` decides, from signals that already hold every encoder's."""
+    full, fast = identifier.models(p)
+    assert full is not None
+    tasks = identifier.tasks
+    slow_names = [ix.encoder.name for ix in identifier.indexes if ix.encoder.name != "hashing"]
+    pred, asked = np.empty(len(languages), dtype=np.int64), np.zeros(len(languages), dtype=bool)
+    for i, lang in enumerate(languages):
+        row = {k: v[i] for k, v in raw.items()}
+        slow = [n for n in slow_names if full.needs(f"knn:{n}", lang)]
+        model = full
+        if slow and fast is not None and fast.probabilities(row, lang, tasks).max() >= p.cascade:
+            model = fast
+        asked[i] = bool(slow) and model is full
+        probs = model.probabilities(row, lang, tasks)
+        best = int(np.argmax(probs[:-1]))
+        pred[i] = best if probs[best] >= p.threshold and probs[best] >= probs[-1] else -1
+    return pred, asked
+
+
+def evaluate(identifier: TaskIdentifier, rows: list[LabelledRow], params: IdentifyParams | None = None, *,
+             raw: Mapping[str, np.ndarray] | None = None) -> EvalReport:
     p = params or identifier.params
-    pred = _predict(_raw(identifier, rows), p, np.array([p.threshold]))[0]
+    raw = _raw(identifier, rows) if raw is None else raw
+    if p.linear:
+        pred = _predict_linear(identifier, raw, [detect_language(r.signals.text) for r in rows], p)[0]
+    else:
+        pred = _predict(raw, p, np.array([p.threshold]))[0]
     return _report(pred, rows, identifier.tasks)
 
 
-def fit(identifier: TaskIdentifier, rows: list[LabelledRow]) -> tuple[IdentifyParams, EvalReport]:
-    """The grid point with the best accuracy on ``rows`` (see the module docstring), and its report."""
-    raw = _raw(identifier, rows)
+def linear_features(identifier: TaskIdentifier, *, cheap_only: bool = False) -> list[str]:
+    """The signals the linear model reads: every encoder's (or only the hashing one's) ``knn:``/``top:``,
+    then the encoder-free ones."""
+    names = [ix.encoder.name for ix in identifier.indexes if not cheap_only or ix.encoder.name == "hashing"]
+    return [f"{kind}:{n}" for n in names for kind in ("knn", "top")] + list(PLAIN_FEATURES)
+
+
+def fit(identifier: TaskIdentifier, rows: list[LabelledRow], *, method: str = "linear", l2: float = LINEAR_L2,
+        raw: Mapping[str, np.ndarray] | None = None) -> tuple[IdentifyParams, EvalReport]:
+    """Fit the identifier's parameters on ``rows``; returns them and their (in-sample) report.
+
+    ``linear`` (default): the calibrated linear models (:mod:`~autoglm.recommend.linear`) - one over every
+    encoder's signals and, with several encoders, one over the hashing encoder's alone for the cascade;
+    the slower encoders' signals are left out for a language in :data:`SKIP_ENCODERS` (never run there).
+    ``grid``: the best point of the grid of the weighted sum (see the module docstring). ``raw``: the rows'
+    signals when already computed (:func:`signals_of`).
+    """
+    raw = signals_of(identifier, rows) if raw is None else raw
+    if method == "linear":
+        tasks = identifier.tasks
+        truth = np.array([tasks.index(r.task) if r.task != UNKNOWN else -1 for r in rows])
+        languages = [detect_language(r.signals.text) for r in rows]  # as identify() will see them
+        skipped = {lang: [f for f in linear_features(identifier) if f.split(":")[-1] in names]
+                   for lang, names in SKIP_ENCODERS.items()}
+        full = fit_linear(raw, languages, truth, tasks, linear_features(identifier), l2=l2, drop=skipped)
+        fast = None
+        if len(identifier.indexes) > 1 and "hashing" in identifier.encoder_key.split("+"):
+            fast = fit_linear(raw, languages, truth, tasks, linear_features(identifier, cheap_only=True), l2=l2)
+        params = replace(identifier.params, linear=full.to_dict(), linear_fast=fast.to_dict() if fast else None,
+                         threshold=0.0)
+        return params, evaluate(identifier, rows, params, raw=raw)
+    if method != "grid":
+        raise ConfigError(f"unknown calibration method {method!r}; use linear or grid")
     tasks = identifier.tasks
     truth = np.array([tasks.index(r.task) if r.task != UNKNOWN else -1 for r in rows])
     classes = np.unique(truth)
@@ -179,7 +252,8 @@ def fit(identifier: TaskIdentifier, rows: list[LabelledRow]) -> tuple[IdentifyPa
             key = (round(float(acc[j]), 6), round(float(balanced[j]), 6), -distance)
             if best_key is None or key > best_key:
                 best_key, best_params = key, replace(p, threshold=float(th))
-    return best_params, evaluate(identifier, rows, best_params)
+    best_params = replace(best_params, linear=None, linear_fast=None)
+    return best_params, evaluate(identifier, rows, best_params, raw=raw)
 
 
 def format_report(report: EvalReport) -> str:

@@ -25,12 +25,26 @@ Signals, each a score per task:
   (most of its lines look like code: indented, ending in ``;{}:``, starting with a keyword), which
   adds ``doc_question`` to ``code`` instead: a question about code is a code task.
 
+Besides the vote, each encoder gives ``top`` - per task, the similarity of its nearest template.
+
+**Combining them.** With the built-in parameters (and after ``autoglm recommend calibrate``) a
+calibrated linear model (:mod:`~autoglm.recommend.linear`: a softmax over the tasks and ``unknown``,
+one weight per signal and language, fitted on labelled prompts) gives each task a probability; the
+``confidence`` is the best task's probability, and the task is ``unknown`` when ``unknown`` is more
+probable or the confidence is below ``threshold``. With a neural encoder beside the hashing one the
+identification is a cascade: the hashing-only model decides when it is sure (probability at least
+``cascade``), otherwise the neural encoder runs and the model over every signal decides; a language the
+model gives the neural encoder no weight in (Chinese, for MiniLM) never runs it. The built-in models
+are in ``data/linear.json``, fitted on the dev set by ``benchmarks/task_identification.py --refit``
+(an identifier whose encoders have no built-in model uses the weighted sum below).
+
+**The weighted sum** (``linear: None``):
 ``score[t] = w_knn * knn[t] + w_keywords * keywords[t] + shape[t] + length[t] + material[t]
 (+ fluency for chat)``;
 ``confidence = max(score) / (sum(score) + prior)`` - the ``prior`` is evidence for "none of these", so
 a request that matches nothing well has a low confidence even when one task is slightly ahead. Below
 ``threshold`` the task is :data:`~autoglm.recommend.taxonomy.UNKNOWN`. The weights and the threshold
-are :class:`IdentifyParams`, which ``autoglm recommend calibrate`` fits on labelled data; the defaults
+are :class:`IdentifyParams`, which :func:`~autoglm.recommend.calibrate.fit` with ``method="grid"`` fits; the defaults
 are that fit on the dev set shipped in ``tests/recommend/data`` (all ``labelled_*.jsonl``) with the
 hashing encoder, and ``doc_tokens``, ``w_material``, ``doc_question`` the best of a small grid on the
 same set - except ``prior``: a refit would lower it to 0.3 for one more correct dev row, which lets
@@ -42,8 +56,11 @@ the hashing encoder); length counts every message. Knows nothing about models or
 """
 from __future__ import annotations
 
+import functools
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
+from importlib import resources
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -51,9 +68,10 @@ import numpy as np
 
 from autoglm.recommend.encoders import _CJK, Encoder, clip_head_tail
 from autoglm.recommend.index import TemplateIndex, build_index
+from autoglm.recommend.linear import LinearModel
 from autoglm.recommend.taxonomy import UNKNOWN, Taxonomy
 
-__all__ = ["IdentifyParams", "RequestSignals", "Identification", "TaskIdentifier", "signals_from_request",
+__all__ = ["IdentifyParams", "default_params", "RequestSignals", "Identification", "TaskIdentifier", "signals_from_request",
            "detect_language", "fluency", "split_material", "is_question", "looks_like_code"]
 
 _LATIN = re.compile(r"[A-Za-z]")
@@ -84,6 +102,12 @@ class IdentifyParams:
     prior: float = 0.5
     threshold: float = 0.15
     encoder_weights: dict[str, float] = field(default_factory=dict)  # name -> weight (default 1 each)
+    # the calibrated linear model (recommend.linear) over every encoder's signals, and the one over the cheap
+    # (hashing) encoder's alone; None: the weighted sum above. ``cascade``: the slower encoders run only when
+    # the cheap model's probability of its best answer is below this.
+    linear: dict[str, Any] | None = None
+    linear_fast: dict[str, Any] | None = None
+    cascade: float = 0.9
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IdentifyParams:
@@ -92,6 +116,27 @@ class IdentifyParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def default_params(encoder_key: str) -> IdentifyParams:
+    """The built-in parameters for these encoders: the linear models fitted on the shipped dev set
+    (``data/linear.json``, written by ``benchmarks/task_identification.py --refit``) when there are some for
+    them, else the hand-set weighted sum."""
+    fitted = _builtin_linear()
+    entry = fitted.get(encoder_key)
+    if not entry:
+        return IdentifyParams()
+    return IdentifyParams(linear=entry.get("linear"), linear_fast=entry.get("linear_fast"),
+                          cascade=float(entry.get("cascade", 0.9)), threshold=float(entry.get("threshold", 0.0)))
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_linear() -> dict[str, Any]:
+    try:
+        text = (resources.files("autoglm.recommend") / "data" / "linear.json").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    return json.loads(text).get("models", {})
 
 
 @dataclass
@@ -238,12 +283,25 @@ class TaskIdentifier:
 
     def __init__(self, taxonomy: Taxonomy, encoders: list[Encoder], params: IdentifyParams | None = None, *,
                  cache: Any = None):
-        self.taxonomy, self.params = taxonomy, params or IdentifyParams()
+        self.taxonomy = taxonomy
         self.tasks = taxonomy.names
         texts, labels = taxonomy.templates()
         self.indexes: list[TemplateIndex] = [build_index(e, texts, labels, self.tasks, cache=cache)
                                              for e in encoders] if texts else []
         self._pos = {t: i for i, t in enumerate(self.tasks)}
+        self._names = [ix.encoder.name for ix in self.indexes]
+        self._models_of: IdentifyParams | None = None
+        self._models: tuple[LinearModel | None, LinearModel | None] = (None, None)
+        self.params = params or default_params(self.encoder_key)
+
+    def _load_models(self, p: IdentifyParams) -> tuple[LinearModel | None, LinearModel | None]:
+        self._models, self._models_of = self.models(p), p  # parsed once per parameter set
+        return self._models
+
+    @property
+    def encoder_key(self) -> str:
+        """The encoders' names joined by ``+``: which built-in linear model applies (``data/linear.json``)."""
+        return "+".join(self._names)
 
     @property
     def fingerprint(self) -> str:
@@ -255,20 +313,14 @@ class TaskIdentifier:
         """Whether identification is cheap enough (well under a millisecond) to run on the event loop."""
         return all(ix.encoder.name == "hashing" for ix in self.indexes)
 
-    def signal_matrix(self, signals: RequestSignals) -> dict[str, np.ndarray]:
-        """The raw signals (before weights): name -> ``[n_tasks]``."""
+    def signal_matrix(self, signals: RequestSignals, *, run: Container[str] | None = None) -> dict[str, np.ndarray]:
+        """The raw signals (before weights): name -> ``[n_tasks]``. ``run``: the encoders to run (default: all;
+        the others' ``knn:``/``top:`` signals are left out)."""
         p, n = self.params, len(self.tasks)
         out: dict[str, np.ndarray] = {}
         instruction, material = split_material(signals.text, p.doc_tokens)
         if self.indexes:
-            total_w, knn = 0.0, np.zeros(n)
-            for ix in self.indexes:
-                w = p.encoder_weights.get(ix.encoder.name, 1.0)
-                if w <= 0:
-                    continue
-                knn += w * ix.vote(ix.encoder.encode([instruction])[0], p.k)
-                total_w += w
-            out["knn"] = knn / max(total_w, 1e-9)
+            self.add_encoder_signals(out, instruction, run)
         hits = np.array(self.taxonomy.keyword_hits(clip_head_tail(instruction, KEYWORD_CHARS).lower()),
                         dtype=np.float64)
         if material:  # (head and tail of a long one, as the encoder reads a long prompt)
@@ -302,6 +354,29 @@ class TaskIdentifier:
         out["length"] = length
         return out
 
+    def add_encoder_signals(self, out: dict[str, np.ndarray], instruction: str,
+                            run: Container[str] | None = None) -> None:
+        """``knn:<encoder>`` and ``top:<encoder>`` for the encoders in ``run`` (default: all) into ``out``, and
+        ``knn``: the weighted mean of every encoder's vote in ``out`` (``encoder_weights``)."""
+        p = self.params
+        for ix in self.indexes:
+            if run is None or ix.encoder.name in run:
+                vote, top = ix.vote_and_top(ix.encoder.encode([instruction])[0], p.k)
+                out[f"knn:{ix.encoder.name}"], out[f"top:{ix.encoder.name}"] = vote, top
+        total_w, knn = 0.0, np.zeros(len(self.tasks))
+        for ix in self.indexes:
+            w = p.encoder_weights.get(ix.encoder.name, 1.0)
+            if w > 0 and f"knn:{ix.encoder.name}" in out:
+                knn += w * out[f"knn:{ix.encoder.name}"]
+                total_w += w
+        out["knn"] = knn / max(total_w, 1e-9)
+
+    def models(self, params: IdentifyParams | None = None) -> tuple[LinearModel | None, LinearModel | None]:
+        """``(full, fast)`` linear models of ``params`` (None where it has none)."""
+        p = params or self.params
+        return (LinearModel.from_dict(p.linear) if p.linear else None,
+                LinearModel.from_dict(p.linear_fast) if p.linear_fast else None)
+
     def combine(self, raw: Mapping[str, np.ndarray], params: IdentifyParams | None = None) -> tuple[int, float,
                                                                                                    np.ndarray]:
         """``(best task index, confidence, scores)`` from raw signals under ``params``."""
@@ -320,12 +395,33 @@ class TaskIdentifier:
             signals = RequestSignals(signals, len(signals))
         elif not isinstance(signals, RequestSignals):
             signals = signals_from_request(signals)
-        raw = self.signal_matrix(signals)
-        best, confidence, scores = self.combine(raw)
+        language = detect_language(signals.text)
+        p = self.params
+        full, fast = self._models if self._models_of is p else self._load_models(p)
+        if full is None:
+            raw = self.signal_matrix(signals, run={n for n in self._names if p.encoder_weights.get(n, 1.0) > 0})
+            best, confidence, scores = self.combine(raw)
+            ok = confidence >= p.threshold and scores[best] > 0
+        else:
+            cheap = [n for n in self._names if n == "hashing"]
+            slow = [n for n in self._names if n != "hashing" and full.needs(f"knn:{n}", language)]
+            raw = self.signal_matrix(signals, run=cheap)
+            model = full
+            if slow and fast is not None:
+                probs = fast.probabilities(raw, language, self.tasks)
+                model = fast if probs.max() >= p.cascade else full
+            if model is full and slow:  # the cheap model is unsure: ask the slower encoders too
+                instruction, _ = split_material(signals.text, p.doc_tokens)
+                self.add_encoder_signals(raw, instruction, slow)
+            probs = model.probabilities(raw, language, self.tasks)
+            scores = probs[:-1]
+            best = int(np.argmax(scores))
+            confidence = float(scores[best])
+            ok = confidence >= p.threshold and confidence >= probs[-1]
         name = self.tasks[best]
-        task = name if confidence >= self.params.threshold and scores[best] > 0 else UNKNOWN
+        task = name if ok else UNKNOWN
         return Identification(
-            task=task, confidence=confidence, best=name, language=detect_language(signals.text),
+            task=task, confidence=confidence, best=name, language=language,
             scores={t: float(s) for t, s in zip(self.tasks, scores)},
             signals={k: {t: float(v) for t, v in zip(self.tasks, arr) if v} for k, arr in raw.items()},
         )

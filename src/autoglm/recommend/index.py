@@ -80,6 +80,17 @@ class TemplateIndex:
         np.add.at(votes, self.labels[top], np.maximum(sims, 0.0))
         return votes / max(k, 1)
 
+    def vote_and_top(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`vote` and, per task, the similarity of its nearest template (0 when none is positive)."""
+        sims = self.similarities(query)
+        k = min(k, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+        votes = np.zeros(len(self.tasks), dtype=np.float64)
+        np.add.at(votes, self.labels[top], np.maximum(sims[top], 0.0))
+        best = np.zeros(len(self.tasks), dtype=np.float64)
+        np.maximum.at(best, self.labels, sims)
+        return votes / max(k, 1), best
+
 
 def _atomic_save(path: Path, matrix: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

