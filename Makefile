@@ -16,7 +16,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base $(VENV)/.system
-	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend,batch,grpc-dev,k8s,guided]"
+	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend,batch,grpc-dev,k8s,guided,vision]"
 	$(PIP) install -q -c constraints.txt -e apps/risk
 	touch $@
 

@@ -76,6 +76,13 @@ class ServerSettings:
     max_request_bytes: int = 4 * 1024 * 1024
     max_schema_bytes: int = 128 * 1024
     allow_control_tokens: bool = False  # True: "<|user|>" typed in a message is the real role token
+    # Images in chat messages (vision models, autoglm.api.vision): bytes per image, images per request,
+    # pixels per decoded image, seconds to fetch an http(s) URL, and whether a URL may name a private address.
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_images: int = 8
+    max_image_pixels: int = 4096 * 4096
+    image_fetch_timeout: float = 10.0
+    image_fetch_private: bool = False
     # SIGTERM / Ctrl-C: seconds running requests and streams get to finish before they are stopped
     # (new requests get 503 meanwhile); see autoglm.deploy.shutdown.
     shutdown_grace: float = 30.0

@@ -65,9 +65,10 @@ class ChatPlan:
     logprobs: bool = False
     include_usage: bool = False
     parallel_tool_calls: bool = True  # False: a reply keeps only its first tool call
+    mm_inputs: Any = None  # the images' engine inputs (autoglm.api.vision.attach_images); None: text only
 
     def requests(self) -> list[EngineRequest]:
-        return fan_out(self.request_id, [self.prompt_token_ids], self.params, self.n)
+        return fan_out(self.request_id, [self.prompt_token_ids], self.params, self.n, mm_inputs=self.mm_inputs)
 
 
 @dataclass
@@ -85,7 +86,8 @@ class CompletionPlan:
         return fan_out(self.request_id, self.prompts, self.params, self.n)
 
 
-def fan_out(request_id: str, prompts: list[list[int]], params: SamplingParams, n: int) -> list[EngineRequest]:
+def fan_out(request_id: str, prompts: list[list[int]], params: SamplingParams, n: int,
+            mm_inputs: Any = None) -> list[EngineRequest]:
     """One engine request per (prompt, choice); choice ``i`` of a seeded request uses ``seed + i``.
 
     The output index (OpenAI's ``choices[].index``) is ``prompt_index * n + i``; the engine request
@@ -96,7 +98,7 @@ def fan_out(request_id: str, prompts: list[list[int]], params: SamplingParams, n
         for i in range(n):
             seed = None if params.seed is None else params.seed + i
             choice_params = SamplingParams(**{**params.__dict__, "seed": seed})
-            out.append(EngineRequest(f"{request_id}-{p * n + i}", list(ids), choice_params))
+            out.append(EngineRequest(f"{request_id}-{p * n + i}", list(ids), choice_params, mm_inputs=mm_inputs))
     return out
 
 
@@ -124,13 +126,15 @@ def _content_text(content: Any, where: str) -> str:
     return "".join(texts)
 
 
-def _messages_for_template(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+def _messages_for_template(req: ChatCompletionRequest, images: bool = False) -> list[dict[str, Any]]:
+    from autoglm.api.vision import template_content
+
     out = []
     for i, m in enumerate(req.messages):
         where = f"messages[{i}]"
         msg: dict[str, Any] = {
             "role": "system" if m.role == "developer" else m.role,
-            "content": _content_text(m.content, where),
+            "content": template_content(m.content, where) if images else _content_text(m.content, where),
         }
         if m.role == "assistant" and m.tool_calls:
             msg["tool_calls"] = [
@@ -369,15 +373,21 @@ def _client_strings(messages: list[dict[str, Any]], tools: list[dict] | None) ->
         out.append((f"tools[{t_i}].function.description", str(fn.get("description") or "")))
     for i, m in enumerate(messages):
         out.append((f"messages[{i}].name", str(m.get("name") or "")))
-        out.append((f"messages[{i}].content", m.get("content") or ""))
+        content = m.get("content") or ""
+        if isinstance(content, list):  # a vision model's parts: the text parts are the client's strings
+            out += [(f"messages[{i}].content[{j}].text", p["text"]) for j, p in enumerate(content) if "text" in p]
+        else:
+            out.append((f"messages[{i}].content", content))
         for j, call in enumerate(m.get("tool_calls") or []):
             out.append((f"messages[{i}].tool_calls[{j}].function.name", call["function"]["name"]))
             out.append((f"messages[{i}].tool_calls[{j}].function.arguments", call["function"]["arguments"]))
     return out
 
 
-def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimits | None = None) -> ChatPlan:
-    """Blocking (template, tokenizer, schema compilation): run it in a worker thread."""
+def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimits | None = None,
+                    images: list[Any] | None = None) -> ChatPlan:
+    """Blocking (template, tokenizer, schema compilation): run it in a worker thread. ``images``: the
+    request's decoded images (:func:`autoglm.api.vision.load_images`), None for a text request."""
     limits = limits or RequestLimits()
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError("top_logprobs requires logprobs=true.", param="top_logprobs")
@@ -387,7 +397,7 @@ def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimi
             check_schema(tool.function.parameters, f"tools[{i}].function.parameters", limits)
     guided = _guided(req.response_format, limits, req)
     guided_param = RESPONSE_SCHEMA_PARAM
-    messages = _messages_for_template(req)
+    messages = _messages_for_template(req, images=images is not None)
     text = _render(engine, messages, template_tools)
     if forced is not None:
         # GLM-4 writes a call as "<|assistant|>{name}\n{arguments}": we write the name, it writes the rest.
@@ -404,6 +414,11 @@ def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimi
     if forced is not None:
         client.append(("tool_choice.function.name", forced))
     ids = encode_chat(engine.tokenizer, text, client, allow_control_tokens=limits.allow_control_tokens)
+    mm_inputs = None
+    if images is not None:
+        from autoglm.api.vision import attach_images
+
+        ids, mm_inputs = attach_images(engine, ids, images)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = _check_context(engine, len(ids), requested, "messages")
     _check_guided_budget(guided, max_tokens, guided_param)
@@ -420,6 +435,7 @@ def build_chat_plan(engine: Any, req: ChatCompletionRequest, limits: RequestLimi
         logprobs=req.logprobs,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         parallel_tool_calls=req.parallel_tool_calls is not False,
+        mm_inputs=mm_inputs,
     )
 
 

@@ -35,6 +35,7 @@ from autoglm.api.respond import guarded_stream, respond
 from autoglm.api.sse import sse_event
 from autoglm.api.streams import Fanout, NoHooks, RequestHooks
 from autoglm.api.tool_parser import StreamingToolParser, ToolEvent
+from autoglm.api.vision import load_images
 
 __all__ = ["create_chat_completion"]
 
@@ -42,8 +43,9 @@ __all__ = ["create_chat_completion"]
 async def create_chat_completion(engine: Any, body: ChatCompletionRequest, raw: Request,
                                  hooks: RequestHooks | None = None, *, limits: RequestLimits | None = None) -> Response:
     hooks = hooks or NoHooks()
+    images = await load_images(engine, body, limits or RequestLimits())  # image_url parts: fetched, checked
     # templating, tokenizing and compiling a schema are CPU work: off the event loop
-    plan = await asyncio.to_thread(build_chat_plan, engine, body, limits)
+    plan = await asyncio.to_thread(build_chat_plan, engine, body, limits, images)
     await hooks.admit(len(plan.prompt_token_ids), plan.params.max_tokens * plan.n)
     fan = Fanout(engine, plan.requests(), observer=hooks.on_output)
     return await respond(raw, fan, hooks, stream=bool(body.stream), num_choices=plan.n,

@@ -137,6 +137,17 @@ def register(subparsers: Any) -> None:
     lim.add_argument("--max-schema-bytes", type=_int_at_least(256), metavar="N",
                      default=ServerSettings.max_schema_bytes,
                      help="larger JSON schemas (response_format, tools) get 400 (default: 131072, 128 KiB)")
+    lim.add_argument("--max-image-bytes", type=_int_at_least(1024), metavar="N", default=ServerSettings.max_image_bytes,
+                     help="larger images in chat messages get 400 (default: 10485760, 10 MiB)")
+    lim.add_argument("--max-images", type=_non_negative_int, metavar="N", default=ServerSettings.max_images,
+                     help="more images in one request get 400 (default: 8)")
+    lim.add_argument("--max-image-pixels", type=_positive_int, metavar="N", default=ServerSettings.max_image_pixels,
+                     help="images of more pixels (width x height) get 400 (default: 16777216, 4096x4096)")
+    lim.add_argument("--image-fetch-timeout", type=_positive_float, metavar="S",
+                     default=ServerSettings.image_fetch_timeout,
+                     help="seconds to fetch an http(s) image_url before a 400 (default: 10)")
+    lim.add_argument("--image-fetch-private", action="store_true",
+                     help="let image URLs name loopback and private addresses (default: refused)")
     p.add_argument("--embedding-model", metavar="NAME", default=None,
                    help="also serve POST /v1/embeddings: 'minilm' (packaged all-MiniLM-L6-v2, offline; the recommend "
                         "extra) or a sentence-transformers model name or path")
@@ -167,6 +178,9 @@ def register(subparsers: Any) -> None:
                         "inference protocol, behind the same keys and limits (the grpc extra)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default: info)")
     p.set_defaults(func=run)
+
+
+_IMAGE_LIMITS = ("max_image_bytes", "max_images", "max_image_pixels", "image_fetch_timeout", "image_fetch_private")
 
 
 def deploy_config_from_args(args: argparse.Namespace) -> DeployConfig:
@@ -209,6 +223,7 @@ def deploy_config_from_args(args: argparse.Namespace) -> DeployConfig:
                               max_request_bytes=getattr(args, "max_request_bytes", ServerSettings.max_request_bytes),
                               max_schema_bytes=getattr(args, "max_schema_bytes", ServerSettings.max_schema_bytes),
                               allow_control_tokens=getattr(args, "allow_control_tokens", False),
+                              **{k: getattr(args, k) for k in _IMAGE_LIMITS if hasattr(args, k)},
                               embedding_model=getattr(args, "embedding_model", None),
                               embedding_truncatable=getattr(args, "embedding_truncatable", False),
                               ui=getattr(args, "ui", None), grpc_port=getattr(args, "grpc_port", None))

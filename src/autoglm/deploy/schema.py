@@ -220,6 +220,12 @@ class ServerConfig(_Strict):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # a larger request body is a 413
     max_schema_bytes: int = Field(default=128 * 1024, ge=256)  # a larger JSON schema is a 400
     allow_control_tokens: bool = False  # client text such as "<|user|>" becomes the real control token
+    # images in chat messages (vision models): a larger, more numerous or bigger image is a 400
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_images: int = Field(default=8, ge=0)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    image_fetch_timeout: float = Field(default=10.0, gt=0)  # seconds to fetch an http(s) image_url
+    image_fetch_private: bool = False  # True: image URLs may name loopback / private addresses
     # POST /v1/embeddings: "minilm" (packaged, offline) or a sentence-transformers model; None: off
     embedding_model: Optional[str] = Field(default=None, min_length=1)
     embedding_truncatable: bool = False  # the model was trained for shorter `dimensions` (Matryoshka)

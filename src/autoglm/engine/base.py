@@ -30,6 +30,8 @@ class Engine(ABC):
       ``model_name`` (the served name), ``tokenizer`` (a transformers tokenizer with a chat
       template), ``max_model_len`` (prompt + output tokens), ``eos_token_ids``, ``description``
       (a one-line note for /v1/models, e.g. that the demo model's replies are noise).
+      ``vision``: an :class:`~autoglm.engine.vision.VisionProcessor` when the model takes images in
+      chat messages (``EngineRequest.mm_inputs``), else None (the API answers 400 to images).
     """
 
     model_name: str
@@ -37,6 +39,7 @@ class Engine(ABC):
     max_model_len: int
     eos_token_ids: list[int]
     description: str = ""
+    vision: Any = None
 
     @abstractmethod
     async def start(self) -> None:

@@ -125,12 +125,16 @@ class EngineCore:
             outputs += [self._output(s, [], s.extra["detok"].flush(), None) for s in sched.expired]
         whole = sched.prefill
         if self.prefill_chunk:
-            whole = [s for s in sched.prefill if s.num_prompt_tokens <= self.prefill_chunk]
-            self._chunking += [s for s in sched.prefill if s.num_prompt_tokens > self.prefill_chunk]
+            # a prompt with images runs whole: its vision tower and 3-D positions need every placeholder
+            fits = [s.num_prompt_tokens <= self.prefill_chunk or s.request.mm_inputs is not None for s in sched.prefill]
+            whole = [s for s, ok in zip(sched.prefill, fits) if ok]
+            self._chunking += [s for s, ok in zip(sched.prefill, fits) if not ok]
         if whole:
             prompts = [s.request.prompt_token_ids for s in whole]
             self.prompt_tokens_total += sum(len(p) for p in prompts)
-            logits = self.runner.prefill(whole, prompts)
+            mm = [s.request.mm_inputs for s in whole]
+            logits = self.runner.prefill(whole, prompts, mm) if any(m is not None for m in mm) else \
+                self.runner.prefill(whole, prompts)
             outputs += self._sample_and_update(list(whole), logits)
             emit(outputs)
             outputs = []

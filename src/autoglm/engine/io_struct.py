@@ -86,6 +86,8 @@ class EngineRequest:
     arrival_time: float = field(default_factory=time.monotonic)
     # Wall-clock deadline (time.monotonic()); None means no per-request timeout.
     deadline: float | None = None
+    # The prompt's images (autoglm.engine.vision.ImageInputs: pixels and grids); None for a text prompt.
+    mm_inputs: Any = None
 
 
 @dataclass

@@ -42,6 +42,7 @@ class LoadedModel:
     device: Any = "cpu"
     description: str = ""
     info: dict[str, Any] | None = None  # e.g. the precision plan, for /v1/models and logs
+    vision: Any = None  # an autoglm.engine.vision.VisionProcessor when the model takes images
 
 
 class LoopEngine(Engine):
@@ -129,6 +130,7 @@ class LoopEngine(Engine):
         self.eos_token_ids = list(loaded.eos_token_ids)
         self.description = loaded.description
         self.info = dict(loaded.info or {})
+        self.vision = loaded.vision
         self.core = EngineCore(
             self._make_runner(loaded),
             loaded.tokenizer,

@@ -181,24 +181,29 @@ class BatchRunner:
 
     # -- steps -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, keys: list[Any], prompts: list[list[int]]) -> torch.Tensor:
+    def prefill(self, keys: list[Any], prompts: list[list[int]], mm: list[Any] | None = None) -> torch.Tensor:
         """Run ``prompts`` (left-padded together), merge them into the batch; logits ``[b, V]``.
 
-        Prompts with a cached prefix run one by one from their copy; the rest run together."""
+        Prompts with a cached prefix run one by one from their copy; the rest run together. ``mm``:
+        per prompt its :class:`~autoglm.engine.vision.ImageInputs` or None; a prompt with images
+        never uses or fills the prefix cache (its placeholder tokens do not say which image it was)."""
+        mm = mm if mm is not None else [None] * len(prompts)
         if self.prefix_cache is not None and len(self.prefix_cache):
-            hits = {i: hit for i, p in enumerate(prompts) if (hit := self.prefix_cache.match(p)) is not None}
+            hits = {i: hit for i, p in enumerate(prompts)
+                    if mm[i] is None and (hit := self.prefix_cache.match(p)) is not None}
             if hits:
                 rows: dict[int, torch.Tensor] = {}
                 misses = [i for i in range(len(prompts)) if i not in hits]
                 if misses:
-                    got = self._prefill_batch([keys[i] for i in misses], [prompts[i] for i in misses])
+                    got = self._prefill_batch([keys[i] for i in misses], [prompts[i] for i in misses],
+                                              [mm[i] for i in misses])
                     rows.update({i: got[j] for j, i in enumerate(misses)})
                 for i, hit in hits.items():
                     rows[i] = self._run_chunk(keys[i], prompts[i], 0, len(prompts[i]), hit)[0]
                 return torch.stack([rows[i] for i in range(len(prompts))])
-        return self._prefill_batch(keys, prompts)
+        return self._prefill_batch(keys, prompts, mm)
 
-    def _prefill_batch(self, keys: list[Any], prompts: list[list[int]]) -> torch.Tensor:
+    def _prefill_batch(self, keys: list[Any], prompts: list[list[int]], mm: list[Any] | None = None) -> torch.Tensor:
         b = len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.zeros((b, width), dtype=torch.long)
@@ -207,6 +212,13 @@ class BatchRunner:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)  # next position per row
+        images: dict[str, torch.Tensor] = {}
+        if mm is not None and any(m is not None for m in mm):  # 3-D positions and pixels (engine/vision.py)
+            from autoglm.engine.vision import prefill_inputs
+
+            position_ids, lengths, images = prefill_inputs(self.model, ids, mask, prompts, mm)
+            images = {k: v.to(self.device) for k, v in images.items()}
         cache = _new_cache(self.num_layers)
         out = self.model(
             input_ids=ids.to(self.device),
@@ -215,12 +227,13 @@ class BatchRunner:
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
+            **images,
         )
         logits = out.logits[:, -1, :]  # [b, V]
-        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         self._merge(keys, cache, mask.to(self.device), lengths.to(self.device))
         if self.prefix_cache is not None:
-            self._tokens.update({k: list(p) for k, p in zip(keys, prompts)})
+            self._tokens.update({k: list(p) for i, (k, p) in enumerate(zip(keys, prompts))
+                                 if mm is None or mm[i] is None})
         return logits
 
     @torch.inference_mode()
@@ -287,7 +300,8 @@ class BatchRunner:
         self.positions = self.positions + 1
         if self.prefix_cache is not None:
             for k, t in zip(self.rows, tokens):
-                self._tokens[k].append(int(t))
+                if k in self._tokens:  # rows with images keep no tokens (never cached)
+                    self._tokens[k].append(int(t))
         return out.logits[:, -1, :]
 
     def remove(self, keys: list[Any]) -> None:

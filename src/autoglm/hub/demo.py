@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from autoglm._filelock import exclusive_lock
 from autoglm.errors import ModelNotFoundError
+from autoglm.hub import demo_shapes  # the GLM-4-vocabulary variants (151k, 1B): their own builder
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -145,9 +146,13 @@ DEMO_VARIANTS: dict[str, DemoSpec] = {
 }
 
 
+# The GLM-4.1V-shaped vision demo: built by autoglm.hub.demo_vision (names only here).
+VISION_DEMOS: tuple[str, ...] = ("autoglm-demo-vision",)
+
+
 def is_demo_model(name: str) -> bool:
     """True when ``name`` is one of :data:`DEMO_VARIANTS` (exact, case-sensitive)."""
-    return name in DEMO_VARIANTS
+    return name in DEMO_VARIANTS or name in demo_shapes.SHAPE_VARIANTS or name in VISION_DEMOS
 
 
 def _spec(name: str) -> DemoSpec:
@@ -167,6 +172,12 @@ def demo_config(name: str) -> Glm4Config:
     experts; no weights, nothing written)."""
     from transformers import Glm4Config
 
+    if name in demo_shapes.SHAPE_VARIANTS:
+        return demo_shapes.shape_config(name)
+    if name in VISION_DEMOS:
+        from autoglm.hub import demo_vision
+
+        return demo_vision.demo_config(name)
     spec = _spec(name)
     ids = _special_ids()
     if spec.n_routed_experts:
@@ -390,6 +401,10 @@ def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
     """
     from transformers import GenerationConfig
 
+    if name in VISION_DEMOS:
+        from autoglm.hub import demo_vision  # lazy: it imports this module
+
+        return demo_vision.build_demo_model(name, out_dir, seed)
     spec = _spec(name)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -441,6 +456,12 @@ def ensure_demo_model(name: str, store_dir: Path) -> Path:
     Safe when several processes call it at once: one builds under an exclusive lock file, the others
     wait for the lock and then find the finished model.
     """
+    if name in demo_shapes.SHAPE_VARIANTS:
+        return demo_shapes.ensure_shape_model(name, store_dir)
+    if name in VISION_DEMOS:
+        from autoglm.hub import demo_vision
+
+        return demo_vision.ensure_demo_model(name, store_dir)
     _spec(name)
     path = Path(store_dir) / "demo" / name
     if _is_current(path, name):

@@ -160,6 +160,38 @@ _AIR = dict(hidden=4096, layers=46, heads=96, kv_heads=8, intermediate=10944, ex
 _355B = dict(hidden=5120, layers=92, heads=96, kv_heads=8, intermediate=12288, experts=160, per_token=8,
              moe_intermediate=1536, shared=1, dense_layers=3, qk_norm=True)
 
+
+def _vision_tower_parameters(*, depth: int = 24, hidden: int = 1536, out_hidden: int = 4096, merger: int = 13696,
+                             patch: int = 14, temporal: int = 2, merge: int = 2, image: int = 336) -> int:
+    """Parameters of GLM-4.1V's vision tower as transformers' ``Glm4vVisionModel`` holds them: position
+    embeddings, the 3-D patch convolution, ``depth`` blocks (2 norms, qkv, proj, a gated MLP of width
+    ``out_hidden``), the 2x2 downsampling convolution and the merger (a projection, a LayerNorm, a gated
+    MLP of width ``merger``). GLM-4.1V-9B's numbers give 892,498,432 (checked on the meta device)."""
+    block = 2 * hidden + 4 * hidden * hidden + 3 * hidden * out_hidden
+    return ((image // patch) ** 2 * hidden + hidden * 3 * temporal * patch * patch + hidden + depth * block
+            + 2 * hidden + out_hidden * hidden * merge * merge + out_hidden
+            + out_hidden * out_hidden + 2 * out_hidden + 3 * out_hidden * merger)
+
+
+def _vision(spec: ModelSpec, architecture: str, context: int, extra_text: int = 0) -> ModelSpec:
+    """A vision-language model: ``spec``'s text model plus the vision tower (and ``extra_text``
+    parameters its text layers have beyond the text spec, e.g. GLM-4.1V's two extra norms a layer)."""
+    tower = _vision_tower_parameters() + extra_text
+    active = spec.num_active_parameters + tower if spec.num_active_parameters is not None else None
+    return dataclasses.replace(spec, architecture=architecture, max_position_embeddings=context,
+                               num_parameters=(spec.num_parameters or 0) + tower, num_active_parameters=active)
+
+
+# GLM-4.1V-9B-Thinking: GLM-4-9B's text numbers (transformers' Glm4vTextConfig defaults are these) and a
+# 24-block vision tower; each text layer has 4 RMSNorms (2 more than GLM-4-9B's count). 10.29B as
+# transformers loads it (the published 10B). 65536 positions (64K context) is the model card's value, not
+# verifiable offline (transformers' default is 32768).
+# GLM-4.5V: GLM-4.5-Air's text model (106B total / 12B active, see _AIR) plus the same vision tower
+# (transformers' Glm4vMoeVisionConfig defaults; the model card's own vision numbers are not verifiable
+# offline): 107.7B total (the published 108B). The planner's MoE path counts the text model only
+# (ModelArch.from_config reads text numbers): 0.8% low for memory.
+_GLM_4_1V = dict(architecture="Glm4vForConditionalGeneration", context=65536, extra_text=2 * 40 * 4096)
+
 _MODELS: tuple[ModelSpec, ...] = (
     _glm4("glm-4-9b-chat", "zai-org/glm-4-9b-chat-hf", "ZhipuAI/glm-4-9b-chat-hf",
           "GLM-4 9B chat, 128K context (transformers-native weights)", context=131072, **_9B, **_HF),
@@ -186,6 +218,13 @@ _MODELS: tuple[ModelSpec, ...] = (
     # config.json value (not verifiable offline).
     _glm4_moe("glm-4.6", "zai-org/GLM-4.6", "ZhipuAI/GLM-4.6",
               "GLM-4.6 mixture of experts, 355B total / 32B active, 200K context", context=202752, **_355B),
+    _vision(_glm4("glm-4.1v-9b-thinking", "zai-org/GLM-4.1V-9B-Thinking", "ZhipuAI/GLM-4.1V-9B-Thinking",
+                  "GLM-4.1V-Thinking 9B vision-language reasoning model (images in chat), 64K context",
+                  context=65536, **_9B), **_GLM_4_1V),
+    _vision(_glm4_moe("glm-4.5v", "zai-org/GLM-4.5V", "ZhipuAI/GLM-4.5V",
+                      "GLM-4.5V vision-language mixture of experts (images in chat), 108B total / 12B active, 64K "
+                      "context", context=65536, **_AIR), architecture="Glm4vMoeForConditionalGeneration",
+            context=65536),
     ModelSpec(name="autoglm-demo", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE, torch_dtype="float32",
               description="tiny local GLM-4 with RANDOM weights (text is noise); built on first use, no network"),
     ModelSpec(name="autoglm-demo-100m", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE,
@@ -194,7 +233,14 @@ _MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(name="autoglm-demo-moe", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE, torch_dtype="float32",
               architecture="Glm4MoeForCausalLM",
               description="tiny local GLM-4.5-shaped mixture of experts with RANDOM weights (text is noise)"),
+    ModelSpec(name="autoglm-demo-151k", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE, torch_dtype="float32",
+              description="autoglm-demo with GLM-4's 151,552-token vocabulary, RANDOM weights (text is noise)"),
+    ModelSpec(name="autoglm-demo-1b", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE, torch_dtype="float32",
+              description="~1B-parameter local GLM-4 (151,552 tokens) with RANDOM weights (text is noise), 4 GB"),
 )
+_MODELS += (ModelSpec(name="autoglm-demo-vision", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE,
+                      torch_dtype="float32", architecture="Glm4vForConditionalGeneration",
+                      description="tiny local GLM-4.1V-shaped vision model with RANDOM weights (replies are noise)"),)
 _BY_NAME: dict[str, ModelSpec] = {spec.name: spec for spec in _MODELS}
 _BY_REPO: dict[str, ModelSpec] = {
     repo.lower(): spec for spec in _MODELS for repo in (spec.hf_repo, spec.modelscope_repo) if repo
@@ -211,7 +257,8 @@ def _with_demo_architecture(spec: ModelSpec) -> ModelSpec:
         from autoglm.hub import demo  # lazy: the demo builder is optional here
     except ImportError:
         return spec
-    DEMO_VARIANTS = getattr(demo, "DEMO_VARIANTS", {})
+    shapes = getattr(getattr(demo, "demo_shapes", None), "SHAPE_VARIANTS", {})  # the 151k-vocabulary demos
+    DEMO_VARIANTS = {**getattr(demo, "DEMO_VARIANTS", {}), **shapes}
     variant = DEMO_VARIANTS.get(spec.name) if hasattr(DEMO_VARIANTS, "get") else None
     if variant is None:
         return spec

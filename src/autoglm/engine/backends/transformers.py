@@ -92,7 +92,10 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
     else:
         kwargs = load_kwargs(plan.precision, device)
         kwargs.setdefault("dtype", _load_dtype(plan.precision, device.kind))
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        auto = AutoModelForCausalLM
+        if getattr(config, "vision_config", None) is not None:  # GLM-4.1V / 4.5V: images in chat
+            from transformers import AutoModelForImageTextToText as auto
+        model = auto.from_pretrained(path, **kwargs)
         model.eval()
         fused = fuse_qkv(model)  # before quantizing: the quantizer then sees one larger linear
         if fused:
@@ -101,6 +104,11 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
             log.info("Q/K/V fusion skipped: %s", fusion_skip_reason(model))
         model = apply_precision(model, plan.precision, device)  # also places it on the device
     tokenizer = AutoTokenizer.from_pretrained(path)
+    from autoglm.engine.vision import load_vision
+
+    vision = load_vision(path, config)  # None for a text-only model
+    if vision is not None:
+        log.info("vision: images in chat messages (%s image processor)", type(vision.image_processor).__name__)
     description = ""
     if resolved.spec is not None:
         description = getattr(resolved.spec, "description", "") or ""
@@ -118,6 +126,7 @@ def load_transformers_model(settings: EngineSettings) -> LoadedModel:
         device=device.torch_device,
         description=description,
         info=info,
+        vision=vision,
     )
 
 

@@ -1,0 +1,325 @@
+"""A workload grid: our server against its peer in every cell, worst ratio first.
+
+The cells sweep prompt length (~16 to ~2,000 tokens: ``--input-lens`` in words), output length
+(16 to 512), ``ignore_eos`` on/off, distinct prompts vs prompts repeated across concurrency levels
+(the same prompts first at c=1, then 4, then 16), and concurrency 1, 4, 16. One run starts every
+server once (ours with the response cache off, ``--cache none``; prefix caches on for both, as
+``llama-server`` keeps its slots' prompts), runs each cell with the ``autoglm bench`` client on every
+server back to back (so load that drifts on a shared machine hits both sides of a cell alike), and
+writes a Markdown table with both sides' output tokens/s, the ratio, the target where the issue sets
+one, and whether every request was served in full, sorted worst ratio first. Two peers:
+
+* ``--peer transformers`` (default): ``autoglm serve --quantize Q`` for each Q of ``--quantize``
+  (default ``none,auto``) against ``transformers serve --continuous-batching`` (targets at c=16:
+  1.3x at the same precision, 3x for ``auto``). ``transformers serve`` takes no ``ignore_eos``: it
+  may stop at EOS in the ``ignore_eos`` cells (the token counts show it; tokens/s stays comparable).
+* ``--peer llama-server --llama-server PATH``: ``autoglm serve --engine llamacpp`` against llama.cpp's
+  ``llama-server`` on the same GGUF (``--gguf-type``; targets 1.0x at c=16, 0.95x at c=1).
+
+    .venv/bin/python benchmarks/serve_grid.py --quick                  # 4 cells, minutes
+    .venv/bin/python benchmarks/serve_grid.py --quick --omp-threads 1  # on a shared, loaded CPU
+    .venv/bin/python benchmarks/serve_grid.py                          # the whole grid (108 cells; hours on CPU)
+    .venv/bin/python benchmarks/serve_grid.py --peer llama-server --llama-server /tmp/llama/bin/llama-server
+
+Reuses the servers' command lines of ``compare_serve.py`` and ``llamacpp_vs_server.py``; knows
+nothing of either server's internals. The demo models' weights are random (their text is noise).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+SERVED_NAME = "bench-model"
+DEMO = "autoglm-demo-100m"
+INPUT_LENS = (12, 200, 1500)  # words: ~16, ~260, ~2,000 tokens with the demo tokenizer and chat template
+OUTPUTS = (16, 128, 512)
+CONCURRENCY = (1, 4, 16)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One workload: prompt words, output tokens, ignore_eos, prompt mode and concurrency."""
+
+    input_len: int
+    max_tokens: int
+    ignore_eos: bool
+    mode: str  # "distinct" | "repeated"
+    concurrency: int
+
+    @property
+    def label(self) -> str:
+        return (f"in {self.input_len}w, out {self.max_tokens}, {'ignore_eos' if self.ignore_eos else 'eos'}, "
+                f"{self.mode}, c={self.concurrency}")
+
+    def num_prompts(self, quick: bool = False) -> int:
+        return max(2, self.concurrency) if quick else max(4, 2 * self.concurrency)
+
+
+def grid_cells(quick: bool = False, input_lens: Iterable[int] = INPUT_LENS, outputs: Iterable[int] = OUTPUTS,
+               concurrency: Iterable[int] = CONCURRENCY) -> list[Cell]:
+    """Every cell in run order: for one (input, output, eos, mode), concurrency ascending, so a
+    repeated prompt is first seen at the lowest concurrency. ``quick``: three cells that cover the
+    short/long prompt, eos on/off, distinct/repeated and c=1/16 corners."""
+    if quick:
+        return [Cell(12, 64, False, "distinct", 1), Cell(12, 64, True, "repeated", 1),
+                Cell(12, 64, True, "repeated", 16), Cell(200, 16, True, "distinct", 4)]
+    return [Cell(i, o, e, m, c) for i, o, e, m, c in itertools.product(
+        input_lens, outputs, (True, False), ("distinct", "repeated"), sorted(concurrency))]
+
+
+def prompts_for(cell: Cell, index: int, quick: bool = False) -> list[str]:
+    """Repeated cells share one prompt list per (input, output, eos) across concurrencies; distinct
+    cells get prompts nobody has sent before (seeded by the cell's position in the grid)."""
+    from autoglm.bench.prompts import make_prompts
+
+    n = cell.num_prompts(quick)
+    if cell.mode == "repeated":
+        seed = 1_000_000 + cell.input_len * 1000 + cell.max_tokens + (1 if cell.ignore_eos else 0)
+        return make_prompts(max(n, 32), cell.input_len, seed=seed)[:n]
+    return make_prompts(n, cell.input_len, seed=index + 1)
+
+
+def target(peer: str, ours: str, concurrency: int) -> float | None:
+    """The issue's target ratio (ours / peer output tok/s) for a cell, or None where it sets none."""
+    if peer == "transformers serve":
+        if concurrency != 16:
+            return None
+        return 3.0 if ours.endswith("auto") else 1.3
+    if peer == "llama-server":
+        return {16: 1.0, 1: 0.95}.get(concurrency)
+    return None
+
+
+def pair_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (ours variant, cell) with the peer's result of the same cell beside it.
+
+    ``results``: dicts with ``side`` ("peer" / "ours"), ``server`` (its label), ``cell`` (a dict
+    of :class:`Cell` fields) and ``metrics`` (``output_throughput``, ``completed``, ``failed``,
+    ``total_output_tokens``) and ``sent``. The ratio is None when a side is missing or the peer
+    produced nothing.
+    """
+    peers = {_key(r["cell"]): r for r in results if r["side"] == "peer"}
+    rows = []
+    for r in results:
+        if r["side"] != "ours":
+            continue
+        p = peers.get(_key(r["cell"]))
+        cell = Cell(**r["cell"])
+        ours_tps = r["metrics"]["output_throughput"]
+        peer_tps = p["metrics"]["output_throughput"] if p else None
+        ratio = ours_tps / peer_tps if peer_tps else None
+        goal = target(p["server"], r["server"], cell.concurrency) if p else None
+        rows.append({"cell": cell, "ours": r["server"], "peer": p["server"] if p else None, "ours_tok_s": ours_tps,
+                     "peer_tok_s": peer_tps, "ratio": ratio, "target": goal,
+                     "meets": None if goal is None or ratio is None else ratio >= goal,
+                     "ours_full": _full(r, cell), "peer_full": _full(p, cell) if p else None,
+                     "ours_tokens": r["metrics"]["total_output_tokens"],
+                     "peer_tokens": p["metrics"]["total_output_tokens"] if p else None})
+    return rows
+
+
+def _key(cell: dict[str, Any]) -> tuple:
+    return tuple(cell[k] for k in ("input_len", "max_tokens", "ignore_eos", "mode", "concurrency"))
+
+
+def _full(result: dict[str, Any], cell: Cell) -> bool:
+    """Every request completed (and, with ignore_eos honoured, every one produced max_tokens)."""
+    m = result["metrics"]
+    ok = m["completed"] == result["sent"] and not m["failed"]
+    if ok and cell.ignore_eos and result.get("ignore_eos_sent", True):
+        ok = m["total_output_tokens"] >= result["sent"] * cell.max_tokens
+    return ok
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The grid, worst ratio first (rows with no ratio last), with the target and full-service marks."""
+    ordered = sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] if r["ratio"] is not None else 0.0))
+    out = ["| cell | ours | peer | ours tok/s | peer tok/s | ratio | target | served in full (ours/peer) |",
+           "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in ordered:
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        goal = "-" if r["target"] is None else f"{r['target']:.2f}x {'ok' if r['meets'] else 'MISSED'}"
+        peer_tps = f"{r['peer_tok_s']:.1f}" if r["peer_tok_s"] is not None else "-"
+        full = f"{_yes(r['ours_full'])}/{_yes(r['peer_full'])}"
+        out.append(f"| {r['cell'].label} | {r['ours']} | {r['peer'] or '-'} | {r['ours_tok_s']:.1f} | {peer_tps} "
+                   f"| {ratio} | {goal} | {full} |")
+    return "\n".join(out)
+
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else ("yes" if flag else "NO")
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few cells for day-to-day use")
+    p.add_argument("--peer", choices=("transformers", "llama-server"), default="transformers")
+    p.add_argument("--model", default=DEMO, help=f"demo model name or model directory (default {DEMO})")
+    p.add_argument("--quantize", default="none,auto", help="our --quantize values, one server each (transformers peer)")
+    p.add_argument("--gguf-type", default="q8_0", help="GGUF type for the llama-server peer (default q8_0)")
+    p.add_argument("--llama-server", default=None, help="path of the llama-server binary")
+    p.add_argument("--input-lens", default=",".join(map(str, INPUT_LENS)), help="prompt lengths in words")
+    p.add_argument("--outputs", default=",".join(map(str, OUTPUTS)), help="output lengths (max_tokens)")
+    p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    p.add_argument("--max-model-len", type=int, default=4096, help="context per sequence for both (default 4096)")
+    p.add_argument("--cb-num-blocks", type=int, default=256, help="transformers serve KV blocks of 256 tokens")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama-server / llamacpp threads")
+    p.add_argument("--omp-threads", type=int, default=0,
+                   help="OMP_NUM_THREADS for both servers (default: unset; 1 on a shared, loaded CPU, where torch's "
+                        "threads wait for each other)")
+    p.add_argument("--startup-timeout", type=float, default=900.0)
+    p.add_argument("--json", dest="json_out", default="benchmarks/results/serve_grid.json")
+    p.add_argument("--markdown", dest="md_out", default="benchmarks/results/serve_grid.md")
+    return p.parse_args(argv)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    from autoglm.errors import ConfigError
+
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} {text!r} must list positive integers")
+    return values
+
+
+@dataclass
+class Side:
+    """One server of the run: which side it is, its label, command line and how to talk to it."""
+
+    side: str  # "ours" | "peer"
+    label: str
+    cmd: list[str]
+    port: int
+    model_name: str
+    send_ignore_eos: bool
+    env: dict[str, str] | None = None
+
+
+def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start every server, then run each cell on each server back to back: load that drifts during
+    a long run (a shared machine) then hits both sides of a cell alike instead of one whole side."""
+    from contextlib import ExitStack
+
+    from autoglm.bench.client import BenchConfig, run_benchmark
+    from autoglm.bench.servers import ServerProcess
+
+    out = []
+    with ExitStack() as stack:
+        servers = []
+        for side in sides:
+            print(f"[{side.label}] starting: {' '.join(side.cmd)}", flush=True)
+            t0 = time.perf_counter()
+            srv = stack.enter_context(ServerProcess(side.cmd, side.port, startup_timeout=args.startup_timeout,
+                                                    name=side.label, env=side.env))
+            print(f"[{side.label}] healthy after {time.perf_counter() - t0:.0f}s; log {srv.log_path}", flush=True)
+            servers.append(srv)
+        for index, cell in enumerate(cells):
+            prompts = prompts_for(cell, index, args.quick)
+            for side, srv in zip(sides, servers):
+                ignore_eos = cell.ignore_eos and side.send_ignore_eos
+                cfg = BenchConfig(base_url=srv.base_url, model=side.model_name, num_prompts=len(prompts),
+                                  concurrency=cell.concurrency, max_tokens=cell.max_tokens,
+                                  input_len=cell.input_len, prompts=prompts, ignore_eos=ignore_eos,
+                                  warmup=index == 0, request_timeout=3600.0, progress=False)
+                m = run_benchmark(cfg)
+                print(f"[{side.label}] {cell.label}: {m.completed}/{len(prompts)} ok, {m.total_output_tokens} tokens, "
+                      f"{m.output_throughput:.1f} tok/s", flush=True)
+                out.append({"side": side.side, "server": side.label, "cell": asdict(cell), "sent": len(prompts),
+                            "ignore_eos_sent": ignore_eos, "metrics": m.to_dict()})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from autoglm.bench.scripts import write_record
+    from autoglm.bench.servers import autoglm_serve_command, free_port, transformers_serve_command
+    from autoglm.errors import ConfigError
+
+    args = parse_args(argv)
+    cells = grid_cells(args.quick, _ints(args.input_lens, "--input-lens"), _ints(args.outputs, "--outputs"),
+                       _ints(args.concurrency, "--concurrency"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' command lines
+    # every server gets a fresh store: keys or state another run leaves in the default one (it is shared)
+    # must not turn on authentication or change routing in the middle of a grid
+    home = tempfile.mkdtemp(prefix="autoglm-serve-grid-")
+    omp = {"AUTOGLM_HOME": home, **({"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else {})}
+    print(f"[grid] {len(cells)} cells, peer {args.peer}, model {args.model}", flush=True)
+    sides: list[Side] = []
+    if args.peer == "transformers":
+        model_dir = _model_dir(args.model)
+        for q in [q.strip() for q in args.quantize.split(",") if q.strip()]:
+            port = free_port()
+            cmd = autoglm_serve_command(str(model_dir), port, extra=[
+                "--quantize", q, "--device", "cpu", "--served-model-name", SERVED_NAME, "--cache", "none",
+                "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(max(c.concurrency for c in cells)),
+                "--access-log", "off", "--log-level", "warning"])
+            sides.append(Side("ours", f"autoglm serve {q}", cmd, port, SERVED_NAME, True, omp))
+        port = free_port()
+        cmd = transformers_serve_command(model_dir, port, extra=["--cb-num-blocks", str(args.cb_num_blocks)])
+        sides.append(Side("peer", "transformers serve", cmd, port, str(model_dir), False, omp))
+    else:
+        import llamacpp_vs_server as lvs
+
+        from autoglm.config import EngineSettings
+        from autoglm.quantization.gguf import ensure_gguf
+
+        if not (args.llama_server and Path(args.llama_server).is_file()):
+            raise ConfigError(f"--llama-server {args.llama_server!r} is not a file; build llama-server (see "
+                              "benchmarks/llamacpp_vs_server.py) or use --peer transformers")
+        settings = EngineSettings(model=args.model)
+        gguf = ensure_gguf(args.model, settings, args.gguf_type).path
+        env = omp
+        ns = argparse.Namespace(parallel=max(c.concurrency for c in cells), max_model_len=args.max_model_len,
+                                threads=args.threads)
+        port = free_port()
+        sides.append(Side("ours", f"autoglm llamacpp {args.gguf_type}", lvs.autoglm_command(gguf, port, ns), port,
+                          SERVED_NAME, True, env))
+        port = free_port()
+        sides.append(Side("peer", "llama-server", lvs.llama_server_command(args.llama_server, gguf, port, ns), port,
+                          SERVED_NAME, True, env))
+    try:
+        results = run_grid(sides, cells, args)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    table = markdown(pair_rows(results))
+    print("\n" + table)
+    Path(args.md_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.md_out).write_text(table + "\n", encoding="utf-8")
+    write_record(args.json_out, {"peer": args.peer, "model": args.model, "quick": args.quick,
+                                 "omp_threads": args.omp_threads or None, "runs": results,
+                                 "markdown": table, "machine": {"platform": platform.platform(),
+                                                                "cpus": os.cpu_count()}})
+    return 0
+
+
+def _model_dir(model: str) -> Path:
+    path = Path(model).expanduser()
+    if (path / "config.json").is_file():
+        return path.resolve()
+    from autoglm.config import default_store_dir
+    from autoglm.hub.demo import ensure_demo_model
+
+    return Path(ensure_demo_model(model, default_store_dir())).resolve()
+
+
+if __name__ == "__main__":
+    from autoglm.bench.scripts import script_main
+
+    script_main(main)
