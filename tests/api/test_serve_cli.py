@@ -25,7 +25,16 @@ def test_flags_build_settings():
 def test_defaults():
     engine, server = settings_from_args(build_parser().parse_args(["serve"]))
     assert (engine.model, engine.quantize, engine.device, engine.engine) == ("autoglm-demo", "auto", "auto", "auto")
+    assert engine.num_threads is None  # torch's own default
     assert (server.host, server.port, server.api_keys) == ("127.0.0.1", 8000, [])
+
+
+def test_threads_reach_the_engine_settings_and_a_bad_count_is_refused(capsys):
+    engine, _ = settings_from_args(build_parser().parse_args(["serve", "--threads", "1"]))
+    assert engine.num_threads == 1
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["serve", "--threads", "0"])
+    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
 def test_shutdown_grace_and_request_limits_reach_the_server_settings():

@@ -93,6 +93,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-model-len", type=_positive_int, default=None,
                    help="prompt + output tokens per sequence (default: the model's own limit)")
     p.add_argument("--max-num-seqs", type=_positive_int, default=16, help="sequences decoded together (default: 16)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for the engine (default: torch's / llama.cpp's own; 1 is faster on a CPU that "
+                        "other work shares)")
     p.add_argument("--max-queue", type=_positive_int, default=256,
                    help="waiting requests before answering 429 (default: 256)")
     p.add_argument("--prefill-chunk", type=_non_negative_int, default=512,
@@ -204,6 +207,7 @@ def deploy_config_from_args(args: argparse.Namespace) -> DeployConfig:
             max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
             prefill_chunk=args.prefill_chunk, prefix_cache_tokens=args.prefix_cache_tokens,
             request_timeout=args.request_timeout, max_concurrency=getattr(args, "max_concurrency", None),
+            num_threads=getattr(args, "threads", None),
         )
         if getattr(args, "no_gateway", False):
             gateway = GatewayConfig(enabled=False)

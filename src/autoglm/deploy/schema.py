@@ -135,6 +135,9 @@ class ModelConfig(_Strict):
     prefill_chunk: NonNegativeInt = 512  # long prompts are prefilled this many tokens per step (0: whole)
     prefix_cache_tokens: NonNegativeInt = 8192  # finished requests' KV cells kept for reuse (0: off)
     guided_backend: Literal["auto", "builtin", "llguidance"] = "auto"  # structured-output masks
+    # CPU threads for the engine (None: torch's / llama.cpp's default). 1 on a CPU other work shares: int8
+    # linears wait for each other's threads when another process holds a core (benchmarks/bandwidth.py)
+    num_threads: Optional[PositiveInt] = None
     request_timeout: PositiveFloat = 600.0
     revision: Optional[str] = None
     replicas: PositiveInt = 1
@@ -146,7 +149,7 @@ class ModelConfig(_Strict):
     def _local_or_remote(self) -> ModelConfig:
         if self.upstream is not None:
             local = [k for k in ("source", "engine", "quantize", "device", "max_model_len", "max_num_seqs",
-                                 "revision", "replicas") if k in self.model_fields_set]
+                                 "num_threads", "revision", "replicas") if k in self.model_fields_set]
             if local:
                 raise ValueError(f"a model with 'upstream' is served remotely; remove the local-only key(s) "
                                  f"{', '.join(local)} (use upstream.urls for replicas)")
