@@ -32,7 +32,9 @@ LONGEST_FIRST = [
     "tests/training/trainers/test_causal_lm.py", "tests/deploy/test_redeploy.py", "apps/risk/tests/test_risk_demo.py",
     "tests/bench/test_scripts.py", "tests/compression/test_distill.py", "tests/deploy/kubernetes/test_loopback.py",
     "tests/api/test_shutdown.py", "tests/deploy/test_live.py", "tests/training/test_distributed.py",
-    "tests/api/test_feedback_live.py", "tests/tuning/test_study.py",
+    "tests/api/test_feedback_live.py", "tests/tuning/test_study.py", "tests/recommend/test_live.py",
+    "apps/risk/tests/test_risk_service.py", "tests/training/test_preference.py", "tests/training/test_guards_in_training.py",
+    "tests/console/test_console_operations.py", "tests/api/test_admin_resume.py", "tests/training/trainers/test_fusion.py",
 ]
 
 
@@ -53,6 +55,19 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 @pytest.fixture(scope="session")
 def autoglm_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("autoglm-home")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_test_uses_the_developers_home(autoglm_home):
+    """A process a test starts without an AUTOGLM_HOME of its own gets the session's, never the developer's
+    ~/.cache/autoglm (whose state store may hold keys: a server started there answers 401)."""
+    before = os.environ.get("AUTOGLM_HOME")
+    os.environ["AUTOGLM_HOME"] = str(autoglm_home)
+    yield
+    if before is None:
+        os.environ.pop("AUTOGLM_HOME", None)
+    else:
+        os.environ["AUTOGLM_HOME"] = before
 
 
 @pytest.fixture()
