@@ -40,9 +40,10 @@ run: venv
 	$(VENV)/bin/autoglm serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
 # three workers (pytest-xdist), a test file per worker at a time (module fixtures stay shared), longest files
-# first (tests/conftest.py): the suite waits on server processes as much as it computes
+# first (tests/conftest.py; --no-loadscope-reorder keeps that order: xdist would sort files by test count):
+# the suite waits on server processes as much as it computes
 test: venv-test
-	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)
