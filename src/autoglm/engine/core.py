@@ -44,6 +44,21 @@ def validate_request(request: EngineRequest, max_model_len: int, vocab_size: int
         raise InvalidRequestError(f"top_logprobs must be between 0 and 20, got {p.logprobs}", param="top_logprobs")
 
 
+def _advance(seq: Sequence, constraint: Any, token: int) -> Any:
+    """Advance ``seq``'s constraint; on failure the error for that request alone (its ``request_id``
+    set: the engine loop hands an emitted exception to that request's stream), else None."""
+    from autoglm.engine.guided import GuidedDecodingError
+
+    try:
+        constraint.advance(token)
+    except (GuidedDecodingError, ValueError) as exc:
+        error = exc if isinstance(exc, GuidedDecodingError) else GuidedDecodingError(
+            f"guided decoding could not go on: {exc}", param="response_format")
+        error.request_id = seq.request_id
+        return error
+    return None
+
+
 class EngineCore:
     """``runner`` is anything with :class:`~autoglm.engine.runner.BatchRunner`'s duties:
     ``prefill(keys, prompts)`` and ``decode(tokens)`` returning next-token logits ``[b, V]`` in row
@@ -82,6 +97,7 @@ class EngineCore:
         self._token_bytes: TokenBytes | None = None  # built on the first logprobs request
         self.prefill_chunk = prefill_chunk if hasattr(runner, "prefill_chunk") else 0
         self._chunking: list[Sequence] = []  # admitted, prompt longer than a chunk, not prefilled yet
+        self._guided_masks: Any = None  # guided.overlap.GuidedMasks, made with the first guided request
 
     # -- requests ----------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
@@ -98,6 +114,10 @@ class EngineCore:
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), param="response_format") from None
             seq.extra["constraint"] = backend.build(p.guided, self.tokenizer)
+            if self._guided_masks is None:
+                from autoglm.engine.guided.overlap import GuidedMasks
+
+                self._guided_masks = GuidedMasks()
         self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -116,7 +136,9 @@ class EngineCore:
     # -- the step ----------------------------------------------------------------------------
     def step(self, emit: Callable[[list[RequestOutput]], None]) -> None:
         """Advance every running sequence by one token (and admit waiting ones); ``emit`` is
-        called with the outputs as soon as each phase has them (first tokens before the decode)."""
+        called with the outputs as soon as each phase has them (first tokens before the decode); a
+        request whose guided decoding cannot go on is emitted as its GuidedDecodingError (which has
+        its ``request_id``) instead of an output."""
         sched = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         if sched.expired:
@@ -144,8 +166,17 @@ class EngineCore:
             seqs: list[Sequence] = list(self.runner.rows)
             logits = self.runner.decode([s.output_token_ids[-1] for s in seqs])
             outputs += self._sample_and_update(seqs, logits)
+        self._start_guided_masks()
         if outputs:
             emit(outputs)
+
+    def _start_guided_masks(self) -> None:
+        """The next decode step's guided masks depend only on the tokens sampled so far: a worker
+        computes them while that step's forward runs (see :mod:`autoglm.engine.guided.overlap`)."""
+        if self._guided_masks is None or not len(self.runner):
+            return
+        seqs = [s for s in self.runner.rows if s.extra.get("constraint") is not None]
+        self._guided_masks.start([s.extra["constraint"] for s in seqs], [s.remaining_tokens for s in seqs])
 
     def _prefill_next_chunk(self) -> list[RequestOutput]:
         """One chunk of the oldest long prompt; its first token when that was the last chunk."""
@@ -164,13 +195,12 @@ class EngineCore:
     def _sample_and_update(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
         rows: list[RowState] = [seq.extra["row"] for seq in seqs]
         guided = [i for i, seq in enumerate(seqs) if seq.extra.get("constraint") is not None]
-        if guided:  # every guided mask of the step in one (batched, GIL-free for llguidance) call
-            from autoglm.engine.guided import compute_masks, recheck
+        if guided:  # masked in place: computed ahead while the forward ran, or now (one batched call)
+            from autoglm.engine.guided import recheck
 
             cons = [seqs[i].extra["constraint"] for i in guided]
             left = [seqs[i].remaining_tokens for i in guided]
-            for i, mask in zip(guided, compute_masks(cons, left)):
-                rows[i].allowed_mask = torch.from_numpy(mask)
+            self._guided_masks.apply(logits, guided, cons, left, rows)
         result = sample(logits, rows)
         if guided:  # a fast mask knows no budget: a refused pick is drawn again from the exact mask
             for j in recheck(cons, [result.token_ids[i] for i in guided], left):
@@ -189,7 +219,12 @@ class EngineCore:
                 seq.first_token_time = now
             constraint = seq.extra.get("constraint")
             if constraint is not None:
-                constraint.advance(token)
+                error = _advance(seq, constraint, token)
+                if error is not None:  # this request fails (its stream raises a 400); the batch goes on
+                    self.scheduler.finish(seq, "abort")
+                    finished.append(seq)
+                    outputs.append(error)
+                    continue
             reason = None
             stop_reason: str | int | None = None
             special_stop = (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids

@@ -38,6 +38,7 @@ from autoglm.engine.guided.backends import (
     JSON_KINDS,
     GuidedBackend,
     GuidedConstraint,
+    GuidedDecodingError,
     compute_masks,
     get_backend,
     resolve_backend,
@@ -61,7 +62,8 @@ from autoglm.errors import InvalidRequestError
 
 __all__ = ["Constraint", "build_constraint", "min_tokens_needed", "validate_schema", "validate_spec",
            "SAFETY_MARGIN", "GuidedBackend", "GuidedConstraint", "get_backend", "resolve_backend",
-           "compute_masks", "recheck", "GUIDED_BACKEND_CHOICES"]
+           "compute_masks", "recheck", "GUIDED_BACKEND_CHOICES",
+           "GuidedDecodingError"]
 
 # tokens kept in reserve beyond the exact closing cost, in case the caller counts one token
 # differently than we do; costs one token of budget in the worst case
@@ -168,6 +170,7 @@ class Constraint(GuidedConstraint):
         self._cells = cells
         self._margin = margin
         self._out = bytearray()
+        self._peek: tuple[int, int, list[tuple]] | None = None  # (version, token, cells) of cost_after
 
     @property
     def margin(self) -> int:
@@ -188,6 +191,7 @@ class Constraint(GuidedConstraint):
             if not nxt:
                 return None
             cells = nxt
+        self._peek = (self.version, token_id, cells)  # advance() after a check reuses the walk
         return min(cell_cost(c) for c in cells)
 
     @property
@@ -291,6 +295,12 @@ class Constraint(GuidedConstraint):
         data = index.tokens[token_id]
         if data is None:
             raise ValueError(f"token id {token_id} is a special token; it is never allowed in guided output")
+        peek = self._peek
+        if peek is not None and peek[0] == self.version and peek[1] == token_id:
+            self._cells = list(dict.fromkeys(peek[2])) if len(peek[2]) > 1 else peek[2]
+            self._out += data
+            self.version += 1
+            return
         cells = self._cells
         for b in data:
             nxt: list[tuple] = []
@@ -301,6 +311,7 @@ class Constraint(GuidedConstraint):
             cells = nxt
         self._cells = list(dict.fromkeys(cells)) if len(cells) > 1 else cells
         self._out += data
+        self.version += 1
 
 
 def _walk(root: TrieNode, cells: list[tuple], limit: int, ids: list[int]) -> None:

@@ -397,7 +397,9 @@ class NumberFrame:
             if digit:
                 nxt = (N_FRAC, 1)
         elif ph == N_FRAC and digit:
-            if self.digits < MAX_FRAC_DIGITS:
+            # the last allowed digit is never a trailing 0: a bounded number's canonical form (what
+            # llguidance's range grammar writes) has none, so "...0" at the cap could never be closed
+            if self.digits < MAX_FRAC_DIGITS - 1 or (self.digits == MAX_FRAC_DIGITS - 1 and b != ZERO):
                 nxt = (N_FRAC, self.digits + 1)
         elif b == DOT and not alt.integer and ph in (N_ZERO, N_INT):
             nxt = (N_DOT, 0)

@@ -30,6 +30,7 @@ from autoglm.errors import InvalidRequestError
 __all__ = [
     "GuidedBackend",
     "GuidedConstraint",
+    "GuidedDecodingError",
     "BuiltinBackend",
     "register_backend",
     "get_backend",
@@ -43,10 +44,23 @@ JSON_KINDS = ("json_object", "json_schema")
 GUIDED_BACKEND_CHOICES = ("auto", "builtin", "llguidance")
 
 
+class GuidedDecodingError(InvalidRequestError):
+    """A constraint cannot go on for one request (its grammar engine hit a limit, or the sampled token
+    is refused): that request fails with this error (HTTP 400), the engine and the other sequences
+    carry on. The engine sets ``request_id`` and hands the error to that request's stream."""
+
+    request_id: str | None = None
+
+
 class GuidedConstraint(ABC):
-    """The state of one guided output (one per sequence; not thread-safe)."""
+    """The state of one guided output (one per sequence; not thread-safe).
+
+    ``version`` counts the state changes (every :meth:`advance`, and any rollback an implementation
+    offers): a mask computed ahead (:mod:`autoglm.engine.guided.overlap`) is used only while it matches.
+    """
 
     backend: str = ""
+    version: int = 0
 
     @property
     @abstractmethod
@@ -72,6 +86,9 @@ class GuidedConstraint(ABC):
 
 class GuidedBackend(ABC):
     name: str = ""
+    # True when fill_masks runs with the GIL released, so computing it on a worker thread beside the
+    # forward pass saves time (a pure-Python backend would only slow the forward down)
+    overlap: bool = False
 
     @abstractmethod
     def build(self, spec: Any, tokenizer: Any) -> GuidedConstraint:
@@ -80,6 +97,13 @@ class GuidedBackend(ABC):
     def fill_masks(self, constraints: list[GuidedConstraint], remaining: list[int]) -> list[np.ndarray]:
         """The masks of one step, in order (default: one after another)."""
         return [c.allowed_token_ids(r) for c, r in zip(constraints, remaining)]
+
+    def mask_bias(self, constraints: list[GuidedConstraint], remaining: list[int],
+                  out: np.ndarray | None = None) -> list[np.ndarray]:
+        """:meth:`fill_masks` as additive float32 rows [V] (0 where allowed, -inf elsewhere: adding one
+        to a logits row is a vectorised pass, where a boolean ``masked_fill_`` is ~50x slower on CPU),
+        in order; a backend may write them into the rows of ``out`` (a reused [n, V'] buffer)."""
+        return [np.where(m, np.float32(0), np.float32(-np.inf)) for m in self.fill_masks(constraints, remaining)]
 
 
 _BACKENDS: dict[str, Callable[[], GuidedBackend]] = {}

@@ -17,6 +17,15 @@ caller asks :meth:`exact_mask` (llguidance ∩ shadow, one builtin mask) and sam
 exact, slow mask is computed only on the few steps where it matters. If the two languages ever have
 nothing in common the shadow is dropped and llguidance's mask alone is used (logged once).
 
+Masks are computed ahead, while the forward pass runs (``overlap``: see
+:mod:`autoglm.engine.guided.overlap`), into a per-thread reused int32 bitmask.
+
+When llguidance gives up (its parser limits: an object of thousands of properties makes a row of
+more items than it allows), a JSON-kind constraint *fails over* to its shadow, a complete constraint
+of the same schema (without ``pattern`` / ``format``), and the request goes on with exact builtin
+masks; a regex, choice or grammar constraint has none, so that request (only) fails with
+:class:`~autoglm.engine.guided.backends.GuidedDecodingError` (HTTP 400 naming the parameter).
+
 Limits, stated: numeric bounds (``minimum: 1000``) may need more digits than the shadow counts, so
 close to the budget such a value can still be cut (finish_reason ``length``); regex, choice and
 grammar outputs have no closing guarantee (no shadow), only the early 400 of the smallest choice.
@@ -33,7 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from autoglm.engine.guided.backends import JSON_KINDS, GuidedBackend, GuidedConstraint, register_backend
+from autoglm.engine.guided.backends import (
+    JSON_KINDS,
+    GuidedBackend,
+    GuidedConstraint,
+    GuidedDecodingError,
+    register_backend,
+)
 from autoglm.errors import InvalidRequestError
 
 __all__ = ["LlguidanceBackend", "LlgConstraint", "grammar_for", "min_tokens_other", "validate_spec"]
@@ -162,27 +177,49 @@ def min_tokens_other(spec: Any) -> int:
 class LlgConstraint(GuidedConstraint):
     backend = "llguidance"
 
-    def __init__(self, matcher: Any, vocab_size: int, eos_ids: list[int], shadow: Any | None):
+    def __init__(self, matcher: Any, vocab_size: int, eos_ids: list[int], shadow: Any | None,
+                 param: str = "response_format"):
         self.matcher = matcher
+        self.param = param  # the request field an error names
         self.vocab_size = vocab_size
         self._eos = np.array(sorted(i for i in eos_ids if 0 <= i < vocab_size), dtype=np.int64)
         self._eos_set = set(self._eos.tolist())
         self.shadow = shadow  # builtin Constraint over the same tokens (JSON kinds), or None
         self.resampled = 0  # how often check() refused (for tests and the benchmark)
+        # llguidance gave up (a parser limit, e.g. an object of thousands of properties); the shadow,
+        # a complete JSON-schema constraint itself, carries on alone with exact masks
+        self.failed = False
 
     @property
     def done(self) -> bool:
+        if self.failed:
+            return self.shadow.done  # type: ignore[union-attr]
         return bool(self.matcher.is_stopped()) or (self.shadow is not None and self.shadow.done)
 
     def advance(self, token_id: int) -> None:
-        if not self.matcher.consume_token(int(token_id)):
-            raise ValueError(f"token id {token_id} is not allowed here: {self.matcher.get_error()[:200]}")
-        if token_id in self._eos_set or self.shadow is None:
+        self.version += 1
+        token_id = int(token_id)
+        if not self.failed and not self.matcher.consume_token(token_id):
+            error = self.matcher.get_error()[:300]
+            if self.shadow is None or self.shadow.cost_after(token_id) is None:
+                raise GuidedDecodingError(f"{self.param} could not be followed (token {token_id} refused; a choice "
+                                          f"list or grammar this large exceeds the parser's limits): {error}",
+                                          param=self.param)
+            self.fail_over(error)
+        if token_id in self._eos_set and not self.failed or self.shadow is None:
             return
         try:
-            self.shadow.advance(int(token_id))
-        except ValueError:  # only when a caller skipped check(); keep llguidance's word
-            self._drop_shadow("a token outside its language was accepted")
+            self.shadow.advance(token_id)
+        except ValueError as exc:
+            if self.failed:  # nothing left to follow
+                raise GuidedDecodingError(f"{self.param} could not be followed: {exc}", param=self.param) from None
+            self._drop_shadow("a token outside its language was accepted")  # a caller skipped check()
+
+    def fail_over(self, error: str) -> None:
+        """llguidance stopped with ``error`` (its matcher stays in error); the shadow goes on alone."""
+        log.warning("guided decoding: llguidance stopped (%s); the builtin automaton enforces the schema "
+                    "from here (pattern and format keywords no longer)", error.splitlines()[0][:200])
+        self.failed = True
 
     def llg_mask(self) -> np.ndarray:
         from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
@@ -195,6 +232,8 @@ class LlgConstraint(GuidedConstraint):
         return self.exact_mask(remaining_tokens)
 
     def exact_mask(self, remaining_tokens: int, fast: np.ndarray | None = None) -> np.ndarray:
+        if self.failed:
+            return self.shadow.allowed_token_ids(remaining_tokens)  # type: ignore[union-attr]
         mask = self.llg_mask() if fast is None else fast
         if self.shadow is None or self.done:
             return mask
@@ -207,7 +246,7 @@ class LlgConstraint(GuidedConstraint):
         return both
 
     def check(self, token_id: int, remaining_tokens: int) -> bool:
-        if self.shadow is None or token_id in self._eos_set:
+        if self.shadow is None or self.failed or token_id in self._eos_set:
             return True
         cost = self.shadow.cost_after(int(token_id))
         ok = cost is not None and cost <= remaining_tokens - 1 - self.shadow.margin
@@ -225,10 +264,23 @@ def unpack(bitmask: np.ndarray, vocab_size: int) -> np.ndarray:
     return np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab_size].view(bool)
 
 
+# byte -> its 8 bits (little-endian) as additive mask values (0: allowed, -inf: not): unpacking by table
+# lookup writes into a reused buffer
+_BIAS = np.where(np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(bool),
+                 np.float32(0), np.float32(-np.inf)).astype(np.float32)
+
+
 @register_backend("llguidance")
 class LlguidanceBackend(GuidedBackend):
+    """Batched masks with ``fill_next_token_bitmask_par`` (llguidance's thread pool, GIL released:
+    ``overlap``). The int32 bitmask buffer is reused per thread (several engines may share this
+    backend, each from its own threads)."""
+
+    overlap = True
+
     def __init__(self) -> None:
         self._executor: Any = None
+        self._local = threading.local()
 
     def build(self, spec: Any, tokenizer: Any) -> GuidedConstraint:
         from llguidance import LLMatcher
@@ -245,24 +297,71 @@ class LlguidanceBackend(GuidedBackend):
 
             shadow = build_constraint(spec, tokenizer)
         eos = getattr(tokenizer, "eos_token_id", None)
-        return LlgConstraint(matcher, len(tokenizer), [] if eos is None else [int(eos)], shadow)
+        return LlgConstraint(matcher, len(tokenizer), [] if eos is None else [int(eos)], shadow, _param(spec))
 
-    def fill_masks(self, constraints: list[GuidedConstraint], remaining: list[int]) -> list[np.ndarray]:
-        """All masks of a step in one parallel call (llguidance's thread pool, GIL released)."""
+    def _bitmask(self, constraints: list[LlgConstraint]) -> np.ndarray:
+        """int32 [n, ceil(V/32)] (a view of this thread's reused buffer), filled in one parallel call;
+        rows of failed-over constraints are left as they were (their callers use the shadow)."""
         from llguidance import LLExecutor
-        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask_par
+        from llguidance.numpy import fill_next_token_bitmask_par
 
         if self._executor is None:
             self._executor = LLExecutor()
-        out: list[np.ndarray] = [None] * len(constraints)  # type: ignore[list-item]
+        n, words = len(constraints), (constraints[0].vocab_size + 31) // 32
+        buf = getattr(self._local, "bitmask", None)
+        if buf is None or buf.shape[0] < n or buf.shape[1] != words:
+            buf = self._local.bitmask = np.empty((max(n, 16), words), dtype=np.int32)
+        bm = buf[:n]
+        live = [(c.matcher, j) for j, c in enumerate(constraints) if not c.failed]
+        if live:
+            fill_next_token_bitmask_par(self._executor, live, bm)
+        for c in constraints:
+            if not c.failed:
+                self.shadow_takes_over(c)
+        return bm
+
+    @staticmethod
+    def shadow_takes_over(c: LlgConstraint) -> bool:
+        """After a mask: when llguidance's matcher went into error (a limit hit while computing it),
+        JSON kinds fail over to the shadow; True when ``c`` now takes its mask from the shadow."""
+        if not c.matcher.is_error():
+            return False
+        if c.shadow is None:
+            return False  # its mask allows nothing sensible: advance() reports the error for this request
+        c.fail_over(c.matcher.get_error())
+        return True
+
+    def _by_size(self, constraints: list[GuidedConstraint]) -> dict[int, list[int]]:
         by_size: dict[int, list[int]] = {}
         for i, c in enumerate(constraints):
             by_size.setdefault(c.vocab_size, []).append(i)  # type: ignore[attr-defined]
-        for size, idx in by_size.items():
-            bm = allocate_token_bitmask(len(idx), size)
-            fill_next_token_bitmask_par(self._executor, [(constraints[i].matcher, j)  # type: ignore[attr-defined]
-                                                         for j, i in enumerate(idx)], bm)
-            bits = unpack(bm, size)
+        return by_size
+
+    def fill_masks(self, constraints: list[GuidedConstraint], remaining: list[int]) -> list[np.ndarray]:
+        """All masks of a step in one parallel call (llguidance's thread pool, GIL released)."""
+        out: list[np.ndarray] = [None] * len(constraints)  # type: ignore[list-item]
+        for size, idx in self._by_size(constraints).items():
+            group = [constraints[i] for i in idx]
+            bits = unpack(self._bitmask(group), size)  # type: ignore[arg-type]
             for j, i in enumerate(idx):
-                out[i] = bits[j]
+                c = constraints[i]
+                out[i] = c.allowed_token_ids(remaining[i]) if c.failed else bits[j]  # type: ignore[attr-defined]
         return out
+
+    def mask_bias(self, constraints: list[GuidedConstraint], remaining: list[int],
+                  out: np.ndarray | None = None) -> list[np.ndarray]:
+        """:meth:`fill_masks` as additive float32 rows, unpacked by table lookup into ``out`` when it fits."""
+        rows: list[np.ndarray] = [None] * len(constraints)  # type: ignore[list-item]
+        groups = self._by_size(constraints)
+        for size, idx in groups.items():
+            group = [constraints[i] for i in idx]
+            bm = self._bitmask(group)  # type: ignore[arg-type]
+            n, words = bm.shape
+            fits = out is not None and len(groups) == 1 and out.shape[0] >= n and out.shape[1] == 32 * words
+            dest = out[:n] if fits else np.empty((n, 32 * words), dtype=np.float32)  # type: ignore[index]
+            np.take(_BIAS, bm.view(np.uint8), axis=0, out=dest.reshape(n, 4 * words, 8), mode="wrap")
+            for j, i in enumerate(idx):
+                c = constraints[i]
+                rows[i] = (np.where(c.allowed_token_ids(remaining[i]), np.float32(0), np.float32(-np.inf))
+                           if c.failed else dest[j, :size])  # type: ignore[attr-defined]
+        return rows
