@@ -78,19 +78,27 @@ def collate(split: Split, indices: Sequence[int], pad_id: int, device: Any = "cp
 
 
 def sample_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean CE over target tokens ``[B]`` and target-token counts ``[B]``."""
+    """Per-sample mean CE over target tokens ``[B]`` and target-token counts ``[B]``.
+
+    Only positions that predict a target reach the output layer (``logits_to_keep`` as a boolean
+    mask): prompt and padding positions cost no vocabulary-wide matmul, softmax or gradient."""
+    import torch
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    import torch
-
-    # [B, S-1, V]: position t predicts token t+1; half precision is upcast for the softmax, float64 kept
-    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
-    target = batch["labels"][:, 1:]  # [B, S-1]
-    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
-                          reduction="none").view_as(target)  # [B, S-1]
-    counts = (target != IGNORE).sum(dim=1)  # [B]
-    return tok.sum(dim=1) / counts.clamp(min=1), counts
+    target = batch["labels"][:, 1:]  # [B, S-1]: position t predicts token t+1
+    has = target != IGNORE  # [B, S-1]
+    keep = F.pad(has, (0, 1))  # [B, S]: the last position predicts nothing
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                   logits_to_keep=keep).logits
+    counts = has.sum(dim=1)  # [B]
+    if logits.ndim == 3:  # a model that ignores the mask: every position, [B, S, V]
+        logits = logits[:, :-1][has]
+    # [N, V]: the N kept positions in row-major order; half precision is upcast for the softmax, float64 kept
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    tok = F.cross_entropy(logits, target[has], reduction="none")  # [N]
+    rows = has.nonzero()[:, 0]  # [N]: the sample of each kept position
+    sums = torch.zeros(target.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)  # [B]
+    return sums / counts.clamp(min=1), counts
 
 
 def evaluate_split(model: Any, split: Split, pad_id: int, batch_size: int, device: Any = "cpu") -> dict[str, float]:

@@ -169,7 +169,20 @@ class CausalLMConfig(_TrainCommon):
     checkpoint_every: PositiveInt = 20  # optimizer steps between checkpoints
     merge: bool = True  # LoRA: write a merged model (False: the adapter beside its base)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # LoRA: the precision the frozen base is held and computed in while training; the adapters and their
+    # optimizer stay float32 and the output is merged into ``dtype``. Unset: ``dtype``. auto: bfloat16
+    # where the hardware has native bfloat16 matmuls (AVX512-BF16 or AMX CPUs, CUDA), else ``dtype``.
+    base_dtype: Optional[Literal["auto", "float32", "bfloat16"]] = None
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @field_validator("base_dtype")
+    @classmethod
+    def _frozen_base(cls, v: Optional[str], info: Any) -> Optional[str]:
+        dtype = info.data.get("dtype", "float32")
+        if info.data.get("method") == "full" and v not in (None, "auto", dtype):
+            raise ValueError(f"{v} would hold a frozen base in another precision, and method: full has none "
+                             f"(every weight trains, in dtype {dtype}); use method: lora, or leave base_dtype out")
+        return v
 
 
 class TabularConfig(_TrainCommon):

@@ -5,7 +5,10 @@
   (:mod:`autoglm.training.text_data`) into ``ctx.work_dir``.
 - :meth:`CausalLMTrainer.train` builds the model (``config.model`` resolved as ``autoglm serve``
   resolves it), wraps it with peft LoRA for ``method: lora``, and runs :func:`autoglm.training.loop.train_loop`
-  (AdamW, ``GradVarianceLR``, guards, checkpoints in ``ctx.work_dir/checkpoints``, exact resume).
+  (fused AdamW, ``GradVarianceLR``, guards, checkpoints in ``ctx.work_dir/checkpoints``, exact resume).
+  ``base_dtype`` holds a LoRA model's frozen base in bfloat16 (adapters and optimizer float32, attention
+  upcast to float32 on CPU, where bfloat16 SDPA's backward is slow); the output is merged into ``dtype``
+  from the base loaded again, never into the rounded bfloat16 copy.
   With ``ctx.world_size > 1`` it joins the process group (see :mod:`autoglm.training.distributed`)
   and trains a ``DistributedDataParallel`` model; only rank 0 writes.
 - The output ``ctx.work_dir/model`` is what ``autoglm serve --model DIR`` takes: a full Hugging Face
@@ -63,6 +66,20 @@ def _dtype(name: str) -> Any:
             "float64": torch.float64}[name]
 
 
+def native_bf16(device: Any) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (AVX512-BF16 or AMX on a CPU, CUDA with
+    bf16): where it does not, bfloat16 is emulated and slower than float32."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(probe()) for probe in probes if probe is not None)
+    except RuntimeError:  # pragma: no cover - a torch build without the CPU probes
+        return False
+
+
 def load_model_dir(model_dir: Path, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, tokenizer) of a trained output: a full model directory, or an adapter applied to its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,6 +94,42 @@ def load_model_dir(model_dir: Path, dtype: str = "float32") -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype))
     model.eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def _cast_frozen(model: Any, dtype: Any) -> None:
+    """Hold every parameter that does not train in ``dtype`` (buffers such as rotary frequencies keep theirs)."""
+    import torch
+
+    cast: dict[int, tuple[Any, Any]] = {}  # id -> (old, new): one new parameter per old one, tied weights stay tied
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and not p.requires_grad and p.dtype != dtype:
+                if id(p) not in cast:
+                    cast[id(p)] = (p, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+                module._parameters[name] = cast[id(p)][1]
+
+
+_F32_ATTENTION = "autoglm_sdpa_float32"
+
+
+def _float32_attention(model: Any) -> None:
+    """Run a bfloat16 model's attention in float32 (torch's SDPA on q, k, v upcast, its output cast back).
+
+    On CPU the bfloat16 backward of SDPA is several times slower than the float32 one, and attention
+    over these short sequences is a small share of the matmuls: upcasting costs far less than it saves."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+        # query [B, H, T, D], key/value [B, KV, T, D]; the mask is boolean (or None) for SDPA
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
+                                              **kwargs)
+        return out.to(query.dtype), weights
+
+    AttentionInterface.register(_F32_ATTENTION, attention)
+    AttentionMaskInterface.register(_F32_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(_F32_ATTENTION)
 
 
 @register_trainer
@@ -154,12 +207,32 @@ class CausalLMTrainer(Trainer):
                                    load_preference_split(prepared, "valid"), int(meta["pad_token_id"]),
                                    self.config.batch_size, device=device)
 
-    def build_model(self, base_dir: Path, dtype: str | None = None, seed: int = 0) -> Any:
-        """The base model, LoRA-wrapped for ``method: lora`` (LoRA weights from the seed, so every rank agrees)."""
+    def base_dtype(self, device: Any = "cpu") -> str:
+        """The dtype the model is held in while training: ``dtype``, or for LoRA the frozen base's
+        ``base_dtype`` (``auto`` resolved for ``device``)."""
+        wanted = self.config.base_dtype if self.config.method == "lora" else None
+        if wanted == "auto":
+            import torch
+
+            wanted = "bfloat16" if native_bf16(torch.device(device)) else None
+        return wanted or self.config.dtype
+
+    def build_model(self, base_dir: Path, dtype: str | None = None, seed: int = 0, device: Any = "cpu") -> Any:
+        """The base model, LoRA-wrapped for ``method: lora`` (LoRA weights from the seed, so every rank agrees).
+
+        ``dtype`` (default: the training dtypes) loads every weight in that dtype, as is, for merging. By
+        default the weights load in ``train.dtype`` (float32 when the base is held in float32) and a LoRA
+        model's frozen base is then cast to :meth:`base_dtype` after peft made the float32 adapters: they
+        start from the same values whatever the base's precision, and the optimizer never sees a
+        low-precision weight. A model held in bfloat16 on CPU computes attention in float32."""
         import torch
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=_dtype(dtype or self.config.dtype))
+        held = _dtype(dtype or self.base_dtype(device))  # what the frozen (or, full, every) weight is held in
+        loaded = _dtype(dtype or self.config.dtype)
+        if held == torch.float32:  # a float32 base under a lower dtype: from the checkpoint, not from a rounded copy
+            loaded = held
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=loaded)
         model.config.use_cache = False
         if self.config.method == "lora":
             peft = _require_peft()
@@ -173,7 +246,20 @@ class CausalLMTrainer(Trainer):
             model = peft.get_peft_model(model, peft.LoraConfig(
                 r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
                 task_type="CAUSAL_LM"))
+            if held != loaded:
+                _cast_frozen(model, held)
+        if dtype is None and held == torch.bfloat16 and torch.device(device).type == "cpu":
+            _float32_attention(model)
         return model
+
+    def build_optimizer(self, params: list[Any]) -> Any:
+        """AdamW over ``params``; the fused kernel (one pass over each tensor, CPU and CUDA) where every
+        parameter allows it: for a full fine-tune the per-tensor loop of plain AdamW is a large part of a step."""
+        import torch
+
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay,
+                                 **({"fused": True} if fused else {}))
 
     def train(self, prepared: Path, ctx: StageContext) -> dict[str, Any]:
         import torch
@@ -192,7 +278,7 @@ class CausalLMTrainer(Trainer):
         device = torch.device("cpu")
         if torch.cuda.is_available():
             device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
-        model = self.build_model(base_dir, seed=ctx.seed).to(device)
+        model = self.build_model(base_dir, seed=ctx.seed, device=device).to(device)
         objective = self._preference(meta, prepared, device)
         if objective is not None:  # the reference: these starting weights, before any step or resume
             objective.compute_reference(model)
@@ -200,7 +286,7 @@ class CausalLMTrainer(Trainer):
         else:
             train_set, valid_set = load_split(prepared, "train"), load_split(prepared, "valid")
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = self.build_optimizer(params)
         per_step = self.config.batch_size * self.config.grad_accum * ctx.world_size
         total = self.config.max_steps or self.config.epochs * -(-len(train_set) // per_step)
         scheduler = GradVarianceLR.from_config(optimizer, self.config.adaptive_lr, self.config.scheduler, total,
@@ -215,7 +301,8 @@ class CausalLMTrainer(Trainer):
             n_train = sum(p.numel() for p in params)
             ctx.log_params({"method": self.config.method, "trainable_params": n_train,
                             "total_params": sum(p.numel() for p in model.parameters()),
-                            "world_size": ctx.world_size, "total_steps": total})
+                            "world_size": ctx.world_size, "total_steps": total,
+                            "base_dtype": self.base_dtype(device)})
         pre_shuffle = getattr(self.preprocess_config, "shuffle", True) if self.preprocess_config else True
         result = train_loop(model, train_set, valid_set, self.config, ctx, optimizer=optimizer, scheduler=scheduler,
                             guards=guards, pad_id=int(meta["pad_token_id"]), shuffle=pre_shuffle, device=device,
@@ -230,7 +317,7 @@ class CausalLMTrainer(Trainer):
         }
         metrics.update({k: v for k, v in final.items() if k not in metrics and k not in ("step", "eval_tokens")})
         if ctx.is_main:
-            self._write_output(model, base_dir, Path(ctx.work_dir) / "model", metrics)
+            self._write_output(model, base_dir, Path(ctx.work_dir) / "model", metrics, seed=ctx.seed)
             (Path(ctx.work_dir) / "history.json").write_text(
                 json.dumps({"history": result.history, "evals": result.evals}), encoding="utf-8")
         if ctx.world_size > 1:
@@ -239,20 +326,41 @@ class CausalLMTrainer(Trainer):
             dist.barrier()
         return metrics
 
-    def _write_output(self, model: Any, base_dir: Path, out: Path, metrics: dict[str, Any]) -> None:
+    def _merged(self, model: Any, base_dir: Path, seed: int) -> Any:
+        """The LoRA model merged into ``train.dtype``. A base trained in another precision is not merged
+        into: its weights were rounded, and a bfloat16 weight would round most of the update away. The
+        trained adapters go onto the base loaded again in ``dtype``, and that is merged."""
+        import torch
+
+        from autoglm.training.checkpoint import trainable_state
+        from autoglm.training.guards.heads import apply_head_mask_config, load_head_mask
+
+        frozen = next(p for p in model.parameters() if not p.requires_grad)
+        if frozen.dtype == _dtype(self.config.dtype):
+            return model.merge_and_unload()
+        with torch.random.fork_rng(devices=[]):
+            fresh = self.build_model(base_dir, dtype=self.config.dtype, seed=seed)
+        unexpected = fresh.load_state_dict(trainable_state(model), strict=False).unexpected_keys
+        if unexpected:  # pragma: no cover - the same build twice
+            raise RuntimeError(f"adapter weights do not fit the reloaded base: {sorted(unexpected)[:3]}")
+        apply_head_mask_config(fresh.config, load_head_mask(model))  # heads the structure guard removed
+        return fresh.merge_and_unload()
+
+    def _write_output(self, model: Any, base_dir: Path, out: Path, metrics: dict[str, Any], seed: int = 0) -> None:
         from transformers import AutoTokenizer
 
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         lora = self.config.method == "lora"
+        trained_in = str(next(model.parameters()).dtype).removeprefix("torch.")  # the (frozen) base's dtype
         if lora and not self.config.merge:
             model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
             model.save_pretrained(tmp)
         else:
             from autoglm.training.guards.heads import bake_head_mask
 
-            merged = model.merge_and_unload() if lora else model
+            merged = self._merged(model, base_dir, seed) if lora else model
             merged.config.use_cache = True
             bake_head_mask(merged)  # heads the structure guard removed stay removed in every engine
             merged.save_pretrained(tmp)
@@ -261,6 +369,7 @@ class CausalLMTrainer(Trainer):
             if (base_dir / name).is_file():
                 shutil.copy2(base_dir / name, tmp / name)
         summary = {"trainer": self.name, "method": self.config.method, "merged": not lora or self.config.merge,
+                   "trained_dtype": trained_in,
                    "base_model": str(base_dir.resolve()), "config_model": self.config.model, "metrics": metrics}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
         shutil.rmtree(out, ignore_errors=True)
