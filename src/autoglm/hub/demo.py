@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from autoglm._filelock import exclusive_lock
 from autoglm.errors import ModelNotFoundError
@@ -185,10 +185,11 @@ def demo_config(name: str) -> Glm4Config:
     return Glm4Config(**_common_config(spec, ids), architectures=["Glm4ForCausalLM"])
 
 
-def _common_config(spec: DemoSpec, ids: dict[str, int]) -> dict[str, Any]:
-    """The settings every demo architecture shares (sizes from its spec, the one tokenizer's ids)."""
+def _common_config(spec: Any, ids: dict[str, int], vocab_size: int = VOCAB_SIZE) -> dict[str, Any]:
+    """The settings every demo architecture shares (sizes from its spec — a :class:`DemoSpec` or anything
+    with the same size fields — and the tokenizer's special-token ids)."""
     return dict(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -463,11 +464,18 @@ def ensure_demo_model(name: str, store_dir: Path) -> Path:
 
         return demo_vision.ensure_demo_model(name, store_dir)
     _spec(name)
-    path = Path(store_dir) / "demo" / name
-    if _is_current(path, name):
+    return ensure_built(Path(store_dir) / "demo" / name, lambda p: _is_current(p, name),
+                        lambda p: build_demo_model(name, p))
+
+
+def ensure_built(path: Path, is_current: Callable[[Path], bool], build: Callable[[Path], Any]) -> Path:
+    """``path`` once ``is_current(path)``, calling ``build(path)`` first when it is not — under an exclusive
+    lock file beside it, so that of several processes one builds and the others wait and find it built.
+    Shared by every demo builder (text, shapes, vision)."""
+    if is_current(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(path.parent / f".{name}.lock", what="building the demo model"):
-        if not _is_current(path, name):  # another process may have built it while we waited
-            build_demo_model(name, path)
+    with exclusive_lock(path.parent / f".{path.name}.lock", what="building the demo model"):
+        if not is_current(path):  # another process may have built it while we waited
+            build(path)
     return path

@@ -110,25 +110,8 @@ def shape_config(name: str, spec: ShapeSpec | None = None) -> Glm4Config:
     from autoglm.hub import demo
 
     spec = spec or _spec(name)
-    ids = _special_ids()
-    return Glm4Config(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_position_embeddings,
-        rms_norm_eps=1e-5,
-        attention_bias=True,
-        tie_word_embeddings=False,
-        pad_token_id=ids[demo.PAD_TOKEN],
-        eos_token_id=[ids[t] for t in demo.EOS_TOKENS],
-        bos_token_id=None,
-        dtype="float32",
-        architectures=[spec.architecture],
-    )
+    return Glm4Config(**demo._common_config(spec, _special_ids(), vocab_size=spec.vocab_size),
+                      architectures=[spec.architecture])
 
 
 def _special_ids() -> dict[str, int]:
@@ -301,14 +284,8 @@ def _is_current(path: Path, name: str) -> bool:
 
 def ensure_shape_model(name: str, store_dir: Path) -> Path:
     """``store_dir/"demo"/name``, built on first use under an exclusive lock (as the demo models)."""
-    from autoglm._filelock import exclusive_lock
+    from autoglm.hub.demo import ensure_built
 
     _spec(name)
-    path = Path(store_dir) / "demo" / name
-    if _is_current(path, name):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(path.parent / f".{name}.lock", what="building the demo model"):
-        if not _is_current(path, name):
-            build_shape_model(name, path)
-    return path
+    return ensure_built(Path(store_dir) / "demo" / name, lambda p: _is_current(p, name),
+                        lambda p: build_shape_model(name, p))

@@ -29,7 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from autoglm._filelock import exclusive_lock
 from autoglm.errors import ModelNotFoundError
 from autoglm.hub import demo
 
@@ -226,14 +225,8 @@ def _is_current(path: Path, name: str) -> bool:
 def ensure_demo_model(name: str, store_dir: Path) -> Path:
     """``store_dir/"demo"/name``, built on first use under a lock (like :func:`autoglm.hub.demo.ensure_demo_model`)."""
     _check(name)
-    path = Path(store_dir) / "demo" / name
-    if _is_current(path, name):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(path.parent / f".{name}.lock", what="building the demo model"):
-        if not _is_current(path, name):
-            build_demo_model(name, path)
-    return path
+    return demo.ensure_built(Path(store_dir) / "demo" / name, lambda p: _is_current(p, name),
+                             lambda p: build_demo_model(name, p))
 
 
 def num_parameters(name: str = NAME) -> int:
