@@ -407,10 +407,8 @@ def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
 
         return demo_vision.build_demo_model(name, out_dir, seed)
     spec = _spec(name)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         config = demo_config(name)
         _save_tokenizer(tmp)
         n_params = _write_weights(name, config, tmp, seed)
@@ -423,6 +421,18 @@ def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
         _write_json(tmp / STAMP_FILE, {"name": name, "seed": seed, "builder_version": BUILDER_VERSION})
         # config.json last: a directory scan that keys on it never sees a half-built model.
         config.save_pretrained(str(tmp))
+
+    return build_atomically(out_dir, fill)
+
+
+def build_atomically(out_dir: Path, fill: Callable[[Path], Any]) -> Path:
+    """``fill(tmp)`` writes a model into a new folder beside ``out_dir``, which then replaces ``out_dir`` in
+    one rename: a crash never leaves a half-written model. Shared by every demo builder."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    try:
+        fill(tmp)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -250,10 +248,8 @@ def build_shape_model(name: str, out_dir: Path, seed: int = 0, spec: ShapeSpec |
     from autoglm.hub import demo
 
     spec = spec or _spec(name)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         config = shape_config(name, spec)
         _save_tokenizer(tmp, spec.vocab_size)
         n_params = demo._write_weights(name, config, tmp, seed)
@@ -262,11 +258,8 @@ def build_shape_model(name: str, out_dir: Path, seed: int = 0, spec: ShapeSpec |
                          do_sample=False).save_pretrained(str(tmp))
         demo._write_json(tmp / demo.STAMP_FILE, _stamp(name, seed))
         config.save_pretrained(str(tmp))  # last: a scan keyed on config.json never sees a half-built model
-        demo._move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return demo.build_atomically(out_dir, fill)
 
 
 def _is_current(path: Path, name: str) -> bool:

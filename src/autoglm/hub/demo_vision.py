@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -188,10 +186,8 @@ def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
     from transformers import GenerationConfig
 
     _check(name)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         config = demo_config(name)
         _save_tokenizer(tmp)
         _save_image_processor(tmp)
@@ -201,11 +197,8 @@ def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
                          do_sample=False).save_pretrained(str(tmp))
         demo._write_json(tmp / demo.STAMP_FILE, {"name": name, "seed": seed, "builder_version": _version()})
         config.save_pretrained(str(tmp))  # last: a scan keyed on config.json never sees a half-built model
-        demo._move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return demo.build_atomically(out_dir, fill)
 
 
 def _version() -> str:
