@@ -7,6 +7,8 @@
   pages. A batched prefill allocates and frees buffers of tens of MB in every layer; glibc serves
   each from new pages that the kernel must fault in and zero, which cost ~20% of a 16 x 172-token
   prefill on 2 cores. Other C libraries (macOS, Windows, musl) are left alone.
+- :func:`native_bf16`: whether a device multiplies bfloat16 natively (where it does not, bf16 is
+  emulated and slower than float32): the trainer's frozen LoRA base and the MiniLM encoder ask it.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import os
 import platform
 from typing import Any, Coroutine
 
-__all__ = ["run_async", "tune_allocator"]
+__all__ = ["run_async", "tune_allocator", "native_bf16"]
 
 log = logging.getLogger("autoglm")
 
@@ -50,3 +52,17 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def native_bf16(device: Any = "cpu") -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (AVX512-BF16 or AMX on a CPU, CUDA with
+    bf16): where it does not, bfloat16 is emulated and slower than float32."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(probe()) for probe in probes if probe is not None)
+    except RuntimeError:  # pragma: no cover - a torch build without the CPU probes
+        return False

@@ -33,6 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from autoglm._runtime import native_bf16  # tests patch it here
 from autoglm.errors import ConfigError
 from autoglm.training.trainers._base import StageContext, Trainer, register_trainer
 
@@ -64,20 +65,6 @@ def _dtype(name: str) -> Any:
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
             "float64": torch.float64}[name]
-
-
-def native_bf16(device: Any) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (AVX512-BF16 or AMX on a CPU, CUDA with
-    bf16): where it does not, bfloat16 is emulated and slower than float32."""
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    try:
-        return any(bool(probe()) for probe in probes if probe is not None)
-    except RuntimeError:  # pragma: no cover - a torch build without the CPU probes
-        return False
 
 
 def load_model_dir(model_dir: Path, dtype: str = "float32") -> tuple[Any, Any]:
