@@ -41,9 +41,10 @@ run: venv
 
 # three workers (pytest-xdist), a test file per worker at a time (module fixtures stay shared), longest files
 # first (tests/conftest.py; --no-loadscope-reorder keeps that order: xdist would sort files by test count):
-# the suite waits on server processes as much as it computes
+# the suite waits on server processes as much as it computes; one torch thread per process (OMP_NUM_THREADS=1):
+# three workers of two spinning threads each on 2 cores burnt 2x the CPU for the same tests
 test: venv-test
-	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -13,30 +13,31 @@ from autoglm.compression.distill import distill, distill_loss, latest_checkpoint
 from autoglm.errors import ConfigError
 from autoglm.quantization.quality import eval_sample_text
 
-SMALL = dict(batch_size=2, seq_len=32, progress=False)
+SMALL = dict(batch_size=8, seq_len=64, progress=False)
 
 
 def test_distill_reduces_kl(teacher, tokenizer):
     student, init = make_student(teacher, 2)
     assert "layers [0, 3]" in init
-    report = distill(teacher, student, eval_sample_text(), steps=30, lr=3e-4, tokenizer=tokenizer, **SMALL)
+    # few steps on wide batches: the optimizer step over the student's 5M weights is most of a step's cost,
+    # and 10 steps of 8x64 tokens lower the KL by 27-44% over seeds 0-2 (30 steps of 2x32: 17-21%)
+    report = distill(teacher, student, eval_sample_text(), steps=10, lr=2e-4, tokenizer=tokenizer, **SMALL)
     print("\n".join(report.lines()))
     assert report.kl_after < 0.85 * report.kl_before
-    assert report.student_params < report.teacher_params and len(report.losses) == 30
+    assert report.student_params < report.teacher_params and len(report.losses) == 10
 
 
 def test_resume_continues_from_checkpoint_and_matches_an_uninterrupted_run(teacher, tokenizer, tmp_path):
     text = eval_sample_text()
     tiny = dict(batch_size=1, seq_len=16, progress=False, tokenizer=tokenizer)
-    a, b = make_student(teacher, 1)[0], make_student(teacher, 1)[0]
+    a = make_student(teacher, 1)[0]  # run to the end, checkpointing on the way: also the uninterrupted reference
     distill(teacher, a, text, steps=4, out_dir=tmp_path / "a", checkpoint_every=2, **tiny)
     assert latest_checkpoint(tmp_path / "a").name == "step-000004"
     shutil.rmtree(tmp_path / "a" / "checkpoints" / "step-000004")  # as if it stopped after step 2
     resumed = make_student(teacher, 1)[0]
     report = distill(teacher, resumed, text, steps=4, out_dir=tmp_path / "a", checkpoint_every=2, **tiny)
     assert report.start_step == 2 and [s for s, _ in report.losses] == [1, 2, 3, 4]
-    distill(teacher, b, text, steps=4, **tiny)  # never interrupted
-    for (name, p), q in zip(resumed.named_parameters(), b.parameters()):
+    for (name, p), q in zip(resumed.named_parameters(), a.parameters()):
         assert torch.allclose(p, q, atol=1e-5), name
     saved = json.loads((tmp_path / "a" / "distill_report.json").read_text())
     assert saved["start_step"] == 2 and saved["steps"] == 4
@@ -61,19 +62,24 @@ def test_student_width_and_errors(teacher, tokenizer):
         distill(teacher, narrow, "some text", steps=1, tokenizer=tokenizer, checkpoint_every=1)
 
 
-def test_cli_distill_then_resume(cli, tmp_path):
+def test_cli_distill_then_resume(cli, teacher, tokenizer, tmp_path):
     text = tmp_path / "train.txt"
     text.write_text(eval_sample_text(), encoding="utf-8")
     out = tmp_path / "student"
+    # the first two steps in-process (what the CLI runs: the same distill() and student), leaving a checkpoint
+    # at step 2 in --out; one CLI run then resumes there, checkpoints, evaluates and saves
+    distill(teacher, make_student(teacher, 1)[0], eval_sample_text(), steps=2, batch_size=1, seq_len=16,
+            out_dir=out, checkpoint_every=2, tokenizer=tokenizer, progress=False)
+    assert latest_checkpoint(out).name == "step-000002"
     args = ["compress", "distill", "autoglm-demo", "--student-layers", "1", "--text", str(text), "--batch-size", "1",
             "--seq-len", "16", "--checkpoint-every", "2", "--out", str(out), "--eval-tokens", "32"]
-    res = cli(*args, "--steps", "2", "--speed-tokens", "2")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "KL(teacher || student)" in res.stdout and "tok/s b=1" in res.stdout
-    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1
-    res = cli(*args, "--steps", "3", "--speed-tokens", "0")  # no timing: this run checks the resume
+    res = cli(*args, "--steps", "3", "--speed-tokens", "2")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resumed at step 2" in res.stdout
+    assert "KL(teacher || student)" in res.stdout and "tok/s b=1" in res.stdout
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1
+    assert latest_checkpoint(out).name == "step-000003"  # --checkpoint-every reached distill()
+    assert json.loads((out / "distill_report.json").read_text())["start_step"] == 2
 
 
 def test_cli_distill_bad_args_one_line(cli, tmp_path):

@@ -1,6 +1,7 @@
 """Continuous batching reproduces transformers' generate() token for token."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from autoglm.engine.runner import BatchRunner
@@ -8,11 +9,25 @@ from autoglm.engine.runner import BatchRunner
 N = 12
 
 
-def _reference(model, prompt: list[int]) -> list[int]:
+def _generate(model, prompt: list[int]) -> list[int]:
     out = model.generate(
         torch.tensor([prompt]), max_new_tokens=N, min_new_tokens=N, do_sample=False, eos_token_id=None, pad_token_id=0
     )
     return out[0, len(prompt) :].tolist()
+
+
+@pytest.fixture(scope="module")
+def reference(demo):
+    """``reference(prompt)``: generate()'s greedy N tokens for ``prompt``, computed once per prompt in this module."""
+    model, _ = demo
+    done: dict[tuple[int, ...], list[int]] = {}
+
+    def ref(prompt: list[int]) -> list[int]:
+        if tuple(prompt) not in done:
+            done[tuple(prompt)] = _generate(model, prompt)
+        return list(done[tuple(prompt)])
+
+    return ref
 
 
 def _prompts(tok):
@@ -20,10 +35,10 @@ def _prompts(tok):
     return [tok.encode(t, add_special_tokens=False) for t in texts]
 
 
-def test_staggered_joins_and_leaves_match_generate(demo):
+def test_staggered_joins_and_leaves_match_generate(demo, reference):
     model, tok = demo
     prompts = _prompts(tok)
-    ref = [_reference(model, p) for p in prompts]
+    ref = [reference(p) for p in prompts]
     runner = BatchRunner(model)
     outs: dict[int, list[int]] = {0: [], 1: [], 2: []}
     join_at = {0: 0, 1: 3, 2: 5}
@@ -45,10 +60,10 @@ def test_staggered_joins_and_leaves_match_generate(demo):
     assert runner.cache is None  # everything freed
 
 
-def test_batched_left_padded_prefill_matches_generate(demo):
+def test_batched_left_padded_prefill_matches_generate(demo, reference):
     model, tok = demo
     prompts = _prompts(tok)
-    ref = [_reference(model, p) for p in prompts]
+    ref = [reference(p) for p in prompts]
     runner = BatchRunner(model)
     logits = runner.prefill([0, 1, 2], prompts)
     outs = {k: [int(logits[i].argmax())] for i, k in enumerate([0, 1, 2])}
@@ -70,13 +85,13 @@ def test_remove_trims_left_padding(demo):
     assert runner.cache.layers[0].keys.shape[2] == 5
 
 
-def test_chunked_prefill_beside_a_decoding_batch_matches_generate(demo):
+def test_chunked_prefill_beside_a_decoding_batch_matches_generate(demo, reference):
     """A long prompt prefilled 7 tokens at a time in its own cache while another sequence keeps
     decoding; merged with its last chunk, both continue exactly as generate() does."""
     model, tok = demo
     short, long = _prompts(tok)[0], _prompts(tok)[2]
     assert len(long) > 3 * 7
-    ref_short, ref_long = _reference(model, short), _reference(model, long)
+    ref_short, ref_long = reference(short), reference(long)
     runner = BatchRunner(model)
     logits = runner.prefill(["s"], [short])
     outs = {"s": [int(logits[0].argmax())], "l": []}
@@ -111,7 +126,7 @@ def test_removing_a_half_prefilled_prompt_frees_it(demo):
     assert runner.cached_tokens() == 0 and runner.rows == []
 
 
-def test_prefix_cache_next_turn_starts_from_the_previous_cells(demo):
+def test_prefix_cache_next_turn_starts_from_the_previous_cells(demo, reference):
     """A sequence leaves; the next prompt is its prompt + answer + more. It runs only the new tokens
     and continues exactly as generate() does on the whole prompt."""
     from autoglm.engine.runner import PrefixCache
@@ -138,8 +153,8 @@ def test_prefix_cache_next_turn_starts_from_the_previous_cells(demo):
         logits = runner.decode([outs[k][-1] for k in runner.rows])
         for k, t in zip(runner.rows, logits.argmax(-1).tolist()):
             outs[k].append(t)
-    assert outs["t2"] == _reference(model, follow)
-    assert outs["x"] == _reference(model, other)
+    assert outs["t2"] == reference(follow)
+    assert outs["x"] == reference(other)
 
 
 def test_prefix_cache_bounds_and_replacement():
@@ -164,7 +179,7 @@ def test_prefix_cache_bounds_and_replacement():
     assert pc.match([11, 12, 0]) is None  # 2 shared tokens < min_reuse
 
 
-def test_chunked_prefill_skips_the_chunks_a_cached_prefix_covers(demo):
+def test_chunked_prefill_skips_the_chunks_a_cached_prefix_covers(demo, reference):
     from autoglm.engine.runner import PrefixCache
 
     model, tok = demo
@@ -182,4 +197,4 @@ def test_chunked_prefill_skips_the_chunks_a_cached_prefix_covers(demo):
     out = [int(logits[0].argmax())]
     for _ in range(N - 1):
         out.append(int(runner.decode([out[-1]])[0].argmax()))
-    assert out == _reference(model, follow)
+    assert out == reference(follow)

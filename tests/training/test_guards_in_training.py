@@ -65,17 +65,17 @@ def spike_at(monkeypatch, step: int, factor: float = 1e4) -> None:
 def test_explosion_guard_resets_the_layer_and_skips_only_the_spiked_step(tmp_path, home, monkeypatch):
     spike_at(monkeypatch, step=6)
     bus = EventBus()
-    metrics, _ = trained(tmp_path, bus, max_steps=10, guards=[{"type": "explosion", "warmup": 3}])
+    metrics, _ = trained(tmp_path, bus, max_steps=8, guards=[{"type": "explosion", "warmup": 3}])
     events = bus.of("guard", "explosion")
     assert [(e.action, e.step) for e in events] == [("reset-layer", 5)]  # steps count from 0: the 6th
     assert "layers.2" in events[0].message
-    assert metrics["skipped_steps"] == 1 and metrics["steps"] == 10
+    assert metrics["skipped_steps"] == 1 and metrics["steps"] == 8  # two good steps after the spiked one
     assert metrics["train_loss"] == metrics["train_loss"]  # finite: training went on
 
 
 def test_explosion_guard_is_quiet_on_normal_training(tmp_path, home):
     bus = EventBus()
-    metrics, _ = trained(tmp_path, bus, max_steps=10, guards=[{"type": "explosion", "warmup": 3}])
+    metrics, _ = trained(tmp_path, bus, max_steps=8, guards=[{"type": "explosion", "warmup": 3}])
     assert bus.of("guard", "explosion") == [] and metrics["skipped_steps"] == 0
 
 
@@ -96,7 +96,7 @@ def test_structure_guard_prunes_heads_after_three_falling_rounds_and_the_saved_m
                                                                                               monkeypatch):
     falling_metric(monkeypatch)
     bus = EventBus()
-    _, model_dir = trained(tmp_path, bus, max_steps=8, eval_every=2, method="full",
+    _, model_dir = trained(tmp_path, bus, max_steps=4, eval_every=1, method="full",  # four rounds: three falling
                            guards=[{"type": "structure", "patience": 3, "action": "prune"}])
     events = bus.of("guard", "structure")
     assert [e.action for e in events] == ["prune-heads"]
@@ -115,7 +115,7 @@ def test_structure_guard_prunes_heads_after_three_falling_rounds_and_the_saved_m
 
 def test_structure_guard_is_quiet_while_the_metric_improves(tmp_path, home):
     bus = EventBus()
-    _, model_dir = trained(tmp_path, bus, max_steps=8, eval_every=2, method="full",
+    _, model_dir = trained(tmp_path, bus, max_steps=4, eval_every=1, method="full",
                            guards=[{"type": "structure", "patience": 3}])
     assert bus.of("guard", "structure") == []
     assert "autoglm_head_mask" not in json.loads((model_dir / "config.json").read_text())
@@ -123,11 +123,12 @@ def test_structure_guard_is_quiet_while_the_metric_improves(tmp_path, home):
 
 def test_adaptive_lr_changes_the_rate_in_the_loop_with_a_reason(tmp_path, home):
     bus = EventBus()
-    metrics, _ = trained(tmp_path, bus, max_steps=12, adaptive_lr={"enabled": True, "window": 4, "high": 1e-12,
-                                                                  "low": 1e-13})
+    # the window is full after 4 steps: the rule decides from then on
+    metrics, _ = trained(tmp_path, bus, max_steps=6, adaptive_lr={"enabled": True, "window": 4, "high": 1e-12,
+                                                                 "low": 1e-13})
     changes = bus.of("lr", "grad-variance")
     assert changes and changes[0].action == "lr-down" and "variance" in changes[0].message
     (tmp_path / "b").mkdir()
     quiet = EventBus()
-    trained(tmp_path / "b", quiet, max_steps=12)
+    trained(tmp_path / "b", quiet, max_steps=6)
     assert quiet.of("lr") == []  # off by default: the base schedule only

@@ -78,6 +78,20 @@ def prepared(tmp_path_factory, data_dir, autoglm_home):
     return run.root / "prep", summary
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir, prepared):
+    """``trained(mode, epochs)`` -> (Run, train metrics): each training done once per module, whoever asks first."""
+    runs: dict[tuple[str, int], tuple[Run, dict]] = {}
+
+    def get(mode: str, epochs: int) -> tuple[Run, dict]:
+        if (mode, epochs) not in runs:
+            run = Run(tmp_path_factory.mktemp(f"fusion-{mode}"), data_config(data_dir), mode=mode, epochs=epochs)
+            runs[mode, epochs] = run, run.train(prepared[0])
+        return runs[mode, epochs]
+
+    return get
+
+
 def test_preprocess_splits_and_stores_tensors(prepared):
     prep, summary = prepared
     assert summary["rows_train"] == 480 and summary["rows_valid"] == 120 and summary["rows_test"] == 200
@@ -90,9 +104,8 @@ def test_preprocess_splits_and_stores_tensors(prepared):
 
 
 @pytest.mark.parametrize("mode,epochs", [("early", 25), ("late", 25), ("hybrid", 15)])
-def test_every_mode_learns_and_falls_back_when_a_modality_is_missing(home, tmp_path, data_dir, prepared, mode, epochs):
-    run = Run(tmp_path, data_config(data_dir), mode=mode, epochs=epochs)
-    metrics = run.train(prepared[0])
+def test_every_mode_learns_and_falls_back_when_a_modality_is_missing(home, trained, prepared, mode, epochs):
+    run, metrics = trained(mode, epochs)
     test = run.evaluate(prepared[0])
     assert set(test) >= {"accuracy", "auc", "f1", "log_loss", "accuracy_no_image", "accuracy_no_text", "latency_ms"}
     # image alone can reach 0.75, text alone only chance (see autoglm.multimodal.data)
@@ -104,7 +117,7 @@ def test_every_mode_learns_and_falls_back_when_a_modality_is_missing(home, tmp_p
     assert test["latency_ms"] > 0
     epochs_logged = [s for s, m in run.logged if "valid_accuracy" in m]
     assert epochs_logged == list(range(1, epochs + 1)) and metrics["valid_accuracy"] > 0.6
-    info = json.loads((tmp_path / "train" / "model" / "fusion.json").read_text())
+    info = json.loads((run.root / "train" / "model" / "fusion.json").read_text())
     assert info["mode"] == mode and info["classes"] == ["0", "1"] and info["finetune_encoders"] is False
     if mode != "early":
         assert set(info["modality_weights"]) == {"text", "image"} and "weight_image" in metrics
@@ -130,11 +143,11 @@ def test_interrupted_training_resumes_to_the_same_weights(home, tmp_path, data_d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_saved_model_predicts_from_raw_inputs_with_a_modality_missing(home, tmp_path, data_dir, prepared):
+def test_the_saved_model_predicts_from_raw_inputs_with_a_modality_missing(home, trained):
     from autoglm.multimodal.model import load_fusion_model
 
-    Run(tmp_path, data_config(data_dir), mode="early", epochs=25).train(prepared[0])
-    model = load_fusion_model(tmp_path / "train" / "model")
+    run, _ = trained("early", 25)  # the model the early-fusion case above trained and saved
+    model = load_fusion_model(run.root / "train" / "model")
     samples = make_samples(120, seed=7)
     both = model.predict([s.text for s in samples], [s.image for s in samples])
     assert sum(p == str(s.label) for p, s in zip(both, samples)) / len(samples) > 0.8
