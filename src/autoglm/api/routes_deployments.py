@@ -139,17 +139,12 @@ def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any
     async def swap_deployment(name: str, request: Request) -> dict[str, Any]:
         await admin(request)
         body = await json_body(request, '{"source": "models:/NAME@champion"}')
-        unknown = sorted(set(body) - {"source", "drain_s"})
-        if unknown:
-            raise APIError(f"unknown field(s) {unknown}; allowed: source, drain_s", 400, code="invalid_request",
-                           param=unknown[0])
-        source, drain_s = body.get("source"), body.get("drain_s")
+        _only(body, "source", "drain_s")
+        source = body.get("source")
         if not isinstance(source, str) or not source.strip():
             raise APIError("'source' is required: models:/NAME@ALIAS, a local model directory or a model id", 400,
                            code="invalid_request", param="source")
-        if drain_s is not None and (isinstance(drain_s, bool) or not isinstance(drain_s, (int, float)) or drain_s < 0):
-            raise APIError(f"'drain_s' must be a number of seconds, 0 or more; got {drain_s!r}", 400,
-                           code="invalid_request", param="drain_s")
+        drain_s = _drain_s(body)
         try:
             return await deployments.swap(name, source, drain_s=drain_s)
         except AutoGLMError as exc:
@@ -160,19 +155,31 @@ def install_deployment_routes(app: FastAPI, owner: Any, router: Any, server: Any
     async def scale_deployment(name: str, request: Request) -> dict[str, Any]:
         await admin(request)
         body = await json_body(request, '{"replicas": 2}')
-        unknown = sorted(set(body) - {"replicas", "drain_s"})
-        if unknown:
-            raise APIError(f"unknown field(s) {unknown}; allowed: replicas, drain_s", 400, code="invalid_request",
-                           param=unknown[0])
-        replicas, drain_s = body.get("replicas"), body.get("drain_s")
+        _only(body, "replicas", "drain_s")
+        replicas = body.get("replicas")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
             raise APIError(f"'replicas' must be a whole number from 1 to {MAX_REPLICAS}; got {replicas!r}", 400,
                            code="invalid_request", param="replicas")
-        if drain_s is not None and (isinstance(drain_s, bool) or not isinstance(drain_s, (int, float)) or drain_s < 0):
-            raise APIError(f"'drain_s' must be a number of seconds, 0 or more; got {drain_s!r}", 400,
-                           code="invalid_request", param="drain_s")
+        drain_s = _drain_s(body)
         try:
             return await deployments.scale(name, replicas, drain_s=drain_s)
         except AutoGLMError as exc:
             log.warning("scaling %s to %s replicas refused: %s", name, replicas, exc)
             raise api_error(exc) from None
+
+
+def _only(body: dict[str, Any], *allowed: str) -> None:
+    """A 400 naming the first field of ``body`` that is not ``allowed``."""
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise APIError(f"unknown field(s) {unknown}; allowed: {', '.join(allowed)}", 400, code="invalid_request",
+                       param=unknown[0])
+
+
+def _drain_s(body: dict[str, Any]) -> float | None:
+    """``body["drain_s"]``: None, or seconds (0 or more); anything else is a 400 naming it."""
+    drain_s = body.get("drain_s")
+    if drain_s is not None and (isinstance(drain_s, bool) or not isinstance(drain_s, (int, float)) or drain_s < 0):
+        raise APIError(f"'drain_s' must be a number of seconds, 0 or more; got {drain_s!r}", 400,
+                       code="invalid_request", param="drain_s")
+    return drain_s

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from autoglm._filelock import exclusive_lock
 from autoglm.errors import ModelNotFoundError
-from autoglm.hub import demo_shapes  # the GLM-4-vocabulary variants (151k, 1B): their own builder
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -152,6 +151,8 @@ VISION_DEMOS: tuple[str, ...] = ("autoglm-demo-vision",)
 
 def is_demo_model(name: str) -> bool:
     """True when ``name`` is one of :data:`DEMO_VARIANTS` (exact, case-sensitive)."""
+    from autoglm.hub import demo_shapes  # lazy: it builds on this module (the GLM-4-vocabulary variants)
+
     return name in DEMO_VARIANTS or name in demo_shapes.SHAPE_VARIANTS or name in VISION_DEMOS
 
 
@@ -171,6 +172,8 @@ def demo_config(name: str) -> Glm4Config:
     """The transformers ``Glm4Config`` of demo variant ``name`` (``Glm4MoeConfig`` for a mixture of
     experts; no weights, nothing written)."""
     from transformers import Glm4Config
+
+    from autoglm.hub import demo_shapes
 
     if name in demo_shapes.SHAPE_VARIANTS:
         return demo_shapes.shape_config(name)
@@ -467,6 +470,8 @@ def ensure_demo_model(name: str, store_dir: Path) -> Path:
     Safe when several processes call it at once: one builds under an exclusive lock file, the others
     wait for the lock and then find the finished model.
     """
+    from autoglm.hub import demo_shapes
+
     if name in demo_shapes.SHAPE_VARIANTS:
         return demo_shapes.ensure_shape_model(name, store_dir)
     if name in VISION_DEMOS:

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoglm.errors import ModelNotFoundError
+from autoglm.hub import demo
+from autoglm.hub.demo import DemoSpec
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -53,33 +55,18 @@ _MERGE_SEED = 151552
 
 
 @dataclass(frozen=True)
-class ShapeSpec:
-    """Architecture numbers of one real-shape variant (dense GLM-4, ``Glm4ForCausalLM``)."""
+class ShapeSpec(DemoSpec):
+    """Architecture numbers of one real-shape variant: a demo spec (dense GLM-4, ``Glm4ForCausalLM``) with
+    a vocabulary of its own."""
 
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    intermediate_size: int
-    description: str
     vocab_size: int = GLM4_VOCAB_SIZE
-    max_position_embeddings: int = 4096
-    architecture: str = "Glm4ForCausalLM"
-    n_routed_experts: int = 0  # dense (read by the hub registry next to the demo's own specs)
 
 
 SHAPE_VARIANTS: dict[str, ShapeSpec] = {
-    "autoglm-demo-151k": ShapeSpec(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        intermediate_size=688,
-        description="autoglm-demo's layers under GLM-4's 151,552-token vocabulary, ~80M random parameters "
-                    "(almost all in the embedding and lm_head): sampling and detokenisation at real size.",
-    ),
+    "autoglm-demo-151k": ShapeSpec(**{
+        **asdict(demo.DEMO_VARIANTS["autoglm-demo"]),  # autoglm-demo's layers, exactly
+        "description": "autoglm-demo's layers under GLM-4's 151,552-token vocabulary, ~80M random parameters "
+                       "(almost all in the embedding and lm_head): sampling and detokenisation at real size."}),
     "autoglm-demo-1b": ShapeSpec(
         hidden_size=1536,
         num_hidden_layers=18,
@@ -105,17 +92,9 @@ def shape_config(name: str, spec: ShapeSpec | None = None) -> Glm4Config:
     """The transformers ``Glm4Config`` of variant ``name`` (or of ``spec``); nothing is written."""
     from transformers import Glm4Config
 
-    from autoglm.hub import demo
-
     spec = spec or _spec(name)
-    return Glm4Config(**demo._common_config(spec, _special_ids(), vocab_size=spec.vocab_size),
+    return Glm4Config(**demo._common_config(spec, demo._special_ids(), vocab_size=spec.vocab_size),
                       architectures=[spec.architecture])
-
-
-def _special_ids() -> dict[str, int]:
-    from autoglm.hub import demo
-
-    return {tok: i for i, tok in enumerate(demo.SPECIAL_TOKENS)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,8 +130,6 @@ def _extended_tokenizer_json(vocab_size: int = GLM4_VOCAB_SIZE) -> str:
     a letter token, so it lies inside one pre-tokenizer piece (``[^\\r\\n\\p{L}\\p{N}]?\\p{L}+``) and
     its merge (appended after the trained ones) can fire on text. The same seed gives the same list.
     """
-    from autoglm.hub import demo
-
     data = json.loads(demo._train_tokenizer_json())
     vocab: dict[str, int] = data["model"]["vocab"]
     merges: list[list[str]] = data["model"]["merges"]
@@ -191,8 +168,6 @@ def build_shape_tokenizer(vocab_size: int = GLM4_VOCAB_SIZE) -> Tokenizer:
 
 def _save_tokenizer(out: Path, vocab_size: int) -> None:
     from transformers import PreTrainedTokenizerFast
-
-    from autoglm.hub import demo
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=build_shape_tokenizer(vocab_size),
@@ -235,8 +210,6 @@ For meaningful text use a real model, for example `glm-4-9b-chat` (`zai-org/glm-
 
 
 def _stamp(name: str, seed: int) -> dict[str, Any]:
-    from autoglm.hub import demo
-
     return {"name": name, "seed": seed, "builder_version": demo.BUILDER_VERSION, "shapes_version": SHAPES_VERSION}
 
 
@@ -244,8 +217,6 @@ def build_shape_model(name: str, out_dir: Path, seed: int = 0, spec: ShapeSpec |
     """Build variant ``name`` (with ``spec``'s numbers when given: tests build small layers under
     the real vocabulary) into ``out_dir``; returns ``out_dir``. Never leaves a half-written model."""
     from transformers import GenerationConfig
-
-    from autoglm.hub import demo
 
     spec = spec or _spec(name)
 
@@ -263,8 +234,6 @@ def build_shape_model(name: str, out_dir: Path, seed: int = 0, spec: ShapeSpec |
 
 
 def _is_current(path: Path, name: str) -> bool:
-    from autoglm.hub import demo
-
     try:
         stamp = json.loads((path / demo.STAMP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

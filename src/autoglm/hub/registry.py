@@ -254,10 +254,10 @@ _ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_
 def _with_demo_architecture(spec: ModelSpec) -> ModelSpec:
     """Fill a demo spec's numbers from ``autoglm.hub.demo.DEMO_VARIANTS`` when that module provides them."""
     try:
-        from autoglm.hub import demo  # lazy: the demo builder is optional here
+        from autoglm.hub import demo, demo_shapes  # lazy: the demo builders are optional here
     except ImportError:
         return spec
-    shapes = getattr(getattr(demo, "demo_shapes", None), "SHAPE_VARIANTS", {})  # the 151k-vocabulary demos
+    shapes = getattr(demo_shapes, "SHAPE_VARIANTS", {})  # the 151k-vocabulary demos
     DEMO_VARIANTS = {**getattr(demo, "DEMO_VARIANTS", {}), **shapes}
     variant = DEMO_VARIANTS.get(spec.name) if hasattr(DEMO_VARIANTS, "get") else None
     if variant is None:
