@@ -26,7 +26,7 @@ import yaml
 
 from tests.api.test_admin_resume import interrupt, light_tabular, wait_exited
 from tests.conftest import _stop, free_port, wait_healthy
-from tests.console.test_console_browser import ADMIN, ARGS, CHROMIUM, Watched, shoot, sync_api
+from tests.console.test_console_browser import ADMIN, Watched, browser, shoot  # noqa: F401 - browser: a fixture
 from tests.hub.conftest import EXTRA_FILES, Hub, _make_handler, build_tiny_model
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -105,14 +105,6 @@ server:
     wait_healthy(proc, url, log_path, what="autoglm deploy")
     yield url
     _stop(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def wait_pull(server: str, pull_id: str, timeout: float = 120) -> dict:
