@@ -1,12 +1,15 @@
 """The Responses API in chat terms: a ``/v1/responses`` request -> a chat request, a reply -> output items.
 
 Request side: ``instructions`` become a system message; ``input`` (a string, or items: messages with
-``input_text``/``output_text`` parts, ``function_call`` and ``function_call_output``) becomes chat
-messages after the stored history of ``previous_response_id``; function ``tools``, ``tool_choice``,
-``parallel_tool_calls`` and ``text.format`` map to their chat fields, so templating, tool parsing and
-guided JSON are the chat path's own. What has no chat equivalent (images, files, hosted tools such as
-web search, item references) is a 400 naming the item. ``reasoning`` items are dropped: a GLM model
-reads no reasoning it did not write in this turn.
+``input_text``/``output_text``/``input_image`` parts, ``function_call`` and ``function_call_output``)
+becomes chat messages after the stored history of ``previous_response_id``; function ``tools``,
+``tool_choice``, ``parallel_tool_calls`` and ``text.format`` map to their chat fields, so templating, tool
+parsing and guided JSON are the chat path's own. An ``input_image`` part (``image_url``: a data: URL or
+an http(s) URL) becomes the chat path's ``image_url`` part, so the image limits, fetching, private-address
+refusal and the 400 for a text-only model are :mod:`autoglm.api.vision`'s; :func:`remap_error` names the
+Responses part in such a 400 (``input[i].content[j].image_url``). What has no chat equivalent (an image by
+``file_id``, files, audio, hosted tools such as web search, item references) is a 400 naming the item.
+``reasoning`` items are dropped: a GLM model reads no reasoning it did not write in this turn.
 
 Response side: pure functions from the reply text (or streamed items) to the Response object
 (``object: "response"``, ``output`` items, ``usage`` in input/output tokens).
@@ -16,24 +19,41 @@ engines, HTTP or where stored responses live.
 """
 from __future__ import annotations
 
+import re
 import secrets
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from autoglm.api.errors import APIError
 from autoglm.api.schemas import ChatCompletionRequest, ResponsesRequest
 
-__all__ = ["to_chat_request", "history_of", "output_items", "response_object", "responses_usage",
+__all__ = ["ChatTurn", "to_chat_request", "history_of", "output_items", "response_object", "responses_usage",
            "item_id", "remap_error"]
 
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 _ROLES = frozenset({"user", "system", "developer", "assistant"})
+_DETAILS = ("auto", "low", "high")
 
 
 def item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def _part_text(part: Any, where: str) -> str:
+    """The text of one text (or refusal) content part at ``where``; a 400 for any other part."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "refusal":
+        return str(part.get("refusal") or "")
+    if kind not in _TEXT_PARTS:
+        raise APIError(f"{where} has type {kind!r}; this server accepts text parts ('input_text', 'output_text') "
+                       "and, in a message for a vision model, 'input_image' parts; it reads no audio or files.",
+                       param=f"{where}.type", code="unsupported_content_type")
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise APIError(f"{where} is a text part without a string 'text'.", param=f"{where}.text")
+    return text
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -41,27 +61,47 @@ def _text_of(content: Any, where: str) -> str:
         return content or ""
     if not isinstance(content, list):
         raise APIError(f"{where}.content must be a string or a list of content parts.", param=f"{where}.content")
-    texts = []
+    return "".join(_part_text(part, f"{where}.content[{j}]") for j, part in enumerate(content))
+
+
+def _image_part(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """An ``input_image`` part as the chat path's ``image_url`` part (the URL itself is checked there)."""
+    if part.get("file_id") is not None and part.get("image_url") is None:
+        raise APIError(f"{where} names an image by file_id; this server has no Files API, so file ids are not "
+                       "supported. Send image_url as a data: URL (data:image/png;base64,...) or an http(s) URL.",
+                       param=f"{where}.file_id", code="file_id_not_supported")
+    url = part.get("image_url")
+    if isinstance(url, dict):  # the chat shape {"url": ...}, sent here by mistake: accepted
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        raise APIError(f"{where} is an 'input_image' part without an 'image_url' string (a data: URL or an "
+                       "http(s) URL).", param=f"{where}.image_url")
+    detail = part.get("detail")
+    if detail is not None and detail not in _DETAILS:
+        raise APIError(f"{where}.detail is {detail!r}; use one of {', '.join(_DETAILS)}.", param=f"{where}.detail")
+    return {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
+
+
+def _content_of(content: Any, where: str) -> Any:
+    """A message's content for the chat request: its text (as before images), or, when it has an
+    ``input_image`` part, the chat path's list of ``text`` and ``image_url`` parts in the same order."""
+    if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") == "input_image"
+                                                for p in content):
+        return _text_of(content, where)
+    parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "refusal":
-            texts.append(str(part.get("refusal") or ""))
-            continue
-        if kind not in _TEXT_PARTS:
-            raise APIError(f"{where}.content[{j}] has type {kind!r}; this server accepts only text parts "
-                           "('input_text', 'output_text'): GLM text models read no images, audio or files.",
-                           param=f"{where}.content[{j}].type", code="unsupported_content_type")
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise APIError(f"{where}.content[{j}] is a text part without a string 'text'.",
-                           param=f"{where}.content[{j}].text")
-        texts.append(text)
-    return "".join(texts)
+        if isinstance(part, dict) and part.get("type") == "input_image":
+            parts.append(_image_part(part, f"{where}.content[{j}]"))
+        else:  # one text part at the same index, so a chat 400 at content[j] names this part
+            parts.append({"type": "text", "text": _part_text(part, f"{where}.content[{j}]")})
+    return parts
 
 
-def _input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``input`` as chat message dicts (the shape of :class:`~autoglm.api.schemas.ChatMessage`)."""
+def _input_messages(items: str | list[dict[str, Any]], sources: list[str]) -> list[dict[str, Any]]:
+    """``input`` as chat message dicts (the shape of :class:`~autoglm.api.schemas.ChatMessage`); appends
+    to ``sources`` the input item each message comes from (``input[i]``, ``input`` for a string)."""
     if isinstance(items, str):
+        sources.append("input")
         return [{"role": "user", "content": items}]
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
@@ -72,7 +112,8 @@ def _input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             if role not in _ROLES:
                 raise APIError(f"{where}.role is {role!r}; use one of user, system, developer, assistant.",
                                param=f"{where}.role")
-            out.append({"role": role, "content": _text_of(item.get("content"), where)})
+            out.append({"role": role, "content": _content_of(item.get("content"), where)})
+            sources.append(where)
         elif kind == "function_call":
             name, args, call_id = item.get("name"), item.get("arguments", "{}"), item.get("call_id")
             if not isinstance(name, str) or not isinstance(args, str) or not isinstance(call_id, str):
@@ -83,12 +124,14 @@ def _input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out[-1].setdefault("tool_calls", []).append(call)
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                sources.append(where)
         elif kind == "function_call_output":
             call_id, output = item.get("call_id"), item.get("output")
             if not isinstance(call_id, str):
                 raise APIError(f"{where} (function_call_output) needs a string 'call_id'.", param=f"{where}.call_id")
             text = output if isinstance(output, str) else _text_of(output, where)
             out.append({"role": "tool", "tool_call_id": call_id, "content": text})
+            sources.append(where)
         elif kind == "reasoning":
             continue
         else:
@@ -133,13 +176,23 @@ def _response_format(req: ResponsesRequest) -> dict[str, Any] | None:
                                                    "strict": fmt.strict}}
 
 
-def to_chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[ChatCompletionRequest,
-                                                                                   list[dict[str, Any]]]:
-    """(the chat request to run, this turn's input messages — what a later turn's history adds)."""
-    turn = _input_messages(req.input)
+class ChatTurn(NamedTuple):
+    """A Responses request in chat terms."""
+
+    chat: ChatCompletionRequest  # the chat request to run
+    turn: list[dict[str, Any]]  # this turn's input messages: what a later turn's history adds
+    sources: list[str]  # per chat message, where it came from: instructions, previous_response_id, input[i]
+
+
+def to_chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> ChatTurn:
+    """The chat request of ``req`` after ``history`` (see :class:`ChatTurn`); a 400 naming the item for
+    anything the chat path has no equivalent of."""
+    turn_sources: list[str] = []
+    turn = _input_messages(req.input, turn_sources)
     if not history and not turn:
         raise APIError("input is empty; send a string or at least one message item.", param="input")
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
+    sources = ["instructions"] * len(system) + ["previous_response_id"] * len(history) + turn_sources
     fields: dict[str, Any] = {
         "model": req.model, "messages": system + history + turn, "stream": req.stream,
         "max_completion_tokens": req.max_output_tokens, "temperature": req.temperature, "top_p": req.top_p,
@@ -148,7 +201,7 @@ def to_chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> tup
         "seed": req.seed, "top_k": req.top_k, "user": req.user,
     }
     try:
-        return ChatCompletionRequest.model_validate(fields), turn
+        return ChatTurn(ChatCompletionRequest.model_validate(fields), turn, sources)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _where(first.get("loc", ()))
@@ -169,11 +222,43 @@ def _where(loc: tuple[Any, ...]) -> str:
 _PARAMS = (("response_format.json_schema.schema", "text.format.schema"), ("response_format", "text.format"),
            ("messages", "input"),
            ("max_tokens", "max_output_tokens"), ("tool_choice.function.name", "tool_choice.name"))
+_MESSAGE_PATH = re.compile(r"messages\[(\d+)\]((?:\.[A-Za-z_]+|\[\d+\])*)")
+_IMAGE_URL = re.compile(r"\.content\[\d+\]\.image_url\.url")
 
 
-def remap_error(exc: APIError) -> APIError:
-    """A chat-path 400 in Responses names (``text.format.schema``, ``max_output_tokens``, ``tools[i].parameters``)."""
+def _input_path(match: re.Match[str], sources: list[str], *, in_text: bool) -> str | None:
+    """A chat path (``messages[k].content[j].image_url.url``) as this request's name for it, or None when
+    ``sources`` does not say where message ``k`` came from."""
+    k, rest = int(match.group(1)), match.group(2)
+    if k >= len(sources):
+        return None
+    source = sources[k]
+    if source == "input":  # input was a string: it has no parts
+        return source
+    if source.startswith("input["):
+        if _IMAGE_URL.fullmatch(rest):  # a Responses input_image has the URL itself as image_url
+            rest = rest[: -len(".url")]
+        return source + ("" if rest.startswith(".tool_calls") else rest)
+    # the instructions, or a message of the stored conversation
+    if source == "previous_response_id" and in_text:
+        return f"{match.group(0)} of the conversation continued by previous_response_id"
+    return source
+
+
+def remap_error(exc: APIError, sources: list[str] | None = None) -> APIError:
+    """A chat-path 400 in Responses names: a message's part as the input item's (``input[i].content[j]``,
+    ``input[i].content[j].image_url``) when ``sources`` (:attr:`ChatTurn.sources`) says where each chat
+    message came from; ``text.format.schema``, ``max_output_tokens``, ``tools[i].parameters``."""
     param = exc.param or ""
+    if "'image_url' part" in exc.message or "image_url part" in exc.message:  # the client sent input_image parts
+        exc.message = exc.message.replace("'image_url' part", "'input_image' part").replace(
+            "image_url part", "input_image part")
+    found = _MESSAGE_PATH.fullmatch(param)
+    mapped = _input_path(found, sources, in_text=False) if found and sources else None
+    if mapped is not None:
+        exc.param = mapped
+        exc.message = _MESSAGE_PATH.sub(lambda m: _input_path(m, sources, in_text=True) or m.group(0), exc.message)
+        return exc
     for old, new in _PARAMS:
         if param.startswith(old):
             exc.param = new + param[len(old):]

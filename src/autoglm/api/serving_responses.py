@@ -11,6 +11,9 @@ events — ``response.created``, ``response.in_progress``, then per output item
 ``sequence_number``; a trailing ``data: [DONE]`` (which the SDK skips) ends the body as on the chat
 route, and a failure after the first byte is an ``{"error": ...}`` event before it.
 
+``input_image`` parts are loaded as the chat route loads ``image_url`` parts (:mod:`autoglm.api.vision`:
+limits, fetching, the 400 for a text-only model), before anything streams; a 400 names the input part.
+
 With ``store`` (the default) a finished response is kept in the app's
 :class:`~autoglm.api.response_store.ResponseStore` (in-process LRU), so ``previous_response_id`` can
 continue it and ``GET /v1/responses/{id}`` can read it; ``store: false`` keeps nothing. The gateway's
@@ -50,6 +53,7 @@ from autoglm.api.schemas import ResponsesRequest
 from autoglm.api.sse import SSE_HEADERS
 from autoglm.api.streams import ClientDisconnected, Fanout, NoHooks, RequestHooks, cancel_on_disconnect
 from autoglm.api.tool_parser import StreamingToolParser, parse_tool_calls
+from autoglm.api.vision import load_images
 
 __all__ = ["create_response", "install_stored_response_routes", "owner_of", "stored_or_404"]
 
@@ -100,11 +104,12 @@ async def create_response(engine: Any, body: ResponsesRequest, raw: Request, hoo
     prior: list[dict[str, Any]] = []
     if body.previous_response_id:
         prior = stored_or_404(store, body.previous_response_id, owner, "previous_response_id").history
-    chat, turn_input = to_chat_request(body, prior)
+    chat, turn_input, sources = to_chat_request(body, prior)
     try:
-        plan = await asyncio.to_thread(build_chat_plan, engine, chat, limits)
+        images = await load_images(engine, chat, limits or RequestLimits())  # input_image parts: fetched, checked
+        plan = await asyncio.to_thread(build_chat_plan, engine, chat, limits, images)
     except APIError as exc:
-        raise remap_error(exc) from None
+        raise remap_error(exc, sources) from None
     turn = _Turn(body, plan, prior + turn_input, store, owner)
     await hooks.admit(len(plan.prompt_token_ids), plan.params.max_tokens)
     fan = Fanout(engine, plan.requests(), observer=hooks.on_output)

@@ -106,7 +106,12 @@ def load_arch(name: str) -> tuple[Any, list[str]]:
         from autoglm.hub import demo
 
         if demo.is_demo_model(name):
-            return ModelArch.from_config(demo.demo_config(name), name=name), [f"demo model {name} (random weights)"]
+            arch = ModelArch.from_config(demo.demo_config(name), name=name)
+            if name in demo.VISION_DEMOS:  # the config's text numbers leave out the vision tower
+                from autoglm.hub import demo_vision
+
+                arch.num_parameters = demo_vision.num_parameters(name)
+            return arch, [f"demo model {name} (random weights)"]
     except ImportError:
         pass
 
@@ -122,8 +127,10 @@ def load_arch(name: str) -> tuple[Any, list[str]]:
         if stored is not None:
             return ModelArch.from_config(stored[0], name=spec.name), [f"architecture from {stored[1]}"]
         if getattr(spec, "is_moe", False):  # a mixture of experts: the registry's own config, experts included
-            return (ModelArch.from_config(spec.config_dict(), name=spec.name),
-                    [f"architecture from the alias registry ({spec.hf_repo or spec.name})"])
+            arch = ModelArch.from_config(spec.config_dict(), name=spec.name)
+            # a vision MoE (GLM-4.5V): the spec's count has the vision tower, which its text config does not
+            arch.num_parameters = max(arch.num_parameters, int(getattr(spec, "num_parameters", 0) or 0))
+            return arch, [f"architecture from the alias registry ({spec.hf_repo or spec.name})"]
         numbers = {k: getattr(spec, k, None) for k in (
             "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
             "intermediate_size", "vocab_size", "max_position_embeddings")}

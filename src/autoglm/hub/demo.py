@@ -145,8 +145,8 @@ DEMO_VARIANTS: dict[str, DemoSpec] = {
 }
 
 
-# The GLM-4.1V-shaped vision demo: built by autoglm.hub.demo_vision (names only here).
-VISION_DEMOS: tuple[str, ...] = ("autoglm-demo-vision",)
+# The GLM-4.1V- and GLM-4.5V-shaped vision demos: built by autoglm.hub.demo_vision (names only here).
+VISION_DEMOS: tuple[str, ...] = ("autoglm-demo-vision", "autoglm-demo-vision-moe")
 
 
 def is_demo_model(name: str) -> bool:

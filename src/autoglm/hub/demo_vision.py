@@ -1,10 +1,11 @@
-"""The vision demo model ``autoglm-demo-vision``: a tiny GLM-4.1V-shaped model with random weights.
+"""The vision demo models: tiny GLM-4.1V- and GLM-4.5V-shaped models with random weights.
 
-It has the GLM-4.1V-Thinking architecture (transformers ``Glm4vForConditionalGeneration``: a vision
-tower of 2 blocks whose 2x2-merged patches are scattered into the text model's embeddings at the
-``<|image|>`` placeholders, and a GLM-4 text model with 3-D rotary positions, M-RoPE), so serving,
-tests and benchmarks exercise image input without downloading GLM-4.1V-9B. The directory loads with
-``transformers.AutoModelForImageTextToText``, ``AutoTokenizer`` and ``AutoImageProcessor``:
+``autoglm-demo-vision`` has the GLM-4.1V-Thinking architecture (transformers
+``Glm4vForConditionalGeneration``: a vision tower of 2 blocks whose 2x2-merged patches are scattered into
+the text model's embeddings at the ``<|image|>`` placeholders, and a GLM-4 text model with 3-D rotary
+positions, M-RoPE), so serving, tests and benchmarks exercise image input without downloading
+GLM-4.1V-9B. The directory loads with ``transformers.AutoModelForImageTextToText``, ``AutoTokenizer``
+and ``AutoImageProcessor``:
 
 * ``config.json`` / ``generation_config.json``: a ``Glm4vConfig``; the text side is GLM-4's demo shape
   scaled down (2 layers, hidden 128), M-RoPE sections ``[2, 3, 3]`` over half of each head (as GLM-4.1V
@@ -17,6 +18,12 @@ tests and benchmarks exercise image input without downloading GLM-4.1V-9B. The d
 * ``preprocessor_config.json``: GLM-4.1V's image processor (patch 14, merge 2, temporal patch 2)
   with a small pixel budget: an image becomes 4 to 64 placeholder tokens.
 
+``autoglm-demo-vision-moe`` has the GLM-4.5V architecture (transformers
+``Glm4vMoeForConditionalGeneration``): the same vision tower, tokenizer, template and image processor,
+and a GLM-4.5-style mixture-of-experts text model (3 layers: the first dense, as GLM-4.5V's
+``first_k_dense_replace`` 1 has it, then 4 routed experts, top 2, and 1 shared expert per layer), so
+image input is exercised on the MoE path too. ``config.json`` is then a ``Glm4vMoeConfig``.
+
 Deterministic like the text demos: the same seed gives byte-identical weights and tokenizer files.
 Knows nothing about serving or the store's location; torch and transformers are imported only to build.
 """
@@ -24,17 +31,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoglm.errors import ModelNotFoundError
 from autoglm.hub import demo
 
-__all__ = ["NAME", "VISION_DEMOS", "IMAGE_TOKEN", "VIDEO_TOKEN", "vision_chat_template", "demo_config",
-           "build_demo_model", "ensure_demo_model"]
+__all__ = ["NAME", "MOE_NAME", "VISION_DEMOS", "VisionVariant", "VARIANTS", "IMAGE_TOKEN", "VIDEO_TOKEN",
+           "vision_chat_template", "demo_config", "build_demo_model", "ensure_demo_model", "num_parameters"]
 
 NAME = "autoglm-demo-vision"
-VISION_DEMOS = (NAME,)
+MOE_NAME = "autoglm-demo-vision-moe"
 # Bump when anything that ends up in a built directory changes; the text demos' version is part of
 # the stamp too (this model shares their tokenizer and template).
 VISION_BUILDER_VERSION = 1
@@ -51,8 +59,42 @@ _TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_at
              num_key_value_heads=2, head_dim=32)
 _VISION = dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, image_size=56,
                patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL_PATCH)
-_DESCRIPTION = ("GLM-4.1V-shaped vision-language model, ~2.7M random parameters: a 2-block vision tower "
-                "(2x2 patch merge) and a 2-layer GLM-4 text model with 3-D rotary positions.")
+
+
+@dataclass(frozen=True)
+class VisionVariant:
+    """One vision demo: its transformers classes, its text model's sizes (``moe`` empty for a dense one)
+    and the words its model card uses."""
+
+    architecture: str  # the transformers model class (config.json "architectures")
+    config_class: str  # the transformers config class
+    text: dict = field(default_factory=dict)
+    moe: dict = field(default_factory=dict)  # Glm4vMoeTextConfig's expert fields
+    shape: str = ""  # the real model it is shaped like
+    description: str = ""
+    real_model: str = ""  # what to use for meaningful answers
+
+
+VARIANTS: dict[str, VisionVariant] = {
+    NAME: VisionVariant(
+        architecture="Glm4vForConditionalGeneration", config_class="Glm4vConfig", text=_TEXT,
+        shape="GLM-4.1V-Thinking",
+        description="GLM-4.1V-shaped vision-language model, ~2.7M random parameters: a 2-block vision tower "
+                    "(2x2 patch merge) and a 2-layer GLM-4 text model with 3-D rotary positions.",
+        real_model="`glm-4.1v-9b-thinking` (`zai-org/GLM-4.1V-9B-Thinking`)"),
+    MOE_NAME: VisionVariant(
+        architecture="Glm4vMoeForConditionalGeneration", config_class="Glm4vMoeConfig",
+        text={**_TEXT, "num_hidden_layers": 3},
+        # GLM-4.5V (GLM-4.5-Air's text model) scaled down: layer 0 dense, then routed + shared experts
+        moe=dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=96, n_shared_experts=1,
+                 first_k_dense_replace=1, n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0),
+        shape="GLM-4.5V",
+        description="GLM-4.5V-shaped vision-language mixture of experts, ~3M random parameters: the 2-block "
+                    "vision tower and a 3-layer GLM-4.5 text model (layer 0 dense, then 4 routed experts, top 2, "
+                    "and 1 shared expert per layer) with 3-D rotary positions.",
+        real_model="`glm-4.5v` (`zai-org/GLM-4.5V`)"),
+}
+VISION_DEMOS = tuple(VARIANTS)
 
 
 def _check(name: str) -> None:
@@ -61,22 +103,24 @@ def _check(name: str) -> None:
 
 
 def demo_config(name: str = NAME) -> Any:
-    """The transformers ``Glm4vConfig`` of ``name`` (no weights, nothing written)."""
-    from transformers import Glm4vConfig
+    """The transformers config of vision demo ``name`` (``Glm4vConfig``, ``Glm4vMoeConfig`` for the mixture
+    of experts; no weights, nothing written)."""
+    import transformers
 
     _check(name)
+    variant = VARIANTS[name]
     ids = {tok: i for i, tok in enumerate(demo.SPECIAL_TOKENS)}
     eos = [ids[t] for t in demo.EOS_TOKENS]
     text = dict(
-        **_TEXT, vocab_size=VOCAB_SIZE, max_position_embeddings=demo.MAX_POSITIONS, rms_norm_eps=1e-5,
-        pad_token_id=ids[demo.PAD_TOKEN], eos_token_id=eos, attention_bias=True, dtype="float32",
-        # GLM-4.1V rotates half of each head, its sections split those frequencies over (t, h, w)
+        **variant.text, **variant.moe, vocab_size=VOCAB_SIZE, max_position_embeddings=demo.MAX_POSITIONS,
+        rms_norm_eps=1e-5, pad_token_id=ids[demo.PAD_TOKEN], eos_token_id=eos, attention_bias=True, dtype="float32",
+        # GLM-4.1V and GLM-4.5V rotate half of each head, their sections split those frequencies over (t, h, w)
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                          "mrope_section": [2, 3, 3]},
     )
-    vision = dict(**_VISION, out_hidden_size=_TEXT["hidden_size"], rms_norm_eps=1e-5)
-    return Glm4vConfig(
-        text_config=text, vision_config=vision, architectures=["Glm4vForConditionalGeneration"],
+    vision = dict(**_VISION, out_hidden_size=variant.text["hidden_size"], rms_norm_eps=1e-5)
+    return getattr(transformers, variant.config_class)(
+        text_config=text, vision_config=vision, architectures=[variant.architecture],
         image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
         image_start_token_id=ids["<|begin_of_image|>"], image_end_token_id=ids["<|end_of_image|>"],
         video_start_token_id=ids["<|begin_of_video|>"], video_end_token_id=ids["<|end_of_video|>"],
@@ -132,15 +176,20 @@ def _save_image_processor(out: Path) -> None:
     ).save_pretrained(str(out))
 
 
+def _model_class(config: Any) -> Any:
+    import transformers
+
+    return getattr(transformers, config.architectures[0])
+
+
 def _write_weights(config: Any, out: Path, seed: int) -> int:
-    """Seeded random weights in sorted tensor-name order (byte-stable); norms 1, biases 0. Returns the
-    number of parameters."""
+    """Seeded random weights in sorted tensor-name order (byte-stable); norms 1, biases 0 (the MoE router's
+    score-correction bias too). Returns the number of parameters."""
     import torch
     from safetensors.torch import save_file
-    from transformers import Glm4vForConditionalGeneration
 
     with torch.device("meta"):  # shapes only
-        shapes = {k: tuple(v.shape) for k, v in Glm4vForConditionalGeneration(config).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in _model_class(config)(config).state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
     std = config.text_config.initializer_range
     tensors: dict[str, Any] = {}
@@ -148,7 +197,7 @@ def _write_weights(config: Any, out: Path, seed: int) -> int:
         leaf = key.rsplit(".", 2)[-2]  # the module's own name: norm1, post_layernorm, q_proj ...
         if "norm" in leaf and key.endswith(".weight"):
             tensors[key] = torch.ones(shapes[key])
-        elif key.endswith(".bias"):
+        elif key.endswith(".bias") or key.endswith(".e_score_correction_bias"):
             tensors[key] = torch.zeros(shapes[key])
         else:
             tensors[key] = torch.randn(shapes[key], generator=gen) * std
@@ -156,28 +205,42 @@ def _write_weights(config: Any, out: Path, seed: int) -> int:
     return sum(math.prod(s) for s in shapes.values())
 
 
-def _model_card(seed: int, n_params: int) -> str:
-    t, v = _TEXT, _VISION
-    return f"""# {NAME}
+def _model_card(name: str, seed: int, n_params: int) -> str:
+    variant = VARIANTS[name]
+    t, v, m = variant.text, _VISION, variant.moe
+    if m:
+        text = (f"- Text: layers {t['num_hidden_layers']} (the first {m['first_k_dense_replace']} dense, MLP size "
+                f"{t['intermediate_size']}), hidden size {t['hidden_size']}, {t['num_attention_heads']} heads\n"
+                f"  ({t['num_key_value_heads']} key-value heads of dimension {t['head_dim']}); "
+                f"{m['n_routed_experts']} routed experts of size {m['moe_intermediate_size']}, "
+                f"{m['num_experts_per_tok']} per token, {m['n_shared_experts']} shared;\n"
+                f"  M-RoPE sections [2, 3, 3], context {demo.MAX_POSITIONS} tokens, float32.")
+        counted = " (every expert counted)"
+    else:
+        text = (f"- Text: layers {t['num_hidden_layers']}, hidden size {t['hidden_size']}, "
+                f"{t['num_attention_heads']} heads\n"
+                f"  ({t['num_key_value_heads']} key-value heads of dimension {t['head_dim']}), MLP size "
+                f"{t['intermediate_size']},\n"
+                f"  M-RoPE sections [2, 3, 3], context {demo.MAX_POSITIONS} tokens, float32.")
+        counted = ""
+    return f"""# {name}
 
 **The weights of this model are random. Its output is noise.** It was not trained on anything, and it
 does not look at images in any meaningful way.
 
-`{NAME}` is a demo model that Open-AutoGLM builds locally (`autoglm.hub.demo_vision`, seed {seed}) so
-that image input can be served and tested without downloading a real model. It has the GLM-4.1V-Thinking
-architecture (transformers `Glm4vForConditionalGeneration`), GLM-4's special tokens plus `<|image|>`, and a
+`{name}` is a demo model that Open-AutoGLM builds locally (`autoglm.hub.demo_vision`, seed {seed}) so
+that image input can be served and tested without downloading a real model. It has the {variant.shape}
+architecture (transformers `{variant.architecture}`), GLM-4's special tokens plus `<|image|>`, and a
 GLM-4 chat format in which an image part is `<|begin_of_image|><|image|><|end_of_image|>`.
 
-- {_DESCRIPTION}
-- Parameters: {n_params:,}
-- Text: layers {t['num_hidden_layers']}, hidden size {t['hidden_size']}, {t['num_attention_heads']} heads
-  ({t['num_key_value_heads']} key-value heads of dimension {t['head_dim']}), MLP size {t['intermediate_size']},
-  M-RoPE sections [2, 3, 3], context {demo.MAX_POSITIONS} tokens, float32.
+- {variant.description}
+- Parameters: {n_params:,}{counted}
+{text}
 - Vision: {v['depth']} blocks, hidden size {v['hidden_size']}, {v['num_heads']} heads, patches of {PATCH} px,
   2x2 merge; images are resized to between {MIN_PIXELS} and {MAX_PIXELS} pixels (4 to 64 image tokens).
 - Tokenizer: the demo byte-level BPE ({demo.VOCAB_SIZE} tokens) plus `<|image|>` and `<|video|>`.
 
-For meaningful answers use a real model, for example `glm-4.1v-9b-thinking` (`zai-org/GLM-4.1V-9B-Thinking`).
+For meaningful answers use a real model, for example {variant.real_model}.
 """
 
 
@@ -192,7 +255,7 @@ def build_demo_model(name: str, out_dir: Path, seed: int = 0) -> Path:
         _save_tokenizer(tmp)
         _save_image_processor(tmp)
         n_params = _write_weights(config, tmp, seed)
-        (tmp / "README.md").write_text(_model_card(seed, n_params), encoding="utf-8")
+        (tmp / "README.md").write_text(_model_card(name, seed, n_params), encoding="utf-8")
         GenerationConfig(eos_token_id=config.text_config.eos_token_id, pad_token_id=config.text_config.pad_token_id,
                          do_sample=False).save_pretrained(str(tmp))
         demo._write_json(tmp / demo.STAMP_FILE, {"name": name, "seed": seed, "builder_version": _version()})
@@ -223,10 +286,11 @@ def ensure_demo_model(name: str, store_dir: Path) -> Path:
 
 
 def num_parameters(name: str = NAME) -> int:
-    """Parameters of ``name`` counted on the meta device (nothing allocated)."""
+    """Parameters of ``name`` counted on the meta device (nothing allocated), vision tower and every expert
+    included."""
     import torch
-    from transformers import Glm4vForConditionalGeneration
 
+    config = demo_config(name)
     with torch.device("meta"):
-        model = Glm4vForConditionalGeneration(demo_config(name))
+        model = _model_class(config)(config)
     return sum(math.prod(p.shape) for p in model.state_dict().values())

@@ -188,8 +188,8 @@ def _vision(spec: ModelSpec, architecture: str, context: int, extra_text: int = 
 # verifiable offline (transformers' default is 32768).
 # GLM-4.5V: GLM-4.5-Air's text model (106B total / 12B active, see _AIR) plus the same vision tower
 # (transformers' Glm4vMoeVisionConfig defaults; the model card's own vision numbers are not verifiable
-# offline): 107.7B total (the published 108B). The planner's MoE path counts the text model only
-# (ModelArch.from_config reads text numbers): 0.8% low for memory.
+# offline): 107.7B total (the published 108B). ModelArch.from_config reads the text numbers only, so
+# `autoglm plan` takes this spec's count (tower included) as the total; the tower counts as active too.
 _GLM_4_1V = dict(architecture="Glm4vForConditionalGeneration", context=65536, extra_text=2 * 40 * 4096)
 
 _MODELS: tuple[ModelSpec, ...] = (
@@ -240,7 +240,11 @@ _MODELS: tuple[ModelSpec, ...] = (
 )
 _MODELS += (ModelSpec(name="autoglm-demo-vision", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE,
                       torch_dtype="float32", architecture="Glm4vForConditionalGeneration",
-                      description="tiny local GLM-4.1V-shaped vision model with RANDOM weights (replies are noise)"),)
+                      description="tiny local GLM-4.1V-shaped vision model with RANDOM weights (replies are noise)"),
+            ModelSpec(name="autoglm-demo-vision-moe", hf_repo=None, modelscope_repo=None, source=DEMO_SOURCE,
+                      torch_dtype="float32", architecture="Glm4vMoeForConditionalGeneration",
+                      description="tiny local GLM-4.5V-shaped vision mixture of experts with RANDOM weights "
+                                  "(replies are noise)"),)
 _BY_NAME: dict[str, ModelSpec] = {spec.name: spec for spec in _MODELS}
 _BY_REPO: dict[str, ModelSpec] = {
     repo.lower(): spec for spec in _MODELS for repo in (spec.hf_repo, spec.modelscope_repo) if repo
