@@ -43,7 +43,7 @@ def render(tokenizer, messages, **kwargs) -> str:
 
 
 def test_variants_are_demo_models_and_other_names_are_not():
-    assert set(demo.DEMO_VARIANTS) == {"autoglm-demo", "autoglm-demo-100m", "autoglm-demo-moe"}
+    assert set(demo.DEMO_VARIANTS) == {"autoglm-demo", "autoglm-demo-100m", "autoglm-demo-glm", "autoglm-demo-moe"}
     assert all(demo.is_demo_model(n) for n in demo.DEMO_VARIANTS)
     assert not demo.is_demo_model("THUDM/glm-4-9b-chat")
     assert not demo.is_demo_model("AutoGLM-Demo")

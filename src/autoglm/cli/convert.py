@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert", help="convert a model to GGUF for the llama.cpp engine",
         description="Convert MODEL (an alias, an org/name repo id or a local Hugging Face directory of a "
-                    "Glm4ForCausalLM checkpoint) to GGUF. f32/f16 are written by autoglm; q8_0 and q4_k_m are "
+                    "GLM-4 (GlmForCausalLM), GLM-4-0414 (Glm4ForCausalLM) or GLM-4.5 (Glm4MoeForCausalLM) checkpoint) "
+                    "to GGUF. f32/f16 are written by autoglm; q8_0 and q4_k_m are "
                     "quantized from f16 with llama.cpp's quantizer. Results are cached in the store "
                     "(<store>/gguf/<model>/<type>.gguf); serve one with `autoglm serve --engine llamacpp`.",
     )

@@ -126,6 +126,17 @@ DEMO_VARIANTS: dict[str, DemoSpec] = {
         intermediate_size=2432,
         description="GLM-4-shaped, ~100M random parameters: for load, memory and throughput tests.",
     ),
+    "autoglm-demo-glm": DemoSpec(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=688,
+        architecture="GlmForCausalLM",
+        description="GLM-4 (2024, glm-4-9b-chat's architecture: two norms per block, not GLM-4-0414's four), "
+                    "~7M random parameters.",
+    ),
     "autoglm-demo-moe": DemoSpec(
         hidden_size=128,
         num_hidden_layers=3,
@@ -185,6 +196,10 @@ def demo_config(name: str) -> Glm4Config:
     ids = _special_ids()
     if spec.n_routed_experts:
         return _moe_config(spec, ids)
+    if spec.architecture == "GlmForCausalLM":
+        from transformers import GlmConfig
+
+        return GlmConfig(**_common_config(spec, ids), architectures=["GlmForCausalLM"])
     return Glm4Config(**_common_config(spec, ids), architectures=["Glm4ForCausalLM"])
 
 
@@ -353,7 +368,7 @@ def _model_card(name: str, spec: DemoSpec, seed: int, n_params: int) -> str:
 
 `{name}` is a demo model that Open-AutoGLM builds locally (`autoglm.hub.demo`, seed {seed}) so that
 servers, tests and benchmarks run without downloading a real model. It has the GLM-4 architecture
-(transformers `Glm4ForCausalLM`), GLM-4's special tokens and GLM-4's chat format, so it exercises the
+(transformers `{spec.architecture}`), GLM-4's special tokens and GLM-4's chat format, so it exercises the
 same code paths as a real GLM-4 checkpoint; nothing it writes means anything.
 
 - {spec.description}

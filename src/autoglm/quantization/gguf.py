@@ -4,7 +4,7 @@ Two steps, both cached in the model store as ``<store>/gguf/<model-key>/<type>.g
 
 1. :func:`write_gguf` — our own writer (the ``gguf`` library's :class:`GGUFWriter`): reads the
    safetensors shards one tensor at a time (never the whole model in memory), renames the tensors to
-   llama.cpp's ``glm4`` architecture, and writes the hyper-parameters and the byte-level BPE tokenizer
+   the llama.cpp architecture of its family, and writes the hyper-parameters and the byte-level BPE tokenizer
    (tokens, merges, token types, special ids, chat template) as GGUF metadata. Types ``f32`` and ``f16``
    (in ``f16`` the 1-D norms and biases stay ``f32``, as llama.cpp expects).
 2. :func:`quantize_gguf` — ``q8_0`` / ``q4_k_m`` from the ``f16`` file via ``llama_model_quantize``.
@@ -13,8 +13,12 @@ Two steps, both cached in the model store as ``<store>/gguf/<model-key>/<type>.g
 a fingerprint of the source files) and returns a :class:`GGUFFile`. Writes go to a temporary file that
 is renamed into place, so an interrupted conversion never leaves a truncated ``.gguf`` behind.
 
-Supported: ``Glm4ForCausalLM`` (GLM-4-0414 and the demo models). Anything else is an
-:class:`~autoglm.errors.UnsupportedError` naming the architecture. This module knows nothing about
+Supported (one :class:`_Arch` table each: llama.cpp architecture, tensor names, extra keys):
+``GlmForCausalLM`` (GLM-4 2024, ``glm-4-9b-chat``) as llama.cpp's ``chatglm``; ``Glm4ForCausalLM``
+(GLM-4-0414, GLM-Z1, the demo models) as ``glm4``; ``Glm4MoeForCausalLM`` (GLM-4.5 / 4.5-Air / 4.6) as
+``glm4moe``, its experts stacked into one tensor per layer and projection (from either layout: one tensor
+per expert, as the published checkpoints store them, or transformers 5's fused ``gate_up_proj``). Anything
+else is an :class:`~autoglm.errors.UnsupportedError` naming the architecture. This module knows nothing about
 engines or serving; ``gguf``, ``safetensors``, ``numpy`` and ``llama_cpp`` are imported only when used.
 """
 from __future__ import annotations
@@ -50,22 +54,20 @@ __all__ = [
 ]
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
-SUPPORTED_ARCHITECTURES = ("Glm4ForCausalLM",)
-GGUF_ARCH = "glm4"
 _INSTALL = "pip install 'autoglm[llamacpp]'"
 _SIDE = ".json"  # sidecar suffix: <type>.gguf.json records the source fingerprint
-CONVERTER_VERSION = 1  # bump when the written file changes, so cached files are rebuilt
+CONVERTER_VERSION = 2  # bump when the written file changes, so cached files are rebuilt
 
 # llama.cpp file types (enum llama_ftype) of what we produce
 _FTYPE = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15}
 
-# HF Glm4ForCausalLM name -> GGUF name; {bid} is the layer index.
+# HF name -> GGUF name; {bid} is the layer index.
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
     "lm_head.weight": "output.weight",
 }
-_LAYER_NAMES = {
+_ATTENTION_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
     "self_attn.q_proj.bias": "attn_q.bias",
@@ -74,15 +76,56 @@ _LAYER_NAMES = {
     "self_attn.v_proj.weight": "attn_v.weight",
     "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight",
-    # GLM-4 has four norms per block: before and after attention, before and after the MLP.
-    "post_self_attn_layernorm.weight": "post_attention_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    # gate and up projections fused ([2*ff, hidden], gate first): llama.cpp's glm4 splits it for SwiGLU
-    "mlp.gate_up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-    "post_mlp_layernorm.weight": "post_ffw_norm.weight",
 }
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """How one Hugging Face architecture becomes one llama.cpp architecture."""
+
+    gguf_arch: str
+    layer_names: dict[str, str]  # HF name after ``model.layers.N.`` -> GGUF name after ``blk.N.``
+    label: str  # the models it covers, for messages
+    moe: bool = False
+
+
+_ARCHS: dict[str, _Arch] = {
+    # GLM-4 (2024): two norms per block; gate and up fused ([2*ff, hidden], gate first), as chatglm's ffn_up
+    "GlmForCausalLM": _Arch("chatglm", {
+        **_ATTENTION_NAMES,
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "mlp.gate_up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }, "GLM-4, glm-4-9b-chat"),
+    # GLM-4-0414: four norms per block (before and after attention, before and after the MLP)
+    "Glm4ForCausalLM": _Arch("glm4", {
+        **_ATTENTION_NAMES,
+        "post_self_attn_layernorm.weight": "post_attention_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "mlp.gate_up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+        "post_mlp_layernorm.weight": "post_ffw_norm.weight",
+    }, "GLM-4-0414, GLM-Z1, the autoglm demo models"),
+    # GLM-4.5: dense leading layers with separate gate/up, then a sigmoid router with a score-correction
+    # bias, routed experts (stacked: see _expert_tensors) and shared experts
+    "Glm4MoeForCausalLM": _Arch("glm4moe", {
+        **_ATTENTION_NAMES,
+        "self_attn.q_norm.weight": "attn_q_norm.weight",
+        "self_attn.k_norm.weight": "attn_k_norm.weight",
+        "post_attention_layernorm.weight": "post_attention_norm.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+        "mlp.gate.weight": "ffn_gate_inp.weight",
+        "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
+        "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+        "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+        "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+    }, "GLM-4.5, GLM-4.5-Air, GLM-4.6", moe=True),
+}
+SUPPORTED_ARCHITECTURES = tuple(_ARCHS)
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_EXPERT_RE = re.compile(r"^mlp\.experts\.(?:(\d+)\.)?(gate_up_proj|gate_proj|up_proj|down_proj)(?:\.weight)?$")
 
 
 @dataclass(frozen=True)
@@ -150,21 +193,52 @@ def _shards(model_dir: Path) -> list[Path]:
     return shards
 
 
-def _gguf_name(hf_name: str, n_layers: int) -> str | None:
-    """GGUF tensor name for ``hf_name``; None for tensors that are deliberately dropped."""
+def _gguf_name(hf_name: str, n_layers: int, arch: _Arch) -> str | None:
+    """GGUF tensor name for ``hf_name``; None for tensors that are deliberately dropped (routed experts
+    are named by :func:`_expert_tensors`, not here)."""
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
     m = _LAYER_RE.match(hf_name)
     if m is None:
         if hf_name.endswith("rotary_emb.inv_freq"):
             return None
-        raise UnsupportedError(f"tensor {hf_name!r} has no GGUF equivalent for the glm4 architecture")
+        raise UnsupportedError(f"tensor {hf_name!r} has no GGUF equivalent for the {arch.gguf_arch} architecture")
     bid, rest = int(m.group(1)), m.group(2)
-    if bid >= n_layers:  # extra (MTP / next-n) layers: llama.cpp's glm4 graph does not run them
+    if bid >= n_layers:  # extra (MTP / next-n) layers: llama.cpp's graphs do not run them
         return None
-    if rest not in _LAYER_NAMES:
-        raise UnsupportedError(f"tensor {hf_name!r} has no GGUF equivalent for the glm4 architecture")
-    return f"blk.{bid}.{_LAYER_NAMES[rest]}"
+    if rest not in arch.layer_names:
+        raise UnsupportedError(f"tensor {hf_name!r} has no GGUF equivalent for the {arch.gguf_arch} architecture")
+    return f"blk.{bid}.{arch.layer_names[rest]}"
+
+
+def _expert_tensors(refs: dict[int, dict[str, Any]], n_experts: int) -> Iterator[tuple[str, Any, list[int]]]:
+    """``(gguf name, loader(dtype) -> array, shape)`` of each layer's stacked routed experts: ``ffn_gate_exps``
+    and ``ffn_up_exps`` ``[experts, ff, hidden]``, ``ffn_down_exps`` ``[experts, hidden, ff]``. ``refs``: layer ->
+    ``{"gate_up_proj": ref}`` (transformers 5's fused layout, gate first) and/or ``{"gate_proj": {expert: ref},
+    ...}`` (one tensor per expert, as the published checkpoints store them)."""
+    import numpy as np
+
+    for bid, parts in sorted(refs.items()):
+        if "gate_up_proj" in parts:
+            fused = parts["gate_up_proj"]
+            e, two_f, h = _shape(fused)
+            for i, which in enumerate(("gate", "up")):
+                yield (f"blk.{bid}.ffn_{which}_exps.weight",
+                       lambda dt, fused=fused, i=i, f=two_f // 2: _load(fused, dt)[:, i * f:(i + 1) * f, :].copy(),
+                       [e, two_f // 2, h])
+        for proj, which in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down")):
+            got = parts.get(proj)
+            if got is None:
+                continue
+            if not isinstance(got, dict):  # fused down_proj: already [experts, hidden, ff]
+                yield f"blk.{bid}.ffn_{which}_exps.weight", lambda dt, r=got: _load(r, dt), _shape(got)
+                continue
+            if sorted(got) != list(range(n_experts)):
+                raise UnsupportedError(f"layer {bid} has experts {sorted(got)[:4]}... of {proj}; the config says "
+                                       f"{n_experts} routed experts")
+            first = _shape(got[0])
+            yield (f"blk.{bid}.ffn_{which}_exps.weight",
+                   lambda dt, r=got: np.stack([_load(r[x], dt) for x in range(len(r))]), [n_experts, *first])
 
 
 def _iter_tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
@@ -260,17 +334,18 @@ def _token_str(value: Any) -> str | None:
 # writing
 
 
-def _check_architecture(config: dict[str, Any], model_dir: Path) -> None:
+def _check_architecture(config: dict[str, Any], model_dir: Path) -> _Arch:
     archs = config.get("architectures") or []
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise UnsupportedError(
-            f"{model_dir} is {', '.join(archs) or 'an unknown architecture'}; GGUF conversion supports "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)} (GLM-4-0414 and the autoglm demo models)"
-        )
+    for name in archs:
+        if name in _ARCHS:
+            return _ARCHS[name]
+    known = "; ".join(f"{name} ({a.label})" for name, a in _ARCHS.items())
+    raise UnsupportedError(f"{model_dir} is {', '.join(archs) or 'an unknown architecture'}; GGUF conversion "
+                           f"supports {known}")
 
 
 def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f16", progress: bool = True) -> Path:
-    """Write ``model_dir`` (a Hugging Face Glm4ForCausalLM directory) as an ``f32`` or ``f16`` GGUF."""
+    """Write ``model_dir`` (a Hugging Face directory of a supported architecture) as an ``f32`` or ``f16`` GGUF."""
     gguf = require_gguf()
     from tqdm.auto import tqdm
 
@@ -279,7 +354,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
         raise UnsupportedError(f"write_gguf writes f32 or f16, not {gguf_type!r}; use quantize_gguf for the rest")
     model_dir, out_path = Path(model_dir), Path(out_path)
     config = _read_json(model_dir / "config.json")
-    _check_architecture(config, model_dir)
+    arch = _check_architecture(config, model_dir)
     text = config.get("text_config", config)
     n_layers = int(text["num_hidden_layers"])
     n_head = int(text["num_attention_heads"])
@@ -292,21 +367,40 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
         raise UnsupportedError(f"rope type {rope.get('rope_type')!r} is not supported by the GGUF converter")
     vocab_size = int(text["vocab_size"])
 
-    # pass 1: names, shapes and output dtypes (nothing loaded)
+    n_experts = int(text.get("n_routed_experts") or 0) if arch.moe else 0
+
+    # pass 1: names, shapes and output dtypes (nothing loaded); a loader reads one tensor when it is written
     plan: list[tuple[str, Any, str, list[int]]] = []
-    for hf_name, ref in _iter_tensors(model_dir):
-        name = _gguf_name(hf_name, n_layers)
-        if name is None:
-            continue
-        shape = _shape(ref)
+
+    def add(name: str, load: Any, shape: list[int]) -> None:
         # 1-D tensors (norms, biases) stay f32: llama.cpp adds and multiplies them in f32
-        dtype = "f16" if gguf_type == "f16" and len(shape) >= 2 else "f32"
-        plan.append((name, ref, dtype, shape))
+        plan.append((name, load, "f16" if gguf_type == "f16" and len(shape) >= 2 else "f32", shape))
+
+    experts: dict[int, dict[str, Any]] = {}
+    for hf_name, ref in _iter_tensors(model_dir):
+        m = _LAYER_RE.match(hf_name)
+        e = _EXPERT_RE.match(m.group(2)) if arch.moe and m else None
+        if e is not None:
+            if int(m.group(1)) < n_layers:
+                parts = experts.setdefault(int(m.group(1)), {})
+                if e.group(1) is None:
+                    parts[e.group(2)] = ref
+                else:
+                    parts.setdefault(e.group(2), {})[int(e.group(1))] = ref
+            continue
+        name = _gguf_name(hf_name, n_layers, arch)
+        if name is not None:
+            add(name, lambda dt, r=ref: _load(r, dt), _shape(ref))
+    for name, load, shape in _expert_tensors(experts, n_experts):
+        add(name, load, shape)
     plan.sort(key=lambda p: _tensor_order(p[0]))
     names = {p[0] for p in plan}
     missing = [n for n in ("token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight") if n not in names]
+    if arch.moe and n_layers > int(text.get("first_k_dense_replace") or 0):
+        missing += [f"blk.{n_layers - 1}.ffn_{w}_exps.weight" for w in ("gate", "up", "down")
+                    if f"blk.{n_layers - 1}.ffn_{w}_exps.weight" not in names]
     if missing:
-        raise UnsupportedError(f"{model_dir} lacks tensors the glm4 GGUF needs (e.g. {missing[0]})")
+        raise UnsupportedError(f"{model_dir} lacks tensors the {arch.gguf_arch} GGUF needs (e.g. {missing[0]})")
 
     tok = _tokenizer_metadata(model_dir, vocab_size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,7 +408,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        w = gguf.GGUFWriter(str(tmp), GGUF_ARCH)
+        w = gguf.GGUFWriter(str(tmp), arch.gguf_arch)
         w.add_name(model_dir.name)
         w.add_file_type(_FTYPE[gguf_type])
         w.add_context_length(int(text.get("max_position_embeddings", 4096)))
@@ -328,8 +422,17 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
         w.add_rope_dimension_count(int(head_dim * partial))  # GLM-4 rotates only part of each head
         w.add_rope_freq_base(theta)
         w.add_layer_norm_rms_eps(float(text.get("rms_norm_eps", 1e-5)))
+        if arch.moe:
+            w.add_expert_count(n_experts)
+            w.add_expert_used_count(int(text["num_experts_per_tok"]))
+            w.add_expert_feed_forward_length(int(text["moe_intermediate_size"]))
+            w.add_expert_shared_count(int(text.get("n_shared_experts") or 0))
+            w.add_leading_dense_block_count(int(text.get("first_k_dense_replace") or 0))
+            w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)  # GLM-4.5's router
+            w.add_expert_weights_scale(float(text.get("routed_scaling_factor", 1.0)))
+            w.add_expert_weights_norm(bool(text.get("norm_topk_prob", True)))
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("glm4")  # GLM-4's split pattern (the demo tokenizer uses the same)
+        w.add_tokenizer_pre("glm4")  # GLM-4's split pattern, every family's (the demo tokenizer uses the same)
         w.add_token_list(tok["tokens"])
         w.add_token_types(tok["types"])
         if tok["merges"]:
@@ -356,8 +459,8 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         bar = tqdm(plan, desc=f"gguf {gguf_type}", unit="tensor", file=sys.stderr, disable=not progress)
-        for name, ref, dtype, _shape_ in bar:
-            w.write_tensor_data(_load(ref, dtype))
+        for name, load, dtype, _shape_ in bar:
+            w.write_tensor_data(load(dtype))
         w.close()
         os.chmod(tmp, 0o644)  # mkstemp made it private; a model file is not a secret
         os.replace(tmp, out_path)

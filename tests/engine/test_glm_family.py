@@ -1,0 +1,104 @@
+"""GLM-4 (2024: ``GlmForCausalLM``, glm-4-9b-chat's architecture; demo ``autoglm-demo-glm``) through the
+engine: the batch runner reproduces ``generate()`` token for token, joined and staggered, and
+``autoglm serve`` serves it to the openai SDK with ``generate()``'s greedy tokens; ``autoglm plan`` plans it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoglm.engine.runner import BatchRunner
+
+N = 10
+
+
+@pytest.fixture(scope="module")
+def glm_dir(tmp_path_factory):
+    from autoglm.hub.demo import ensure_demo_model
+
+    return ensure_demo_model("autoglm-demo-glm", tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def glm(glm_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(glm_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(glm_dir)
+
+
+def _reference(model, prompt: list[int]) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=N, min_new_tokens=N, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def _prompts(tok):
+    texts = ["hello world", "服务一个模型需要多少内存？", "def f(x):\n    return x * 2\n" * 3]
+    return [tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+def test_demo_is_glm4_2024(glm):
+    model, _ = glm
+    assert type(model).__name__ == "GlmForCausalLM"
+    layer = model.model.layers[0]
+    assert not hasattr(layer, "post_self_attn_layernorm")  # two norms per block, not GLM-4-0414's four
+
+
+@pytest.mark.parametrize("mode", ["batched", "staggered"])
+def test_batch_runner_matches_generate(glm, mode):
+    model, tok = glm
+    prompts = _prompts(tok)
+    ref = [_reference(model, p) for p in prompts]
+    runner = BatchRunner(model)
+    outs: dict[int, list[int]] = {k: [] for k in range(3)}
+    join_at = {0: 0, 1: 0, 2: 0} if mode == "batched" else {0: 0, 1: 3, 2: 5}
+    for step in range(40):
+        joining = [k for k, s in join_at.items() if s == step]
+        if joining:
+            logits = runner.prefill(joining, [prompts[k] for k in joining])
+            for i, k in enumerate(joining):
+                outs[k].append(int(logits[i].argmax()))
+        runner.remove([k for k in runner.rows if len(outs[k]) >= N])
+        if not runner.rows:
+            if step > max(join_at.values()):
+                break
+            continue
+        logits = runner.decode([outs[k][-1] for k in runner.rows])
+        for k, t in zip(runner.rows, logits.argmax(-1).tolist()):
+            outs[k].append(t)
+    assert [outs[k][:N] for k in range(3)] == ref
+
+
+def test_plan_works_offline(capsys):
+    from autoglm.cli.main import main
+
+    assert main(["plan", "autoglm-demo-glm"]) == 0
+    out = capsys.readouterr().out
+    assert "autoglm-demo-glm" in out
+
+
+@pytest.fixture(scope="module")
+def glm_server(autoglm_home, glm_dir):
+    from tests.conftest import _stop, start_live_server
+
+    server = start_live_server(autoglm_home, "autoglm-demo-glm", "--max-num-seqs", "4", "--quantize", "fp32")
+    try:
+        yield server
+    finally:
+        _stop(server.process)
+
+
+def test_serve_end_to_end_with_the_openai_sdk(glm_server, glm):
+    from openai import OpenAI
+
+    model, tok = glm
+    client = OpenAI(base_url=glm_server.base_url, api_key="none", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["autoglm-demo-glm"]
+    chat = client.chat.completions.create(model="autoglm-demo-glm", temperature=0, max_tokens=8,
+                                          messages=[{"role": "user", "content": "你好"}],
+                                          extra_body={"ignore_eos": True})
+    assert chat.usage.completion_tokens == 8 and chat.choices[0].finish_reason == "length"
+    prompt = tok.encode("the sea is", add_special_tokens=False)
+    r = client.completions.create(model="autoglm-demo-glm", prompt=[prompt], max_tokens=N, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].text == tok.decode(_reference(model, prompt))
