@@ -413,17 +413,22 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
     lc = require_llama_cpp()  # before any conversion work
     raw = Path(settings.model).expanduser()
     spec = None
+    gpu_layers = 0
+    if settings.device in ("auto", "cuda", "mps") and lc.llama_supports_gpu_offload():
+        gpu_layers = 10**6  # all of them
     if settings.model.endswith(".gguf"):
         if not raw.is_file():
             raise ModelNotFoundError(f"GGUF file {settings.model!r} does not exist")
         gguf_path, source = raw.resolve(), _tokenizer_dir(raw.resolve())
         gguf_type = "file"
+        _check_cpu(settings, gpu_layers, {0: "f32", 1: "f16"}.get(_file_type(gguf_path), "q8_0"))
     else:
         from autoglm.hub.resolve import resolve_model
 
         resolved = resolve_model(settings.model, settings)
         spec = resolved.spec
         gguf_type = gguf_type_for(settings.quantize, resolved.path)
+        _check_cpu(settings, gpu_layers, gguf_type)  # before a large model is converted for nothing
         converted = ensure_gguf(settings.model, settings, gguf_type)
         gguf_path, source = converted.path, converted.source
         log.info("llamacpp: %s (%s, %.1f MiB%s)", gguf_path, gguf_type, converted.size / 2**20,
@@ -435,9 +440,6 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
     max_model_len = settings.max_model_len or min(limit, 4096)
     if max_model_len > limit:
         raise ConfigError(f"max_model_len {max_model_len} exceeds the model's limit of {limit} tokens")
-    gpu_layers = 0
-    if settings.device in ("auto", "cuda", "mps") and lc.llama_supports_gpu_offload():
-        gpu_layers = 10**6  # all of them
     weights_f32 = gguf_type == "f32" or (gguf_type == "file" and _file_type(gguf_path) == 0)
     runner = LlamaCppRunner(gguf_path, max_model_len=max_model_len, max_num_seqs=settings.max_num_seqs,
                             n_threads=settings.num_threads, gpu_layers=gpu_layers, kv_f32=weights_f32)
@@ -453,6 +455,16 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
         info={"path": str(gguf_path), "gguf_type": gguf_type, "source": str(source),
               "engine": "llamacpp", "gpu_layers": gpu_layers},
     )
+
+
+def _check_cpu(settings: EngineSettings, gpu_layers: int, gguf_type: str) -> None:
+    """A child-process probe of llama.cpp's CPU kernels for ``gguf_type`` where they may crash the server
+    (a CPU that reports AMX; :mod:`~autoglm.engine.backends.llamacpp_probe`). Every layer on the GPU: the
+    CPU matmul kernels never run, nothing to probe."""
+    if not gpu_layers:
+        from autoglm.engine.backends.llamacpp_probe import check_llamacpp_cpu
+
+        check_llamacpp_cpu(gguf_type, settings)
 
 
 def _file_type(path: Path) -> int | None:
