@@ -224,11 +224,26 @@ def test_abort_frees_the_sequence(loaded):
     assert stats.num_running == 0 and stats.kv_cache_usage == 0.0
 
 
-def test_gguf_without_tokenizer_is_a_clear_error(f32_gguf, tmp_path):
+def test_a_bare_gguf_serves_with_its_own_tokenizer_and_the_same_greedy_tokens(f32_gguf, tmp_path, demo):
+    """No Hugging Face files beside it: the tokenizer, chat template and stop ids come from the GGUF, as
+    llama-server takes them, and greedy decoding is token for token the converted model's."""
     lonely = tmp_path / "lonely.gguf"
     lonely.write_bytes(f32_gguf.read_bytes())
-    with pytest.raises(ModelNotFoundError, match="no tokenizer"):
-        load_llamacpp_model(EngineSettings(model=str(lonely), max_model_len=64, max_num_seqs=1))
+    bare = load_llamacpp_model(EngineSettings(model=str(lonely), max_model_len=128, max_num_seqs=2, num_threads=2))
+    try:
+        _, tok = demo
+        assert bare.info["source"] == "gguf metadata"
+        msgs = [{"role": "user", "content": "hello 你好"}]
+        assert (bare.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        assert bare.eos_token_ids == [0, 7, 9]  # <|endoftext|>, <|user|>, <|observation|>
+
+        async def body(engine):
+            return _ids(await _collect(engine, "b", PROMPT, max_tokens=16, temperature=0, ignore_eos=True))
+
+        assert _llama(bare, body, max_num_seqs=2) == _hf_greedy(demo, PROMPT, 16)
+    finally:
+        bare.model.close()
 
 
 def test_demo_name_is_converted_on_the_fly(demo_dir):

@@ -14,6 +14,7 @@ connection. ``hub.requests`` records every request (method, path, Range header).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pytest
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-HF_REPOS = ("zai-org/glm-4-9b-chat-hf", "acme/tiny-glm")
+HF_REPOS = ("zai-org/glm-4-9b-chat-hf", "acme/tiny-glm", "acme/tiny-glm-GGUF")
 MS_REPOS = ("ZhipuAI/glm-4-9b-chat-hf", "acme/tiny-glm")
 # Files a hub repo carries that a causal LM does not need (and must not be downloaded).
 EXTRA_FILES = {
@@ -184,11 +185,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-glm"))
 
 
-@pytest.fixture()
-def hub(tiny_model_dir):
-    files = {p.relative_to(tiny_model_dir).as_posix(): p.read_bytes()
-             for p in tiny_model_dir.rglob("*") if p.is_file()}
-    files.update(EXTRA_FILES)
+@contextlib.contextmanager
+def serve_hub(files: dict[str, bytes]):
+    """A :class:`Hub` serving ``files`` for every repo of :data:`HF_REPOS` / :data:`MS_REPOS`, in a thread."""
     state = Hub(files=files)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
     server.daemon_threads = True
@@ -200,6 +199,15 @@ def hub(tiny_model_dir):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture()
+def hub(tiny_model_dir):
+    files = {p.relative_to(tiny_model_dir).as_posix(): p.read_bytes()
+             for p in tiny_model_dir.rglob("*") if p.is_file()}
+    files.update(EXTRA_FILES)
+    with serve_hub(files) as state:
+        yield state
 
 
 @pytest.fixture()

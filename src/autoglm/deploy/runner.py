@@ -96,6 +96,7 @@ def engine_settings_for(model: ModelConfig, base: EngineSettings | None = None) 
 def pull_models(config: DeployConfig, base: EngineSettings | None = None, *, progress: bool = True,
                 echo: Echo = print) -> None:
     """Make every local model's files available (download with a progress bar when missing)."""
+    from autoglm.hub.gguf_repo import fetch_gguf, parse_gguf_ref
     from autoglm.hub.resolve import resolve_model
 
     done: set[tuple[str, str | None]] = set()
@@ -107,6 +108,11 @@ def pull_models(config: DeployConfig, base: EngineSettings | None = None, *, pro
         done.add((m.model_source, m.revision))
         settings = engine_settings_for(m, base)
         echo(f"autoglm: checking {m.model_source} ...")
+        ref = parse_gguf_ref(m.model_source)
+        if ref is not None:  # org/repo:TAG: only that quantization's file(s)
+            path = fetch_gguf(ref, settings, progress=progress)
+            echo(f"autoglm: {m.model_source} is ready (huggingface: {path})")
+            continue
         resolved = resolve_model(m.model_source, settings, progress=progress)
         echo(f"autoglm: {m.model_source} is ready ({resolved.source}: {resolved.path})")
 

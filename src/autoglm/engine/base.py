@@ -115,13 +115,18 @@ def _vllm_usable(device: str) -> bool:
 
 
 def auto_engine_name(model: str, device: str = "cpu") -> str:
-    """What ``--engine auto`` means for ``model`` on ``device``: llama.cpp for a GGUF file; vLLM
+    """What ``--engine auto`` means for ``model`` on ``device``: llama.cpp for a GGUF file or a hub repo of
+    GGUF files (``org/repo:TAG``); vLLM
     for a Hugging Face checkpoint on CUDA when vLLM is installed; transformers otherwise.
 
     (On CPU our transformers backend with dynamic int8 measured faster than llama.cpp q8_0 at
     concurrency 16 on the demo model, so auto does not switch a Hugging Face checkpoint to GGUF.)
     """
     if str(model).lower().endswith(".gguf"):
+        return "llamacpp"
+    from autoglm.hub.gguf_repo import parse_gguf_ref
+
+    if parse_gguf_ref(str(model)) is not None:  # org/repo:Q4_K_M, a hub repo of GGUF files
         return "llamacpp"
     return "vllm" if _vllm_usable(device) else "transformers"
 

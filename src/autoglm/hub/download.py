@@ -229,6 +229,12 @@ def download_huggingface(repo_id: str, target: Path, *, endpoint: str, revision:
     names = [s.rfilename for s in (info.siblings or [])]
     files = select_files(names)
     if not _has_weights(files):
+        from autoglm.hub.gguf_repo import quant_tags
+
+        tags = quant_tags(names)
+        if tags or any(n.endswith(".gguf") for n in names):
+            raise DownloadError(f"{repo_id} holds GGUF files, not a Hugging Face checkpoint: serve one with "
+                                f"--model {repo_id}:TAG (tags here: {', '.join(tags) or 'none in the names'})")
         raise DownloadError(f"{repo_id} has no *.safetensors or pytorch_model*.bin weights (files: "
                             f"{', '.join(names[:8]) or 'none'})")
     target.mkdir(parents=True, exist_ok=True)

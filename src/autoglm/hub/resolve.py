@@ -107,6 +107,12 @@ def resolve_model(name: str, settings: EngineSettings, progress: bool = True) ->
                              source="demo", name=raw)
 
     repo_id = _repo_id_for(raw, spec)
+    if repo_id is None and spec is None:
+        from autoglm.hub.gguf_repo import parse_gguf_ref
+
+        if parse_gguf_ref(raw) is not None:
+            raise ModelNotFoundError(f"{raw!r} names a hub repository of GGUF files (org/repo:TAG): the llama.cpp "
+                                     "engine serves it (--engine llamacpp or auto)")
     if repo_id is None:
         raise ModelNotFoundError(
             f"unknown model {raw!r}: not a local directory, not a known alias and not an org/name repo id. "

@@ -20,13 +20,17 @@ backend runs — driven through :class:`LlamaCppRunner`, which has the duties of
   discards the cache of the slot they move into), and decode batches are fed in seq_id order
   (llama.cpp prices a batch by the span of its seq_ids and splits unordered ones).
 
-Prompts are tokenized with the source model's Hugging Face tokenizer (the same ids, chat template and
-stop-string behaviour as the transformers backend); llama.cpp's own tokenizer is never used.
+Prompts are tokenized with a Hugging Face tokenizer (the same ids, chat template and stop-string
+behaviour as the transformers backend); llama.cpp's own tokenizer is never used.
 
-Loading: ``--model`` is a ``.gguf`` file (its tokenizer comes from the Hugging Face directory it was
-converted from, recorded by :mod:`autoglm.quantization.gguf`, or from tokenizer files beside it), or
-any model name, converted on first use and cached in the store (``--quantize``: fp32 → f32,
-fp16/bf16/auto → f16, int8 → q8_0, int4 → q4_k_m). Needs the ``llamacpp`` extra, imported lazily.
+Loading: ``--model`` is a ``.gguf`` file — its tokenizer is the Hugging Face directory it was converted
+from (recorded by :mod:`autoglm.quantization.gguf`) or the tokenizer files beside it, else the one the
+GGUF stores (rebuilt by :mod:`autoglm.quantization.gguf_tokenizer`: a bare GGUF serves as llama-server
+serves it) —, a hub repository of GGUF files named ``org/repo:TAG`` (:mod:`autoglm.hub.gguf_repo`:
+only that quantization is downloaded), or any model name, converted on first use and cached in the store
+(``--quantize``: fp32 → f32, fp16/bf16/auto → f16, int8 → q8_0, int4 → q4_k_m). Before the model loads,
+a CPU that reports AMX has llama.cpp probed in a child process (:mod:`.llamacpp_probe`). Needs the
+``llamacpp`` extra, imported lazily.
 """
 from __future__ import annotations
 
@@ -384,8 +388,8 @@ class LlamaCppEngine(LoopEngine):
             self.core.runner.close()
 
 
-def _tokenizer_dir(gguf_path: Path) -> Path:
-    """The Hugging Face directory whose tokenizer matches ``gguf_path``."""
+def _tokenizer_dir(gguf_path: Path) -> Path | None:
+    """The Hugging Face directory whose tokenizer matches ``gguf_path``; None: use the GGUF's own."""
     side = gguf_path.with_name(gguf_path.name + ".json")
     if side.is_file():
         try:
@@ -394,20 +398,17 @@ def _tokenizer_dir(gguf_path: Path) -> Path:
                 return source
         except (OSError, ValueError, KeyError):
             pass
-    if (gguf_path.parent / "tokenizer.json").is_file():
+    if (gguf_path.parent / "tokenizer.json").is_file() and (gguf_path.parent / "config.json").is_file():
         return gguf_path.parent
-    raise ModelNotFoundError(
-        f"no tokenizer for {gguf_path}: put the source model's tokenizer.json, tokenizer_config.json and "
-        "config.json beside it, or pass the Hugging Face model (name or directory) as --model and let "
-        "the llamacpp engine convert it"
-    )
+    return None
 
 
 def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
-    """Find or convert the GGUF, load it into llama.cpp, load the source tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from autoglm.engine.backends.transformers import eos_token_ids
+    """Find, fetch or convert the GGUF, load it into llama.cpp, load its tokenizer: the source model's
+    Hugging Face tokenizer where it is known (converted by us, or its files beside the GGUF), else the
+    tokenizer and chat template stored in the GGUF itself (a bare GGUF, or a hub repo of GGUF files
+    named ``org/repo:TAG``)."""
+    from autoglm.hub.gguf_repo import fetch_gguf, parse_gguf_ref
     from autoglm.quantization.gguf import ensure_gguf, require_llama_cpp
 
     lc = require_llama_cpp()  # before any conversion work
@@ -416,12 +417,18 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
     gpu_layers = 0
     if settings.device in ("auto", "cuda", "mps") and lc.llama_supports_gpu_offload():
         gpu_layers = 10**6  # all of them
-    if settings.model.endswith(".gguf"):
-        if not raw.is_file():
+    ref = parse_gguf_ref(settings.model)
+    if settings.model.endswith(".gguf") or ref is not None:
+        if ref is not None:
+            gguf_path = fetch_gguf(ref, settings).resolve()
+        elif not raw.is_file():
             raise ModelNotFoundError(f"GGUF file {settings.model!r} does not exist")
-        gguf_path, source = raw.resolve(), _tokenizer_dir(raw.resolve())
+        else:
+            gguf_path = raw.resolve()
+        source = _tokenizer_dir(gguf_path)
         gguf_type = "file"
-        _check_cpu(settings, gpu_layers, {0: "f32", 1: "f16"}.get(_file_type(gguf_path), "q8_0"))
+        file_type = _file_type(gguf_path)
+        _check_cpu(settings, gpu_layers, {0: "f32", 1: "f16"}.get(file_type, "q8_0"))
     else:
         from autoglm.hub.resolve import resolve_model
 
@@ -431,30 +438,51 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
         _check_cpu(settings, gpu_layers, gguf_type)  # before a large model is converted for nothing
         converted = ensure_gguf(settings.model, settings, gguf_type)
         gguf_path, source = converted.path, converted.source
+        file_type = None
         log.info("llamacpp: %s (%s, %.1f MiB%s)", gguf_path, gguf_type, converted.size / 2**20,
                  ", cached" if converted.cached else "")
 
-    config = AutoConfig.from_pretrained(source)
-    text_cfg = config.get_text_config()
-    limit = int(getattr(text_cfg, "max_position_embeddings", 4096) or 4096)
+    tokenizer, limit, eos_ids = _tokenizer_and_limits(gguf_path, source)
     max_model_len = settings.max_model_len or min(limit, 4096)
     if max_model_len > limit:
         raise ConfigError(f"max_model_len {max_model_len} exceeds the model's limit of {limit} tokens")
-    weights_f32 = gguf_type == "f32" or (gguf_type == "file" and _file_type(gguf_path) == 0)
+    weights_f32 = gguf_type == "f32" or (gguf_type == "file" and file_type == 0)
     runner = LlamaCppRunner(gguf_path, max_model_len=max_model_len, max_num_seqs=settings.max_num_seqs,
                             n_threads=settings.num_threads, gpu_layers=gpu_layers, kv_f32=weights_f32)
-    tokenizer = AutoTokenizer.from_pretrained(source)
     description = getattr(spec, "description", "") or "" if spec is not None else ""
     return LoadedModel(
         model=runner,
         tokenizer=tokenizer,
         max_model_len=max_model_len,
-        eos_token_ids=eos_token_ids(source, config, tokenizer),
+        eos_token_ids=eos_ids,
         device="cpu" if not gpu_layers else "gpu",
         description=description,
-        info={"path": str(gguf_path), "gguf_type": gguf_type, "source": str(source),
+        info={"path": str(gguf_path), "gguf_type": gguf_type,
+              "source": str(source) if source is not None else "gguf metadata",
               "engine": "llamacpp", "gpu_layers": gpu_layers},
     )
+
+
+def _tokenizer_and_limits(gguf_path: Path, source: Path | None) -> tuple[Any, int, list[int]]:
+    """``(tokenizer, context limit, ids that end a generation)`` from the source directory, or from the
+    GGUF's metadata when there is none (:mod:`autoglm.quantization.gguf_tokenizer`)."""
+    if source is None:
+        from autoglm.quantization.gguf_tokenizer import gguf_model_info, tokenizer_from_gguf
+
+        info = gguf_model_info(gguf_path)
+        tokenizer = tokenizer_from_gguf(gguf_path)
+        eos = info["eos_token_ids"] or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        log.info("llamacpp: %s carries its own tokenizer (%d tokens%s)", gguf_path.name, len(tokenizer),
+                 ", chat template" if info["chat_template"] else ", no chat template")
+        return tokenizer, int(info["context_length"]), eos
+    from transformers import AutoConfig, AutoTokenizer
+
+    from autoglm.engine.backends.transformers import eos_token_ids
+
+    config = AutoConfig.from_pretrained(source)
+    limit = int(getattr(config.get_text_config(), "max_position_embeddings", 4096) or 4096)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return tokenizer, limit, eos_token_ids(source, config, tokenizer)
 
 
 def _check_cpu(settings: EngineSettings, gpu_layers: int, gguf_type: str) -> None:
@@ -468,10 +496,11 @@ def _check_cpu(settings: EngineSettings, gpu_layers: int, gguf_type: str) -> Non
 
 
 def _file_type(path: Path) -> int | None:
+    """``general.file_type`` of a GGUF (llama.cpp's ``llama_ftype``); None when it has none or cannot be read
+    (llama.cpp reports an unreadable file when it loads it)."""
     try:
-        import gguf
+        from autoglm.quantization.gguf_tokenizer import gguf_model_info
 
-        field = gguf.GGUFReader(str(path)).fields.get("general.file_type")
-        return int(field.contents()) if field is not None else None
-    except Exception:  # an unreadable header is llama.cpp's to report
+        return gguf_model_info(path)["file_type"]
+    except Exception:  # noqa: BLE001 - an unreadable header is llama.cpp's to report
         return None
