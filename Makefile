@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= autoglm-demo
 
-.PHONY: run test venv venv-test clean
+.PHONY: run test venv venv-test clean llamacpp-if-built llamacpp-wheel
 
 $(VENV)/.base: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,23 @@ $(VENV)/.base: pyproject.toml constraints.txt
 $(VENV)/.test: $(VENV)/.base $(VENV)/.system
 	$(PIP) install -q -c constraints.txt -e ".[test,gateway,train,kubeflow,recommend,batch,grpc-dev,k8s,guided,vision]"
 	$(PIP) install -q -c constraints.txt -e apps/risk
+	@$(MAKE) --no-print-directory llamacpp-if-built
 	touch $@
+
+# The llamacpp extra: PyPI has llama-cpp-python only as source, and compiling llama.cpp takes ~20 minutes on
+# 2 cores, more than the whole test run. `make llamacpp-wheel` compiles it once into LLAMACPP_WHEELS; every
+# later `make test` (any checkout on this machine) installs that wheel in seconds and runs the llama.cpp
+# tests (GGUF families, bare GGUF, the CPU probe), which skip, saying so, where no wheel was built.
+LLAMACPP_WHEELS ?= $(HOME)/.cache/autoglm-wheels
+llamacpp-if-built:
+	@if ls $(LLAMACPP_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  $(PIP) install -q -c constraints.txt --find-links $(LLAMACPP_WHEELS) --only-binary llama-cpp-python -e ".[llamacpp]" \
+	  || echo "note: the llama-cpp-python wheel in $(LLAMACPP_WHEELS) did not install; the llama.cpp tests will skip"; \
+	else echo "note: no llama-cpp-python wheel in $(LLAMACPP_WHEELS) (make llamacpp-wheel builds one, ~20 min on 2 cores); the llama.cpp tests will skip"; fi
+
+llamacpp-wheel: venv
+	$(PIP) wheel --no-deps -c constraints.txt -w $(LLAMACPP_WHEELS) llama-cpp-python
+	@$(MAKE) --no-print-directory llamacpp-if-built
 
 # Tools the suite drives besides Python: Debian's chromium (console tests) and promtool (alert-rule
 # tests). Installed with apt-get when missing and this is root; otherwise their tests say they skip.
