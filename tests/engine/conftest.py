@@ -20,3 +20,29 @@ def demo(demo_dir):
 
     model = AutoModelForCausalLM.from_pretrained(demo_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(demo_dir)
+
+
+def batch_runner_outputs(model, prompts: list[list[int]], n: int, mode: str) -> list[list[int]]:
+    """Greedy tokens of ``prompts`` through the engine's BatchRunner: all joining at step 0 (``batched``)
+    or at steps 0, 3 and 5 (``staggered``), each leaving after ``n`` tokens; compare with ``generate()``."""
+    from autoglm.engine.runner import BatchRunner
+
+    runner = BatchRunner(model)
+    outs: dict[int, list[int]] = {k: [] for k in range(len(prompts))}
+    join_at = {k: 0 for k in outs} if mode == "batched" else {k: (0, 3, 5)[k % 3] for k in outs}
+    for step in range(4 * n):
+        joining = [k for k, s in join_at.items() if s == step]
+        if joining:
+            logits = runner.prefill(joining, [prompts[k] for k in joining])
+            for i, k in enumerate(joining):
+                outs[k].append(int(logits[i].argmax()))
+        runner.remove([k for k in runner.rows if len(outs[k]) >= n])
+        if not runner.rows:
+            if step > max(join_at.values()):
+                break
+            continue
+        logits = runner.decode([outs[k][-1] for k in runner.rows])
+        for k, t in zip(runner.rows, logits.argmax(-1).tolist()):
+            outs[k].append(t)
+    assert runner.cache is None  # every sequence left
+    return [outs[k][:n] for k in range(len(prompts))]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from autoglm.engine.runner import BatchRunner
+from tests.engine.conftest import batch_runner_outputs
 
 N = 10
 
@@ -52,26 +53,7 @@ def test_demo_is_a_mixture_of_experts(moe):
 def test_batch_runner_matches_generate(moe, mode):
     model, tok = moe
     prompts = _prompts(tok)
-    ref = [_reference(model, p) for p in prompts]
-    runner = BatchRunner(model)
-    outs: dict[int, list[int]] = {k: [] for k in range(3)}
-    join_at = {0: 0, 1: 0, 2: 0} if mode == "batched" else {0: 0, 1: 3, 2: 5}
-    for step in range(40):
-        joining = [k for k, s in join_at.items() if s == step]
-        if joining:
-            logits = runner.prefill(joining, [prompts[k] for k in joining])
-            for i, k in enumerate(joining):
-                outs[k].append(int(logits[i].argmax()))
-        runner.remove([k for k in runner.rows if len(outs[k]) >= N])
-        if not runner.rows:
-            if step > max(join_at.values()):
-                break
-            continue
-        logits = runner.decode([outs[k][-1] for k in runner.rows])
-        for k, t in zip(runner.rows, logits.argmax(-1).tolist()):
-            outs[k].append(t)
-    assert [outs[k][:N] for k in range(3)] == ref
-    assert runner.cache is None
+    assert batch_runner_outputs(model, prompts, N, mode) == [_reference(model, p) for p in prompts]
 
 
 def test_runner_uses_the_decode_attention_and_fusion_is_skipped_with_a_reason(moe_dir):

@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -126,17 +126,6 @@ DEMO_VARIANTS: dict[str, DemoSpec] = {
         intermediate_size=2432,
         description="GLM-4-shaped, ~100M random parameters: for load, memory and throughput tests.",
     ),
-    "autoglm-demo-glm": DemoSpec(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        intermediate_size=688,
-        architecture="GlmForCausalLM",
-        description="GLM-4 (2024, glm-4-9b-chat's architecture: two norms per block, not GLM-4-0414's four), "
-                    "~7M random parameters.",
-    ),
     "autoglm-demo-moe": DemoSpec(
         hidden_size=128,
         num_hidden_layers=3,
@@ -154,6 +143,12 @@ DEMO_VARIANTS: dict[str, DemoSpec] = {
                     "experts (top 2) and 1 shared expert per layer.",
     ),
 }
+
+# GLM-4 (2024, glm-4-9b-chat's GlmForCausalLM: two norms per block, not GLM-4-0414's four), autoglm-demo's sizes
+DEMO_VARIANTS["autoglm-demo-glm"] = replace(
+    DEMO_VARIANTS["autoglm-demo"], architecture="GlmForCausalLM",
+    description="GLM-4 (2024, glm-4-9b-chat's architecture: two norms per block, not GLM-4-0414's four), "
+                "~7M random parameters.")
 
 
 # The GLM-4.1V- and GLM-4.5V-shaped vision demos: built by autoglm.hub.demo_vision (names only here).
