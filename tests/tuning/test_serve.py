@@ -135,7 +135,7 @@ def test_real_run_measures_defaults_and_a_setting_and_picks_the_better(home, tmp
     out = tmp_path / "t" / "deploy.yaml"
     result = tserve.tune_serving(
         "autoglm-demo", workload=TINY, n_trials=3, sampler="grid", device_info=dev, out=out, progress=None,
-        confirm_rounds=1, space={"max_num_seqs": [4, 32], "quantize": ["auto"], "prefill_chunk": [512],
+        confirm_rounds=1, space={"engine": ["transformers"], "max_num_seqs": [4, 32], "quantize": ["auto"], "prefill_chunk": [512],
                "prefix_cache_tokens": [8192], "max_model_len": [4096]})
 
     by_seqs = {t.params["max_num_seqs"]: t for t in result.trials if t.role != "confirm"}
