@@ -105,3 +105,15 @@ def test_a_gguf_repo_named_without_a_tag_says_how_to_name_it(gguf_hub, tmp_path)
                               source="huggingface")
     with pytest.raises(DownloadError, match=r"holds GGUF files.*--model acme/tiny-glm-GGUF:TAG \(tags here: F32, Q4_K_M\)"):
         resolve_model("acme/tiny-glm-GGUF", settings, progress=False)
+
+
+def test_the_store_lists_the_gguf_by_its_tag(gguf_hub, tmp_path):
+    from autoglm.config import EngineSettings
+    from autoglm.hub.gguf_repo import fetch_gguf
+    from autoglm.hub.store import ModelStore
+
+    settings = EngineSettings(store_dir=tmp_path, hf_endpoint=gguf_hub.url)
+    fetch_gguf(parse_gguf_ref("acme/tiny-glm-GGUF:F32"), settings, progress=False)
+    listed = {m.repo_id: m for m in ModelStore(tmp_path).list()}
+    assert "acme/tiny-glm-GGUF:F32" in listed and listed["acme/tiny-glm-GGUF:F32"].complete
+    assert ModelStore(tmp_path).remove("acme/tiny-glm-GGUF:F32") and not ModelStore(tmp_path).list()

@@ -143,6 +143,6 @@ def fetch_gguf(ref: GGUFRef, settings: Any, progress: bool = True) -> Path:
         except Exception as exc:  # noqa: BLE001
             raise DownloadError(f"download of {name} from {ref.repo_id} failed: "
                                 f"{' '.join(str(exc).split())[:200]} (run the same command to resume)") from None
-    store.mark_complete(target, source="huggingface", repo_id=ref.repo_id, tag=ref.tag, revision=revision,
+    store.mark_complete(target, source="huggingface", repo_id=key, tag=ref.tag, revision=revision,  # listed as org/repo:TAG
                         endpoint=endpoint, commit=info.sha, files=files)
     return target / files[0]
