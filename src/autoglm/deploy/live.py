@@ -317,10 +317,7 @@ class Deployments:
 
     async def stop(self, name: str, *, drain_s: float | None = None) -> dict[str, Any]:
         """Stop routing ``name``; its replicas finish what they serve, then shut down."""
-        route = self._route(name)
-        served = self._served[name]
-        if served.lock.locked():
-            raise DeploymentBusy(f"{name!r} is being changed (a swap or stop is running); retry when it is done")
+        route, served = self._route(name), self._idle(name)
         async with served.lock:
             entry = self._entry(route)
             try:
@@ -339,6 +336,13 @@ class Deployments:
         return result
 
     # -- swap -------------------------------------------------------------------------------------
+    def _idle(self, name: str) -> Any:
+        """``name``'s serving record, or :class:`DeploymentBusy` when a swap, scale or stop holds it."""
+        served = self._served[name]
+        if served.lock.locked():
+            raise DeploymentBusy(f"{name!r} is being changed (a swap, scale or stop is running); retry when it is done")
+        return served
+
     async def swap(self, name: str, source: str, *, drain_s: float | None = None) -> dict[str, Any]:
         """Load ``source`` beside the old version, check it, switch, drain and shut the old one down.
 
@@ -349,18 +353,12 @@ class Deployments:
         if not isinstance(source, str) or not source.strip():
             raise ConfigError("swap: source: give what to load, e.g. models:/NAME@champion, a directory or a model id")
         source = source.strip()
-        if drain_s is not None and not drain_s >= 0:
-            raise ConfigError(f"swap: drain_s: must be 0 or more seconds; got {drain_s!r}")
-        route = self._route(name)
-        served = self._served[name]
-        if served.lock.locked():
-            raise DeploymentBusy(f"{name!r} is being changed (another swap or stop is running); retry when it is done")
+        _check_drain("swap", drain_s)
+        route, served = self._route(name), self._idle(name)
         async with served.lock:
             old_backends = list(route.backends)
-            old_engines = [b.engine for b in old_backends if b.engine is not None]
-            if len(old_engines) != len(old_backends):
-                raise DeploymentError(f"{name!r} is served by a remote upstream; a swap replaces local engines "
-                                      "(stop it and launch the new one instead)")
+            old_engines = _local_engines(name, old_backends, "a swap replaces local engines (stop it and launch "
+                                                             "the new one instead)")
             before = self._entry(route)
             served.phase = "loading"
             try:
@@ -531,18 +529,12 @@ class Deployments:
         the planner's view of one more replica (:func:`scale_plan`) when replicas were added, else None."""
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
             raise ConfigError(f"scale: replicas: must be a whole number from 1 to {MAX_REPLICAS}; got {replicas!r}")
-        if drain_s is not None and not drain_s >= 0:
-            raise ConfigError(f"scale: drain_s: must be 0 or more seconds; got {drain_s!r}")
-        route = self._route(name)
-        served = self._served[name]
-        if served.lock.locked():
-            raise DeploymentBusy(f"{name!r} is being changed (a swap, scale or stop is running); retry when it is done")
+        _check_drain("scale", drain_s)
+        route, served = self._route(name), self._idle(name)
         async with served.lock:
             current = list(route.backends)
-            engines = [b.engine for b in current if b.engine is not None]
-            if len(engines) != len(current):
-                raise DeploymentError(f"{name!r} is served by a remote upstream; its replicas are the upstream's "
-                                      "urls (change upstream.urls in the deploy file)")
+            engines = _local_engines(name, current, "its replicas are the upstream's urls (change upstream.urls in "
+                                                    "the deploy file)")
             before = len(current)
             plan: dict[str, Any] | None = None
             added: list[Any] = []
@@ -681,3 +673,16 @@ def _resolve(source: str, settings: EngineSettings) -> Path:
     if source.lower().endswith(".gguf"):
         return Path(source)
     return resolve_model(source, settings, progress=False).path
+
+
+def _check_drain(op: str, drain_s: float | None) -> None:
+    if drain_s is not None and not drain_s >= 0:
+        raise ConfigError(f"{op}: drain_s: must be 0 or more seconds; got {drain_s!r}")
+
+
+def _local_engines(name: str, backends: list[Any], why_not: str) -> list[Any]:
+    """The engines behind ``backends``; :class:`DeploymentError` (``why_not``) when a remote upstream serves."""
+    engines = [b.engine for b in backends if b.engine is not None]
+    if len(engines) != len(backends):
+        raise DeploymentError(f"{name!r} is served by a remote upstream; {why_not}")
+    return engines
