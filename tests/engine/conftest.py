@@ -46,3 +46,18 @@ def batch_runner_outputs(model, prompts: list[list[int]], n: int, mode: str) -> 
             outs[k].append(t)
     assert runner.cache is None  # every sequence left
     return [outs[k][:n] for k in range(len(prompts))]
+
+
+def generate_reference(model, prompt: list[int], n: int) -> list[int]:
+    """``generate()``'s greedy ``n`` tokens after ``prompt`` (no early stop): what the engine must reproduce."""
+    import torch
+
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def family_prompts(tok) -> list[list[int]]:
+    """Three prompts (English, Chinese, code) as ids, for the per-family engine tests."""
+    texts = ["hello world", "服务一个模型需要多少内存？", "def f(x):\n    return x * 2\n" * 3]
+    return [tok.encode(t, add_special_tokens=False) for t in texts]

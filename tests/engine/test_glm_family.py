@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.conftest import batch_runner_outputs
+from tests.engine.conftest import batch_runner_outputs, family_prompts, generate_reference
 
 N = 10
 
@@ -27,14 +27,10 @@ def glm(glm_dir):
 
 
 def _reference(model, prompt: list[int]) -> list[int]:
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=N, min_new_tokens=N, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    return generate_reference(model, prompt, N)
 
 
-def _prompts(tok):
-    texts = ["hello world", "服务一个模型需要多少内存？", "def f(x):\n    return x * 2\n" * 3]
-    return [tok.encode(t, add_special_tokens=False) for t in texts]
+_prompts = family_prompts
 
 
 def test_demo_is_glm4_2024(glm):
