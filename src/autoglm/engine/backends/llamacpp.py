@@ -428,7 +428,7 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
         source = _tokenizer_dir(gguf_path)
         gguf_type = "file"
         file_type = _file_type(gguf_path)
-        _check_cpu(settings, gpu_layers, {0: "f32", 1: "f16"}.get(file_type, "q8_0"))
+        _check_cpu(settings, gpu_layers, file_type or "q8_0")  # a type the probe cannot write probes as q8_0
     else:
         from autoglm.hub.resolve import resolve_model
 
@@ -446,7 +446,7 @@ def load_llamacpp_model(settings: EngineSettings) -> LoadedModel:
     max_model_len = settings.max_model_len or min(limit, 4096)
     if max_model_len > limit:
         raise ConfigError(f"max_model_len {max_model_len} exceeds the model's limit of {limit} tokens")
-    weights_f32 = gguf_type == "f32" or (gguf_type == "file" and file_type == 0)
+    weights_f32 = gguf_type == "f32" or (gguf_type == "file" and file_type == "f32")
     runner = LlamaCppRunner(gguf_path, max_model_len=max_model_len, max_num_seqs=settings.max_num_seqs,
                             n_threads=settings.num_threads, gpu_layers=gpu_layers, kv_f32=weights_f32)
     description = getattr(spec, "description", "") or "" if spec is not None else ""
@@ -495,12 +495,12 @@ def _check_cpu(settings: EngineSettings, gpu_layers: int, gguf_type: str) -> Non
         check_llamacpp_cpu(gguf_type, settings)
 
 
-def _file_type(path: Path) -> int | None:
-    """``general.file_type`` of a GGUF (llama.cpp's ``llama_ftype``); None when it has none or cannot be read
-    (llama.cpp reports an unreadable file when it loads it)."""
+def _file_type(path: Path) -> str | None:
+    """A GGUF's type by llama.cpp's name (``f32``, ``f16``, ``q8_0``, ``q4_k_m``, ...); None when it has none or
+    cannot be read (llama.cpp reports an unreadable file when it loads it)."""
     try:
         from autoglm.quantization.gguf_tokenizer import gguf_model_info
 
-        return gguf_model_info(path)["file_type"]
+        return gguf_model_info(path)["type"]
     except Exception:  # noqa: BLE001 - an unreadable header is llama.cpp's to report
         return None
