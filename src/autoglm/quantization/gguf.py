@@ -224,7 +224,7 @@ def _expert_tensors(refs: dict[int, dict[str, Any]], n_experts: int) -> Iterator
             e, two_f, h = _shape(fused)
             for i, which in enumerate(("gate", "up")):
                 yield (f"blk.{bid}.ffn_{which}_exps.weight",
-                       lambda dt, fused=fused, i=i, f=two_f // 2: _load(fused, dt)[:, i * f:(i + 1) * f, :].copy(),
+                       lambda dt, fused=fused, i=i, f=two_f // 2: _load(fused, dt, slice(i * f, (i + 1) * f)),
                        [e, two_f // 2, h])
         for proj, which in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down")):
             got = parts.get(proj)
@@ -252,13 +252,14 @@ def _iter_tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
             yield name, (shard, name)
 
 
-def _load(ref: tuple[Path, str], dtype: str) -> np.ndarray:
+def _load(ref: tuple[Path, str], dtype: str, dim1: slice | None = None) -> np.ndarray:
+    """One tensor as ``dtype``; ``dim1``: only that range of its second dimension is read from the file."""
     import torch
     from safetensors import safe_open
 
     shard, name = ref
     with safe_open(str(shard), framework="pt") as f:
-        t = f.get_tensor(name)
+        t = f.get_tensor(name) if dim1 is None else f.get_slice(name)[:, dim1]
     t = t.to(torch.float16 if dtype == "f16" else torch.float32)
     return t.contiguous().numpy()
 
