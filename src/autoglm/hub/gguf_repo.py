@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from autoglm.errors import DownloadError, ModelNotFoundError
 
@@ -29,21 +29,11 @@ _TAG_IN_NAME = re.compile(r"(?<![A-Za-z0-9])((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F
 DEFAULT_TAGS = ("Q4_K_M", "Q4_0", "Q5_K_M", "Q8_0", "Q6_K", "F16", "BF16", "F32")
 
 
-class GGUFRef(tuple):
-    """``(repo_id, tag)``; ``tag`` is None when the name gave none."""
+class GGUFRef(NamedTuple):
+    """A GGUF repo reference; ``tag`` is None when the name gave none."""
 
-    __slots__ = ()
-
-    def __new__(cls, repo_id: str, tag: str | None):
-        return super().__new__(cls, (repo_id, tag))
-
-    @property
-    def repo_id(self) -> str:
-        return self[0]
-
-    @property
-    def tag(self) -> str | None:
-        return self[1]
+    repo_id: str
+    tag: str | None
 
 
 def parse_gguf_ref(name: str) -> GGUFRef | None:
@@ -111,7 +101,7 @@ def select_gguf(names: list[str], tag: str | None, repo_id: str = "the repositor
 
 def fetch_gguf(ref: GGUFRef, settings: Any, progress: bool = True) -> Path:
     """Download the GGUF file(s) ``ref`` names into the store (once) and return the path llama.cpp loads."""
-    from autoglm.hub.download import default_revision, hf_endpoint
+    from autoglm.hub.download import _short, default_revision, hf_endpoint
     from autoglm.hub.store import ModelStore
 
     store = ModelStore(settings.store_dir)
@@ -134,15 +124,15 @@ def fetch_gguf(ref: GGUFRef, settings: Any, progress: bool = True) -> Path:
     try:
         info = HfApi(endpoint=endpoint).model_info(ref.repo_id, revision=revision)
     except Exception as exc:  # noqa: BLE001 - every failure is one line
-        raise DownloadError(f"cannot list {ref.repo_id} at {endpoint}: {' '.join(str(exc).split())[:200]}") from None
+        raise DownloadError(f"cannot list {ref.repo_id} at {endpoint}: {_short(exc)}") from None
     files = select_gguf([s.rfilename for s in (info.siblings or [])], ref.tag, ref.repo_id)
     target.mkdir(parents=True, exist_ok=True)
     for name in files:
         try:
             hf_hub_download(ref.repo_id, name, revision=info.sha or revision, local_dir=target, endpoint=endpoint)
         except Exception as exc:  # noqa: BLE001
-            raise DownloadError(f"download of {name} from {ref.repo_id} failed: "
-                                f"{' '.join(str(exc).split())[:200]} (run the same command to resume)") from None
+            raise DownloadError(f"download of {name} from {ref.repo_id} failed: {_short(exc)} "
+                                "(run the same command to resume)") from None
     store.mark_complete(target, source="huggingface", repo_id=key, tag=ref.tag, revision=revision,  # listed as org/repo:TAG
                         endpoint=endpoint, commit=info.sha, files=files)
     return target / files[0]
