@@ -198,11 +198,17 @@ def _shape_tokenizer_and_model():
     return AutoTokenizer.from_pretrained(str(path)), AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
 
-def engine_steps(tok, model, spec, ids: list[int], seqs: int, budget: int, rounds: int, steps: int) -> dict:
-    """Median ms per decode step for ``unguided``, ``serial`` and ``overlap`` (see the module doc),
-    and the parts of the guided ones: ``mask`` (computing the masks, serial mode), ``wait`` (what the
-    forward did not hide, overlap mode), ``apply`` and ``check`` (recheck + advance)."""
-    from autoglm.engine.guided import get_backend, recheck
+MODES = ("unguided", "serial", "overlap", "first-random", "first-model")
+
+
+def engine_steps(tok, model, spec, ids: list[int], seqs: int, budget: int, rounds: int, steps: int,
+                 boost: float) -> dict:
+    """Median ms per decode step for each of ``MODES`` (see the module doc), and the parts of the
+    guided ones: ``mask`` (computing the masks, serial mode), ``wait`` (what the forward did not hide,
+    overlap mode), ``apply`` and ``check`` (recheck + advance); ``picked``/``refused`` per pick-first mode.
+    The ``-model`` modes add ``boost`` to the answer's token in every row's logits (a model that writes
+    this answer); ``unguided`` is timed both ways (``unguided`` and ``unguided-model``)."""
+    from autoglm.engine.guided import get_backend
     from autoglm.engine.guided.overlap import GuidedMasks
     from autoglm.engine.io_struct import SamplingParams
     from autoglm.engine.runner import BatchRunner
@@ -210,51 +216,65 @@ def engine_steps(tok, model, spec, ids: list[int], seqs: int, budget: int, round
 
     v = len(tok)
     offsets = [(k * 7) % max(1, len(ids) - steps - 1) for k in range(seqs)]
-    times: dict[str, list[float]] = {k: [] for k in ("unguided", "serial", "overlap", "mask", "wait", "apply", "check")}
+    names = MODES + ("unguided-model", "mask", "wait", "apply", "check")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    picks: dict[str, list[int]] = {m: [0, 0] for m in MODES}
     for _ in range(rounds):
-        for mode in ("unguided", "serial", "overlap"):
+        for mode in MODES + ("unguided-model",):
             runner = BatchRunner(model)
             keys = list(range(seqs))
             with torch.inference_mode():
                 runner.prefill(keys, [[5 + k, 6, 7, 8] for k in keys])
             rows = [RowState(SamplingParams(max_tokens=budget, temperature=1.0, seed=k), v, [1]) for k in keys]
-            cons = [get_backend("llguidance").build(spec, tok) for _ in keys] if mode != "unguided" else []
+            guided = not mode.startswith("unguided")
+            cons = [get_backend("llguidance").build(spec, tok) for _ in keys] if guided else []
             for c, off in zip(cons, offsets):
                 for t in ids[:off]:
                     c.advance(t)
-            gm = GuidedMasks()
+            gm = GuidedMasks(pick_first=mode.startswith("first"))
+            params = [r.params for r in rows]
             left = [budget - off for off in offsets]
-            if mode == "overlap":
-                gm.start(cons, left)
+            ahead = mode in ("overlap", "first-random", "first-model")
+            if ahead and cons:
+                gm.start(cons, left, params)
+            target = torch.arange(seqs)
             for step in range(steps):
                 feed = [ids[off + step] for off in offsets]
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     logits = runner.decode(feed)
+                    if mode.endswith("model"):  # the answer's next token is what the model wants
+                        logits[target, torch.tensor([ids[off + step] for off in offsets])] += boost
                 t1 = time.perf_counter()
+                first: list[int] = []
                 if cons:
                     w0 = gm.waited_s
-                    gm.apply(logits, keys, cons, left, rows)
+                    first = gm.apply(logits, keys, cons, left, rows)
                     t2 = time.perf_counter()
-                    times["wait" if mode == "overlap" else "mask"].append(1000 * (gm.waited_s - w0 if mode == "overlap" else t2 - t1))
-                    if mode == "overlap":
+                    if mode == "serial":
+                        times["mask"].append(1000 * (t2 - t1))
+                    elif mode == "overlap":
+                        times["wait"].append(1000 * (gm.waited_s - w0))
                         times["apply"].append(1000 * (t2 - t1 - (gm.waited_s - w0)))
                 res = sample(logits, rows)
                 t3 = time.perf_counter()
                 if cons:
-                    again = recheck(cons, res.token_ids, left)
-                    for j in again:
-                        rows[j].allowed_mask = torch.from_numpy(cons[j].exact_mask(left[j]))
-                        res.token_ids[j] = sample(logits[j:j + 1], [rows[j]]).token_ids[0]
+                    gm.settle(logits, keys, cons, left, rows, res, first)
                     for j, c in enumerate(cons):  # follow the answer, so the states stay realistic
                         c.advance(ids[offsets[j] + step])
                         left[j] -= 1
                     if mode == "overlap":
                         times["check"].append(1000 * (time.perf_counter() - t3))
-                        gm.start(cons, left)
+                    if ahead:
+                        gm.start(cons, left, params)
                 times[mode].append(1000 * (time.perf_counter() - t0))
+            if mode in picks:
+                picks[mode][0] += gm.picked
+                picks[mode][1] += gm.refused
             gm.close()
-    return {k: statistics.median(x) if x else 0.0 for k, x in times.items()}
+    out = {k: statistics.median(x) if x else 0.0 for k, x in times.items()}
+    out["picks"] = picks
+    return out
 
 
 def report_engine(args, spec) -> None:
@@ -267,20 +287,27 @@ def report_engine(args, spec) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     per_token("llguidance", tok, spec, ids[:1], 400)  # warm: llguidance's tokenizer
     mask_one = sorted(1000 * t for t in per_token("llguidance", tok, spec, ids, 400))
-    m = engine_steps(tok, model, spec, ids, args.seqs, 400, args.rounds, min(20, len(ids) // 2))
+    m = engine_steps(tok, model, spec, ids, args.seqs, 400, args.rounds, min(20, len(ids) // 2), args.answer_boost)
     base = m["unguided"]
-    print(f"engine, autoglm-demo-151k ({len(tok)} tokens, random weights), {args.seqs} seqs, medians over "
-          f"{args.rounds} interleaved rounds:")
+    print(f"engine, autoglm-demo-151k ({len(tok)} tokens, random weights), {args.seqs} seqs, temperature 1, "
+          f"medians over {args.rounds} interleaved rounds:")
     print(f"  per-token llguidance mask (1 seq): median {statistics.median(mask_one):.2f} ms")
-    print(f"  unguided decode step (forward + sample): {base:.1f} ms")
-    for mode in ("serial", "overlap"):
-        print(f"  guided, masks {mode:>7}: step {m[mode]:.1f} ms, overhead {m[mode] - base:+.2f} ms "
-              f"= {100 * (m[mode] - base) / base:+.1f} % (measured)")
-    print(f"    parts: masks of {args.seqs} seqs {m['mask']:.2f} ms (serial); with overlap: wait {m['wait']:.2f} ms, "
+    print(f"  unguided decode step (forward + sample): {base:.1f} ms; with the answer boosted: {m['unguided-model']:.1f} ms")
+    what = {"serial": "masks first, serial", "overlap": "masks first, ahead",
+            "first-random": "pick first, random model", "first-model": "pick first, model writes the answer"}
+    for mode, label in what.items():
+        ref = m["unguided-model"] if mode.endswith("model") else base
+        extra = ""
+        if mode.startswith("first"):
+            picked, refused = m["picks"][mode]
+            extra = f"; {picked} picks made unmasked, {refused} refused and redrawn ({100 * refused / max(1, picked):.0f} %)"
+        print(f"  guided, {label:>36}: step {m[mode]:.1f} ms, overhead {m[mode] - ref:+.2f} ms "
+              f"= {100 * (m[mode] - ref) / ref:+.1f} % (measured{extra})")
+    print(f"    parts: masks of {args.seqs} seqs {m['mask']:.2f} ms (serial); ahead: wait {m['wait']:.2f} ms, "
           f"apply in place {m['apply']:.2f} ms, recheck + advance {m['check']:.2f} ms")
     n = args.gpu_forward_ms
     left = max(0.0, m["mask"] - n) + m["apply"] + m["check"]
-    print(f"  MODEL (not measured): forward on a GPU taking {n:g} ms -> masks hidden except "
+    print(f"  MODEL (not measured), masks first: forward on a GPU taking {n:g} ms -> masks hidden except "
           f"{max(0.0, m['mask'] - n):.2f} ms; critical path left {left:.2f} ms = {100 * left / args.decode_step_ms:.1f} % "
           f"of a {args.decode_step_ms:g} ms step (apply would be a GPU kernel there: an upper bound)")
 
@@ -294,6 +321,8 @@ def main() -> None:
     ap.add_argument("--engine", action=argparse.BooleanOptionalAction, default=True,
                     help="also time decode steps of autoglm-demo-151k with serial and overlapped masks")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--answer-boost", type=float, default=20.0,
+                    help="logit added to the answer's token in the 'model writes the answer' mode")
     ap.add_argument("--gpu-forward-ms", type=float, default=20.0,
                     help="forward time of the modelled GPU machine (what the overlap can hide)")
     args = ap.parse_args()

@@ -49,6 +49,7 @@ class EngineSettings:
     prefill_chunk: int = 512  # a longer prompt is prefilled this many tokens per step (0: whole)
     prefix_cache_tokens: int = 8192  # KV cells of finished sequences kept for reuse (0: off)
     guided_backend: str = "auto"  # auto | builtin | llguidance: who computes structured-output masks
+    guided_pick_first: bool = True  # sample guided rows unmasked and check the pick where that is exact
     request_timeout: float = 600.0  # seconds, per request
     seed: int = 0
     store_dir: Path = field(default_factory=default_store_dir)

@@ -125,20 +125,21 @@ def _tokens(got):
 
 
 def test_engine_samples_the_same_tokens_with_and_without_overlap(demo, monkeypatch):
-    core = _core(demo)
+    core = _core(demo, guided_pick_first=False)  # every guided row masked before sampling
     overlapped = _tokens(_run(core, _requests()))
-    assert core._guided_masks.hits > 50
+    assert core._guided_masks.hits > 50 and core._guided_masks.picked == 0
     with monkeypatch.context() as m:  # serial: nothing started ahead
-        m.setattr(GuidedMasks, "start", lambda self, cons, left: None)
-        assert _tokens(_run(_core(demo), _requests())) == overlapped
+        m.setattr(GuidedMasks, "start", lambda self, cons, left, params=None: None)
+        assert _tokens(_run(_core(demo, guided_pick_first=False), _requests())) == overlapped
 
     def sampler_mask(self, logits, index, constraints, remaining, rows):  # the sampler's own mask step
         for i, bias in zip(index, self.masks(constraints, remaining)):
             rows[i].allowed_mask = torch.from_numpy(bias == 0)
+        return []
 
     with monkeypatch.context() as m:
         m.setattr(GuidedMasks, "apply", sampler_mask)
-        assert _tokens(_run(_core(demo), _requests())) == overlapped
+        assert _tokens(_run(_core(demo, guided_pick_first=False), _requests())) == overlapped
     assert any(len(v) > 3 for v in overlapped.values())
 
 

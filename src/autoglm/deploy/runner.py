@@ -89,6 +89,7 @@ def engine_settings_for(model: ModelConfig, base: EngineSettings | None = None) 
         device=model.device, max_model_len=model.max_model_len, max_num_seqs=model.max_num_seqs,
         max_queue=model.max_queue, prefill_chunk=model.prefill_chunk, prefix_cache_tokens=model.prefix_cache_tokens,
         request_timeout=model.request_timeout, guided_backend=model.guided_backend,
+        guided_pick_first=model.guided_pick_first,
         revision=model.revision, num_threads=model.num_threads,
     )
 

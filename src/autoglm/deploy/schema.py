@@ -135,6 +135,7 @@ class ModelConfig(_Strict):
     prefill_chunk: NonNegativeInt = 512  # long prompts are prefilled this many tokens per step (0: whole)
     prefix_cache_tokens: NonNegativeInt = 8192  # finished requests' KV cells kept for reuse (0: off)
     guided_backend: Literal["auto", "builtin", "llguidance"] = "auto"  # structured-output masks
+    guided_pick_first: bool = True  # guided rows sampled unmasked, the pick checked (where exact)
     # CPU threads for the engine (None: torch's / llama.cpp's default). 1 on a CPU other work shares: int8
     # linears wait for each other's threads when another process holds a core (benchmarks/bandwidth.py)
     num_threads: Optional[PositiveInt] = None

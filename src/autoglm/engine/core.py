@@ -82,9 +82,11 @@ class EngineCore:
         max_prefill_tokens: int = 4096,
         prefill_chunk: int = 0,
         guided_backend: str = "auto",
+        guided_pick_first: bool = True,
     ):
         self.tokenizer = tokenizer
         self.guided_backend = guided_backend  # auto | builtin | llguidance (autoglm.engine.guided.backends)
+        self.guided_pick_first = guided_pick_first  # see autoglm.engine.guided.overlap
         self.max_model_len = max_model_len
         self.vocab_size = len(tokenizer)
         self.eos_token_ids = set(eos_token_ids or [])
@@ -117,7 +119,7 @@ class EngineCore:
             if self._guided_masks is None:
                 from autoglm.engine.guided.overlap import GuidedMasks
 
-                self._guided_masks = GuidedMasks()
+                self._guided_masks = GuidedMasks(pick_first=self.guided_pick_first)
         self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -176,7 +178,8 @@ class EngineCore:
         if self._guided_masks is None or not len(self.runner):
             return
         seqs = [s for s in self.runner.rows if s.extra.get("constraint") is not None]
-        self._guided_masks.start([s.extra["constraint"] for s in seqs], [s.remaining_tokens for s in seqs])
+        self._guided_masks.start([s.extra["constraint"] for s in seqs], [s.remaining_tokens for s in seqs],
+                                 [s.request.params for s in seqs])
 
     def _prefill_next_chunk(self) -> list[RequestOutput]:
         """One chunk of the oldest long prompt; its first token when that was the last chunk."""
@@ -195,19 +198,13 @@ class EngineCore:
     def _sample_and_update(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
         rows: list[RowState] = [seq.extra["row"] for seq in seqs]
         guided = [i for i, seq in enumerate(seqs) if seq.extra.get("constraint") is not None]
-        if guided:  # masked in place: computed ahead while the forward ran, or now (one batched call)
-            from autoglm.engine.guided import recheck
-
+        if guided:  # picked first and checked after, or masked in place (computed ahead, or now)
             cons = [seqs[i].extra["constraint"] for i in guided]
             left = [seqs[i].remaining_tokens for i in guided]
-            self._guided_masks.apply(logits, guided, cons, left, rows)
+            first = self._guided_masks.apply(logits, guided, cons, left, rows)
         result = sample(logits, rows)
-        if guided:  # a fast mask knows no budget: a refused pick is drawn again from the exact mask
-            for j in recheck(cons, [result.token_ids[i] for i in guided], left):
-                i = guided[j]
-                rows[i].allowed_mask = torch.from_numpy(cons[j].exact_mask(left[j]))
-                again = sample(logits[i:i + 1], [rows[i]])
-                result.token_ids[i], result.logprobs[i] = again.token_ids[0], again.logprobs[0]
+        if guided:  # a refused pick (made first, or from a mask that knows no budget) is drawn again
+            self._guided_masks.settle(logits, guided, cons, left, rows, result, first)
         now = time.monotonic()
         outputs, finished = [], []
         for seq, row, token, lp in zip(seqs, rows, result.token_ids, result.logprobs):

@@ -140,6 +140,7 @@ class LoopEngine(Engine):
             prefill_chunk=self.prefill_chunk,
             eos_token_ids=loaded.eos_token_ids,
             guided_backend=getattr(getattr(self, "settings", None), "guided_backend", "auto"),
+            guided_pick_first=getattr(getattr(self, "settings", None), "guided_pick_first", True),
         )
 
     def _make_runner(self, loaded: LoadedModel) -> Any:

@@ -253,6 +253,18 @@ class LlgConstraint(GuidedConstraint):
         self.resampled += not ok
         return ok
 
+    def allows(self, token_id: int, remaining_tokens: int) -> bool | None:
+        """llguidance's own check of one token (its lexer and parser, microseconds, state unchanged),
+        then the shadow's budget check: the same answer as :meth:`exact_mask`, without computing a mask.
+        None once failed over (the shadow's masks are the constraint then)."""
+        if self.failed:
+            return None
+        ok = self.matcher.validate_tokens([int(token_id)]) == 1
+        if self.matcher.is_error():  # a parser limit, met here instead of in a mask: as after a mask
+            LlguidanceBackend.shadow_takes_over(self)
+            return False
+        return ok and self.check(token_id, remaining_tokens)
+
     def _drop_shadow(self, why: str) -> None:
         log.warning("guided decoding: budget shadow dropped (%s); output after %d bytes may be cut at "
                     "max_tokens", why, len(self.shadow.output))

@@ -24,22 +24,42 @@ penalties and ``logit_bias``: a penalty or a finite bias leaves ``-inf`` where i
 tokens are the same. Rows that asked for logprobs keep the sampler's ``allowed_mask`` instead
 (logprobs are those of the raw logits), as do rows whose logits are narrower than the vocabulary.
 
+Picking first (no mask at all, most steps of a model that writes the format). Where the row's
+sampling makes it exact, a guided sequence is sampled from its unmasked logits and the pick is checked
+afterwards (:meth:`GuidedConstraint.allows`: llguidance's lexer and parser on one token plus the budget
+shadow, microseconds); only a refused pick costs a mask (the exact one, on the spot) and a redraw from
+it. Exact means the same distribution as masking first: greedy (the unmasked argmax, when allowed, is
+the masked argmax; when it is refused the redraw takes the masked argmax) and plain temperature
+sampling (a draw from p kept only inside the allowed set A, else redrawn from p restricted to A, is
+distributed as p restricted to A); not with ``top_k``, ``top_p`` or ``min_p``, which truncate before
+the mask would, so those rows are masked first as above. A sequence whose pick was refused is masked
+first (ahead, overlapped) for the next 1, 2, 4 … 16 steps before it picks first again, so a model that
+keeps missing (a random one, or a stretch of forced punctuation) costs what masking costs.
+
 Knows nothing about the scheduler, the model or HTTP; works on constraints, numpy and torch.
 """
 from __future__ import annotations
 
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from autoglm.engine.guided.backends import GuidedConstraint, _INSTANCES
 
-__all__ = ["GuidedMasks", "mask_biases"]
+__all__ = ["GuidedMasks", "mask_biases", "pick_first_exact"]
 
 NEG_INF = float("-inf")
+MAX_BACKOFF = 16  # steps a sequence is masked first after refused picks, at most
+
+
+def pick_first_exact(params: Any) -> bool:
+    """Picking first, then checking, samples exactly what masking first would for these sampling
+    parameters (see the module doc): greedy, or temperature without top_k / top_p / min_p."""
+    return params.greedy or (params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0)
 
 
 def _key(c: GuidedConstraint, remaining: int) -> tuple[int, int, int]:
@@ -83,7 +103,10 @@ class GuidedMasks:
     """Masks of a decode step, started ahead on one worker thread. One per engine; not thread-safe
     (the engine thread calls every method)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pick_first: bool = True) -> None:
+        self.pick_first = pick_first  # False: every guided row is masked before sampling
+        # per constraint: (refusals in a row, steps left to be masked first); absent = picks first
+        self._backoff: weakref.WeakKeyDictionary[GuidedConstraint, list[int]] = weakref.WeakKeyDictionary()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
         self._pending_keys: list[tuple[int, int, int]] = []
@@ -95,15 +118,27 @@ class GuidedMasks:
         self.hits = 0  # masks taken from the worker (for tests and the benchmark)
         self.misses = 0  # masks computed on the caller's thread
         self.waited_s = 0.0  # time spent waiting for the worker
+        self.picked = 0  # rows sampled without a mask (for tests and the benchmark)
+        self.refused = 0  # of those, picks refused and drawn again from the exact mask
+
+    def _picks_first(self, c: GuidedConstraint, params: Any) -> bool:
+        """This step, ``c`` is sampled unmasked and checked after (see the module doc)."""
+        if not self.pick_first or type(c).allows is GuidedConstraint.allows or c.done or not pick_first_exact(params):
+            return False
+        state = self._backoff.get(c)
+        return state is None or state[1] <= 0
 
     # -- ahead ---------------------------------------------------------------------------------
-    def start(self, constraints: list[GuidedConstraint], remaining: list[int]) -> None:
+    def start(self, constraints: list[GuidedConstraint], remaining: list[int],
+              params: Sequence[Any] | None = None) -> None:
         """Begin computing the masks of ``constraints`` in their current state (``remaining`` tokens
-        of budget each) on the worker. Masks started earlier and not used are dropped."""
+        of budget each) on the worker; not those that will pick first (``params``: each one's
+        SamplingParams; None: all are masked). Masks started earlier and not used are dropped."""
         self._wait()
         self._ready = {}
-        todo = [(c, r) for c, r in zip(constraints, remaining)
-                if not c.done and getattr(_INSTANCES.get(c.backend), "overlap", False)]
+        todo = [(c, r) for k, (c, r) in enumerate(zip(constraints, remaining))
+                if not c.done and getattr(_INSTANCES.get(c.backend), "overlap", False)
+                and not (params is not None and self._picks_first(c, params[k]))]
         if not todo:
             return
         if self._pool is None:
@@ -153,10 +188,76 @@ class GuidedMasks:
         return out  # type: ignore[return-value]
 
     def apply(self, logits: torch.Tensor, index: list[int], constraints: list[GuidedConstraint],
-              remaining: list[int], rows: list[Any]) -> None:
+              remaining: list[int], rows: list[Any]) -> list[int]:
         """Mask row ``index[j]`` of ``logits`` [B, V'] for ``constraints[j]``: in place (``-inf`` added
         where not allowed; columns past the vocabulary are left to the sampler, which masks padding), or
-        through ``rows[index[j]].allowed_mask`` for a row that wants logprobs of the raw logits."""
+        through ``rows[index[j]].allowed_mask`` for a row that wants logprobs of the raw logits. Rows
+        that pick first are left unmasked: their ``j`` are returned, for :meth:`settle`."""
+        # a constraint started on the worker was planned to be masked (and may still be in use there)
+        first = [j for j, (i, c, r) in enumerate(zip(index, constraints, remaining))
+                 if id(c) not in self._in_flight and _key(c, r) not in self._ready
+                 and self._picks_first(c, rows[i].params)]
+        for j in first:
+            rows[index[j]].allowed_mask = None
+        if len(first) == len(index):
+            return first
+        if first:
+            chosen = set(first)
+            keep = [j for j in range(len(index)) if j not in chosen]
+            self._mask([index[j] for j in keep], [constraints[j] for j in keep], [remaining[j] for j in keep],
+                       logits, rows)
+        else:
+            self._mask(index, constraints, remaining, logits, rows)
+        return first
+
+    def settle(self, logits: torch.Tensor, index: list[int], constraints: list[GuidedConstraint],
+               remaining: list[int], rows: list[Any], result: Any, first: list[int]) -> list[int]:
+        """After ``result = sample(logits, rows)`` (``first``: what :meth:`apply` returned): draw again,
+        in ``result``, every guided pick that may not come next, and keep each sequence's backoff. A
+        refused pick made first goes the way of masking first from here (its fast mask applied to its
+        row, drawn again, then the budget check); a pick from a fast mask that the budget refuses
+        (:meth:`GuidedConstraint.check`) is drawn again from :meth:`~GuidedConstraint.exact_mask`.
+        Returns the rows (``index`` values) drawn again."""
+        chosen = set(first)
+        refused_first, budget = [], []
+        for j, (i, c, r) in enumerate(zip(index, constraints, remaining)):
+            t = result.token_ids[i]
+            state = self._backoff.get(c)
+            if j in chosen:
+                self.picked += 1
+                if c.allows(t, r):
+                    self._backoff.pop(c, None)
+                    continue
+                self.refused += 1
+                misses = 1 if state is None else state[0] + 1
+                self._backoff[c] = [misses, min(MAX_BACKOFF, 2 ** (misses - 1))]
+                refused_first.append(j)
+                continue
+            if state is not None:
+                state[1] -= 1
+            if not c.check(t, r):
+                budget.append(j)
+        if refused_first:  # as if masked first: all their fast masks at once, one draw for them all
+            self._mask([index[j] for j in refused_first], [constraints[j] for j in refused_first],
+                       [remaining[j] for j in refused_first], logits, rows)
+            self._draw(logits, [index[j] for j in refused_first], rows, result)
+            budget += [j for j in refused_first if not constraints[j].check(result.token_ids[index[j]], remaining[j])]
+        for j in budget:
+            i = index[j]
+            rows[i].allowed_mask = torch.from_numpy(constraints[j].exact_mask(remaining[j]))
+            self._draw(logits, [i], rows, result)
+        return sorted({index[j] for j in refused_first + budget})
+
+    @staticmethod
+    def _draw(logits: torch.Tensor, which: list[int], rows: list[Any], result: Any) -> None:
+        from autoglm.engine.sampling import sample
+
+        picked = sample(logits[which], [rows[i] for i in which])
+        for i, t, lp in zip(which, picked.token_ids, picked.logprobs):
+            result.token_ids[i], result.logprobs[i] = t, lp
+
+    def _mask(self, index: list[int], constraints: list[GuidedConstraint], remaining: list[int],
+              logits: torch.Tensor, rows: list[Any]) -> None:
         biases = self.masks(constraints, remaining)
         inplace: list[int] = []
         for j, (i, bias) in enumerate(zip(index, biases)):
