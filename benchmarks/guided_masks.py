@@ -20,6 +20,11 @@ CJK characters and their pairs, GLM-4's special tokens), then for each backend:
     On a CPU the forward uses the same cores as llguidance's threads, so the benchmark also prints a
     *model* of a GPU machine: the mask time a forward of ``--gpu-forward-ms`` would not hide, plus the
     measured critical-path work (apply + recheck + advance).
+    Two more modes pick first (sample unmasked, check the pick; :mod:`autoglm.engine.guided.overlap`):
+    ``first-random`` on the random model's own logits (most structural picks refused: the worst case),
+    ``first-model`` with ``--answer-boost`` added to the answer's next token (a model that writes this
+    answer: the case picking first is for); each reports its picks, refusals and the guided work left
+    on the engine thread (apply + check + redraws + advance), measured directly.
 
     .venv/bin/python benchmarks/guided_masks.py            # a few minutes on 2 loaded cores
     .venv/bin/python benchmarks/guided_masks.py --vocab 32000 --seqs 8 --no-engine
@@ -216,7 +221,7 @@ def engine_steps(tok, model, spec, ids: list[int], seqs: int, budget: int, round
 
     v = len(tok)
     offsets = [(k * 7) % max(1, len(ids) - steps - 1) for k in range(seqs)]
-    names = MODES + ("unguided-model", "mask", "wait", "apply", "check")
+    names = MODES + ("unguided-model", "mask", "wait", "apply", "check", "work-first-random", "work-first-model")
     times: dict[str, list[float]] = {k: [] for k in names}
     picks: dict[str, list[int]] = {m: [0, 0] for m in MODES}
     for _ in range(rounds):
@@ -256,6 +261,8 @@ def engine_steps(tok, model, spec, ids: list[int], seqs: int, budget: int, round
                     elif mode == "overlap":
                         times["wait"].append(1000 * (gm.waited_s - w0))
                         times["apply"].append(1000 * (t2 - t1 - (gm.waited_s - w0)))
+                    else:
+                        work = t2 - t1
                 res = sample(logits, rows)
                 t3 = time.perf_counter()
                 if cons:
@@ -265,6 +272,8 @@ def engine_steps(tok, model, spec, ids: list[int], seqs: int, budget: int, round
                         left[j] -= 1
                     if mode == "overlap":
                         times["check"].append(1000 * (time.perf_counter() - t3))
+                    elif mode.startswith("first"):  # apply + settle (redraws included) + advance
+                        times[f"work-{mode}"].append(1000 * (work + time.perf_counter() - t3))
                     if ahead:
                         gm.start(cons, left, params)
                 times[mode].append(1000 * (time.perf_counter() - t0))
@@ -300,7 +309,8 @@ def report_engine(args, spec) -> None:
         extra = ""
         if mode.startswith("first"):
             picked, refused = m["picks"][mode]
-            extra = f"; {picked} picks made unmasked, {refused} refused and redrawn ({100 * refused / max(1, picked):.0f} %)"
+            extra = (f"; {picked} picks made unmasked, {refused} refused and redrawn ({100 * refused / max(1, picked):.0f} %); "
+                     f"guided work on the engine thread {m['work-' + mode]:.2f} ms = {100 * m['work-' + mode] / ref:.1f} %")
         print(f"  guided, {label:>36}: step {m[mode]:.1f} ms, overhead {m[mode] - ref:+.2f} ms "
               f"= {100 * (m[mode] - ref) / ref:+.1f} % (measured{extra})")
     print(f"    parts: masks of {args.seqs} seqs {m['mask']:.2f} ms (serial); ahead: wait {m['wait']:.2f} ms, "

@@ -5,7 +5,7 @@ with its exact mask over random states; greedy decoding gives the same tokens ei
 ``logit_bias`` and logprobs included); temperature sampling draws from the masked distribution (an
 empirical distribution over thousands of seeded draws against the exact masked softmax); rows whose
 sampling truncates (``top_k`` / ``top_p`` / ``min_p``) are always masked first; a sequence whose picks
-keep being refused is masked ahead for 1, 2, 4 … 16 steps, and one accepted pick ends that.
+keep being refused is masked ahead for 1, 2, 4 … 16 steps, and accepted picks undo refusals one each.
 """
 from __future__ import annotations
 
@@ -165,12 +165,18 @@ def test_a_sequence_refused_again_and_again_backs_off_and_an_accepted_pick_reset
         else:
             run += 1
     assert gaps[:7] == [0, 1, 2, 4, 8, 16, 16] and max(gaps) == MAX_BACKOFF
+    refusals = sum(schedule)
     logits[0, bad], logits[0, good] = 0.0, 50.0  # now the model wants an allowed token
-    while not gm.apply(x := logits.clone(), [0], [c], [20], [row]):
-        gm.settle(x, [0], [c], [20], [row], sample(x, [row]), [])
-    res = sample(x, [row])
-    assert gm.settle(x, [0], [c], [20], [row], res, [0]) == [] and res.token_ids[0] == good  # accepted
-    assert gm.apply(logits.clone(), [0], [c], [20], [row]) == [0]  # picks first from the next step on
+    accepted = 0
+    for _ in range(refusals * 17):
+        first = gm.apply(x := logits.clone(), [0], [c], [20], [row])
+        res = sample(x, [row])
+        assert gm.settle(x, [0], [c], [20], [row], res, first) == [] and res.token_ids[0] == good
+        accepted += bool(first)
+        if accepted == refusals:
+            break
+    assert accepted == refusals  # each accepted pick undoes one refusal: then it picks first every step
+    assert all(gm.apply(logits.clone(), [0], [c], [20], [row]) == [0] for _ in range(3))
 
 
 def test_pick_first_off_masks_every_row(demo):

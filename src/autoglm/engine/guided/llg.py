@@ -18,7 +18,10 @@ exact, slow mask is computed only on the few steps where it matters. If the two 
 nothing in common the shadow is dropped and llguidance's mask alone is used (logged once).
 
 Masks are computed ahead, while the forward pass runs (``overlap``: see
-:mod:`autoglm.engine.guided.overlap`), into a per-thread reused int32 bitmask.
+:mod:`autoglm.engine.guided.overlap`), into a per-thread reused int32 bitmask. Most steps need none:
+:meth:`LlgConstraint.allows` answers for one sampled token what the exact mask would (llguidance's
+``validate_tokens``, then the shadow's budget check), so a row whose sampling allows it is sampled
+unmasked and masked only when its pick is refused.
 
 When llguidance gives up (its parser limits: an object of thousands of properties makes a row of
 more items than it allows), a JSON-kind constraint *fails over* to its shadow, a complete constraint

@@ -32,9 +32,10 @@ it. Exact means the same distribution as masking first: greedy (the unmasked arg
 the masked argmax; when it is refused the redraw takes the masked argmax) and plain temperature
 sampling (a draw from p kept only inside the allowed set A, else redrawn from p restricted to A, is
 distributed as p restricted to A); not with ``top_k``, ``top_p`` or ``min_p``, which truncate before
-the mask would, so those rows are masked first as above. A sequence whose pick was refused is masked
-first (ahead, overlapped) for the next 1, 2, 4 … 16 steps before it picks first again, so a model that
-keeps missing (a random one, or a stretch of forced punctuation) costs what masking costs.
+the mask would, so those rows are masked first as above. After n more refused picks than accepted ones
+(counted per sequence, never below 0) a sequence is masked first (ahead, overlapped) for the next
+2**(n-1) steps, at most 16, before it picks first again, so a model that keeps missing (a random one, or
+a stretch of forced punctuation) costs about what masking costs.
 
 Knows nothing about the scheduler, the model or HTTP; works on constraints, numpy and torch.
 """
@@ -226,7 +227,10 @@ class GuidedMasks:
             if j in chosen:
                 self.picked += 1
                 if c.allows(t, r):
-                    self._backoff.pop(c, None)
+                    if state is not None and state[0] > 1:
+                        state[0] -= 1  # one accepted pick undoes one refusal: a mostly-refused
+                    else:              # sequence stays mostly masked first
+                        self._backoff.pop(c, None)
                     continue
                 self.refused += 1
                 misses = 1 if state is None else state[0] + 1
