@@ -151,3 +151,12 @@ def test_no_library_module_imports_the_cli():
 def test_the_import_check_sees_an_import_inside_a_function():
     tree = ast.parse("def f():\n    from autoglm.cli.serve import _x\n")
     assert (2, "autoglm.cli.serve") in _imports(tree)
+
+
+def test_guided_pick_first_from_a_deploy_file_reaches_the_engine_settings():
+    on = parse_deploy_text("models:\n- name: autoglm-demo\n")
+    off = parse_deploy_text("models:\n- name: autoglm-demo\n  guided_pick_first: false\n")
+    assert engine_settings_for(on.models[0]).guided_pick_first is True
+    assert engine_settings_for(off.models[0]).guided_pick_first is False
+    with pytest.raises(ConfigError, match="guided_pick_first"):
+        parse_deploy_text("models:\n- name: autoglm-demo\n  guided_pick_first: sometimes\n")
