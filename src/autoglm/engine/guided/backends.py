@@ -83,11 +83,16 @@ class GuidedConstraint(ABC):
     def exact_mask(self, remaining_tokens: int) -> np.ndarray:
         return self.allowed_token_ids(remaining_tokens)
 
+    @property
+    def checks_picks(self) -> bool:
+        """:meth:`allows` can answer now (a sampler may pick first and check; see
+        :mod:`autoglm.engine.guided.overlap`)."""
+        return False
+
     def allows(self, token_id: int, remaining_tokens: int) -> bool | None:
         """Without any mask: may ``token_id`` come next, by the language and by the budget, exactly as
         :meth:`exact_mask` would say? None when this constraint cannot tell without computing its mask
-        (then the caller masks before sampling). Lets a sampler pick first and mask only on a refusal
-        (:mod:`autoglm.engine.guided.overlap`)."""
+        (:attr:`checks_picks` is False: the caller masks before sampling)."""
         return None
 
 

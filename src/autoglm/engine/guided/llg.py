@@ -256,6 +256,10 @@ class LlgConstraint(GuidedConstraint):
         self.resampled += not ok
         return ok
 
+    @property
+    def checks_picks(self) -> bool:
+        return not self.failed
+
     def allows(self, token_id: int, remaining_tokens: int) -> bool | None:
         """llguidance's own check of one token (its lexer and parser, microseconds, state unchanged),
         then the shadow's budget check: the same answer as :meth:`exact_mask`, without computing a mask.

@@ -27,8 +27,8 @@ tokens are the same. Rows that asked for logprobs keep the sampler's ``allowed_m
 Picking first (no mask at all, most steps of a model that writes the format). Where the row's
 sampling makes it exact, a guided sequence is sampled from its unmasked logits and the pick is checked
 afterwards (:meth:`GuidedConstraint.allows`: llguidance's lexer and parser on one token plus the budget
-shadow, microseconds); only a refused pick costs a mask (the exact one, on the spot) and a redraw from
-it. Exact means the same distribution as masking first: greedy (the unmasked argmax, when allowed, is
+shadow, microseconds); only a refused pick costs a mask (computed on the spot; that row then goes the
+masks-first way: fast mask, redraw, budget check) and a redraw. Exact means the same distribution as masking first: greedy (the unmasked argmax, when allowed, is
 the masked argmax; when it is refused the redraw takes the masked argmax) and plain temperature
 sampling (a draw from p kept only inside the allowed set A, else redrawn from p restricted to A, is
 distributed as p restricted to A); not with ``top_k``, ``top_p`` or ``min_p``, which truncate before
@@ -106,7 +106,8 @@ class GuidedMasks:
 
     def __init__(self, pick_first: bool = True) -> None:
         self.pick_first = pick_first  # False: every guided row is masked before sampling
-        # per constraint: (refusals in a row, steps left to be masked first); absent = picks first
+        # per constraint: [refusals not undone by accepted picks, steps left to be masked first];
+        # absent = picks first
         self._backoff: weakref.WeakKeyDictionary[GuidedConstraint, list[int]] = weakref.WeakKeyDictionary()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
@@ -120,11 +121,11 @@ class GuidedMasks:
         self.misses = 0  # masks computed on the caller's thread
         self.waited_s = 0.0  # time spent waiting for the worker
         self.picked = 0  # rows sampled without a mask (for tests and the benchmark)
-        self.refused = 0  # of those, picks refused and drawn again from the exact mask
+        self.refused = 0  # of those, picks refused and drawn again
 
     def _picks_first(self, c: GuidedConstraint, params: Any) -> bool:
         """This step, ``c`` is sampled unmasked and checked after (see the module doc)."""
-        if not self.pick_first or type(c).allows is GuidedConstraint.allows or c.done or not pick_first_exact(params):
+        if not self.pick_first or not c.checks_picks or c.done or not pick_first_exact(params):
             return False
         state = self._backoff.get(c)
         return state is None or state[1] <= 0
@@ -226,7 +227,7 @@ class GuidedMasks:
             state = self._backoff.get(c)
             if j in chosen:
                 self.picked += 1
-                if c.allows(t, r):
+                if c.allows(t, r):  # None (cannot tell: failed over meanwhile) counts as refused
                     if state is not None and state[0] > 1:
                         state[0] -= 1  # one accepted pick undoes one refusal: a mostly-refused
                     else:              # sequence stays mostly masked first
