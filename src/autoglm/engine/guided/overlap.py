@@ -201,15 +201,11 @@ class GuidedMasks:
                  and self._picks_first(c, rows[i].params)]
         for j in first:
             rows[index[j]].allowed_mask = None
-        if len(first) == len(index):
-            return first
-        if first:
-            chosen = set(first)
-            keep = [j for j in range(len(index)) if j not in chosen]
+        chosen = set(first)
+        keep = [j for j in range(len(index)) if j not in chosen]
+        if keep:
             self._mask([index[j] for j in keep], [constraints[j] for j in keep], [remaining[j] for j in keep],
                        logits, rows)
-        else:
-            self._mask(index, constraints, remaining, logits, rows)
         return first
 
     def settle(self, logits: torch.Tensor, index: list[int], constraints: list[GuidedConstraint],
