@@ -80,6 +80,8 @@ SETUPS = {  # label -> (method, base_dtype, mode): mode "before" = all-position 
     "full, bf16 autocast (reference; no trainer setting)": ("full", None, "autocast"),
     "LoRA, float32 base": ("lora", "float32", "now"),
     "LoRA, base_dtype: auto": ("lora", "auto", "now"),
+    "full, compile: true": ("full", None, "compile"),
+    "LoRA, base_dtype: auto, compile: true": ("lora", "auto", "compile"),
 }
 
 
@@ -90,7 +92,7 @@ class _Setup:
         from autoglm.training.text_data import read_meta
 
         self.trainer = _trainer(tmp, method=method, base_dtype=base_dtype)
-        self.model = self.trainer.build_model(Path(read_meta(tmp / "pre")["model"]))
+        self.model = self.trainer.build_model(Path(read_meta(tmp / "pre")["model"]), compile=mode == "compile")
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.mode = mode
@@ -99,6 +101,8 @@ class _Setup:
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         if mode == "autocast":
             self.dtype += ", bf16 matmuls"
+        if mode == "compile":
+            self.dtype += ", compiled blocks"
 
     def forward_backward(self, batch) -> None:
         import contextlib
@@ -139,8 +143,10 @@ def step_times(setups: dict[str, _Setup], batch, steps: int, rounds: int, thread
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for s in setups.values():  # warm-up
+        for s in setups.values():  # warm-up (a compiled setup compiles here, once)
+            t0 = time.perf_counter()
             s.step(batch)
+            s.first_step_s = getattr(s, "first_step_s", None) or time.perf_counter() - t0
         wall: dict[str, list[float]] = {label: [] for label in setups}
         cpu: dict[str, list[float]] = {label: [] for label in setups}
         for _ in range(rounds):
@@ -252,6 +258,22 @@ def _step_table(setups: dict[str, _Setup], times: dict[str, list[float]]) -> lis
     return lines
 
 
+def _compile_lines(setups: dict[str, _Setup], wall: dict[str, list[float]]) -> list[str]:
+    """What compiling cost (the first step) and what the compiled LoRA step is worth against a compiled full one."""
+    compiled = [label for label, s in setups.items() if s.mode == "compile"]
+    if not compiled:
+        return []
+    med = {label: statistics.median(v) for label, v in wall.items()}
+    lines = ["compile: true: the first step (it compiles) took " + ", ".join(
+        f"{setups[label].first_step_s:.1f} s ({label})" for label in compiled) +
+        " (inductor's cache on this machine holds whatever earlier runs compiled)."]
+    full = [label for label in compiled if setups[label].trainer.config.method == "full"]
+    lora = [label for label in compiled if setups[label].trainer.config.method == "lora"]
+    if full and lora:
+        lines[0] += (f" LoRA compiled against full compiled: {med[full[0]] / med[lora[0]]:.2f}x wall.")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8, help="steps of each setup per round")
@@ -309,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *_step_table(setups, cpu1),
         "",
+        *_compile_lines(setups, wall),
         "(before): the loss with logits at every position and the per-tensor AdamW, as the trainer had them. "
         "The autocast row is a reference only: the trainer has no such setting; it shows what bfloat16 "
         "matmuls would give a full fine-tune that keeps float32 master weights.",

@@ -72,6 +72,8 @@ def _check_ratio(value: float, flag: str, upper_open: bool = True) -> float:
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
+    if hasattr(model, "get_base_model"):  # a peft model (LoRA while training): its layers are the base's
+        model = model.get_base_model()
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None or not len(layers):
         raise UnsupportedError(f"{type(model).__name__} has no model.layers: pruning knows the GLM-4 layout only")

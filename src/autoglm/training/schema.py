@@ -173,6 +173,9 @@ class CausalLMConfig(_TrainCommon):
     # optimizer stay float32 and the output is merged into ``dtype``. Unset: ``dtype``. auto: bfloat16
     # where the hardware has native bfloat16 matmuls (AVX512-BF16 or AMX CPUs, CUDA), else ``dtype``.
     base_dtype: Optional[Literal["auto", "float32", "bfloat16"]] = None
+    # torch.compile every transformer block for the training steps (autoglm.training.compiled): the first
+    # step waits for the compile (about a minute on 2 cold CPU cores, seconds from inductor's cache)
+    compile: bool = False
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @field_validator("base_dtype")

@@ -19,13 +19,16 @@ gradient (``torch.autograd.grad``), the model's ``.grad`` fields are left as the
 The mask is recorded in the model's config as ``config.autoglm_head_mask = [[layer, [heads]], ...]``
 (masked heads only, JSON-serialisable) so ``save_pretrained`` writes it into ``config.json``;
 :func:`attach_head_mask` re-applies it after ``from_pretrained``. This module knows the GLM-4 module
-layout (through :mod:`autoglm.compression.prune`) and nothing about training or guards.
+layout (through :mod:`autoglm.compression.prune`) and nothing about training or guards, except that
+blocks compiled for training (:mod:`autoglm.training.compiled`) must trace again when its hooks or
+mask change (:func:`~autoglm.training.compiled.retrace`).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
 from autoglm.errors import ConfigError
+from autoglm.training.compiled import retrace
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +112,7 @@ class HeadMasker:
         self._masked_layers: set[int] = set()
         self._handles = [layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
                          for i, layer in enumerate(layers)]
+        retrace(model)  # compiled blocks traced without these hooks
 
     def _hook(self, layer: int) -> Callable[..., Any]:
         def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -147,6 +151,7 @@ class HeadMasker:
         self.mask = mask
         self._masked_layers = {int(layer) for layer, heads in masked if heads}
         apply_head_mask_config(self.model.config, self.masked())
+        retrace(self.model)  # compiled blocks traced the hooks with the old mask
 
     def prune(self, masked: MaskList) -> None:
         self.set_masked(_merge(self.masked(), masked))
@@ -160,6 +165,7 @@ class HeadMasker:
         for h in self._handles:
             h.remove()
         self._handles = []
+        retrace(self.model)
         if getattr(self.model, _ATTR, None) is self:
             object.__delattr__(self.model, _ATTR)
 

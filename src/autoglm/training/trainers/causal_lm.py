@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,14 +205,17 @@ class CausalLMTrainer(Trainer):
             wanted = "bfloat16" if native_bf16(torch.device(device)) else None
         return wanted or self.config.dtype
 
-    def build_model(self, base_dir: Path, dtype: str | None = None, seed: int = 0, device: Any = "cpu") -> Any:
+    def build_model(self, base_dir: Path, dtype: str | None = None, seed: int = 0, device: Any = "cpu",
+                    compile: bool | None = None) -> Any:
         """The base model, LoRA-wrapped for ``method: lora`` (LoRA weights from the seed, so every rank agrees).
 
         ``dtype`` (default: the training dtypes) loads every weight in that dtype, as is, for merging. By
         default the weights load in ``train.dtype`` (float32 when the base is held in float32) and a LoRA
         model's frozen base is then cast to :meth:`base_dtype` after peft made the float32 adapters: they
         start from the same values whatever the base's precision, and the optimizer never sees a
-        low-precision weight. A model held in bfloat16 on CPU computes attention in float32."""
+        low-precision weight. A model held in bfloat16 on CPU computes attention in float32. ``compile``
+        (default: ``train.compile`` for a training build, off when ``dtype`` is given) compiles its
+        blocks for training steps (:mod:`autoglm.training.compiled`)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -237,6 +241,12 @@ class CausalLMTrainer(Trainer):
                 _cast_frozen(model, held)
         if dtype is None and held == torch.bfloat16 and torch.device(device).type == "cpu":
             _float32_attention(model)
+        if compile is None:
+            compile = self.config.compile and dtype is None
+        if compile:
+            from autoglm.training.compiled import compile_blocks
+
+            compile_blocks(model, device)
         return model
 
     def build_optimizer(self, params: list[Any]) -> Any:
@@ -265,6 +275,10 @@ class CausalLMTrainer(Trainer):
         device = torch.device("cpu")
         if torch.cuda.is_available():
             device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
+        if self.config.compile and ctx.is_main and ctx.progress:
+            print("[train] compiling the model's blocks with torch.compile: the first step waits for it "
+                  "(about a minute on 2 cold CPU cores; seconds once inductor's cache has them)",
+                  file=sys.stderr, flush=True)
         model = self.build_model(base_dir, seed=ctx.seed, device=device).to(device)
         objective = self._preference(meta, prepared, device)
         if objective is not None:  # the reference: these starting weights, before any step or resume
