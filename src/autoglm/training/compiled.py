@@ -2,7 +2,8 @@
 
 ``train.compile: true`` compiles every transformer block of the model (the module classes transformers
 names in ``_no_split_modules``, e.g. ``Glm4DecoderLayer``) with ``torch.compile(dynamic=True)``: one
-graph for every sequence length, so batches padded to different lengths do not compile again. A
+graph for every sequence length, so batches padded to different lengths do not compile again, and
+with ``use_cache`` off (as the trainer has it) one graph for all the blocks of a model. A
 compiled block runs only while it trains with gradients enabled, i.e. in a training step; evaluation,
 generation and the guards' probes (eval mode or ``no_grad``) run the block's own eager forward, as
 without compiling, and never wait for a compile.
@@ -17,7 +18,8 @@ down to seconds. Numbers: the same computation, fused; float32 steps agree with 
 
 Hooks: dynamo does not see forward hooks added to a compiled block's submodules after it traced them
 (torch's ``skip_nnmodule_hook_guards``), so code that adds, removes or changes what such hooks do calls
-:func:`retrace` (the head masker does): the next training step traces again, from inductor's cache.
+:func:`retrace` (the head masker does): the next training step traces again. The masker's hooks are
+per layer, so a masked model traces one graph per block (a prune costs a compile of that many graphs).
 """
 from __future__ import annotations
 
@@ -58,6 +60,11 @@ def compile_blocks(model: Any, device: Any = "cpu") -> int:
     if torch.device(device).type == "cpu" and not _has_cxx():
         raise ConfigError("train.compile: torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH; "
                           "install one (apt-get install g++) or set compile: false")
+    # The blocks share one graph; hooks with a per-layer closure (the head masker's) give each block its
+    # own, and past dynamo's recompile limit a block would run eager: allow one per block.
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, len(found) + 8)
     for block in found:
         if getattr(block, _FLAG, False):
             continue
