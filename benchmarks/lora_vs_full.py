@@ -6,15 +6,16 @@
 1. Per-step time (forward + backward + AdamW) of the causal-lm trainer's own step (its model, its
    optimizer, its loss) on one fixed batch (batch 8, 64 tokens, a quarter of them targets): full, LoRA
    (r=8 on q/k/v/o) with a float32 base, and LoRA with the base in ``base_dtype: auto`` (bfloat16 where
-   the CPU has native bfloat16 matmuls). Two rows show the step as it was before the current trainer
+   the CPU has native bfloat16 matmuls); both methods again with ``compile: true`` (the compile is in the
+   warm-up step, reported apart). Two rows show the step as it was before the current trainer
    (logits at every position, the per-tensor AdamW), one a full fine-tune under bfloat16 autocast (a
    reference: the trainer has no such setting). ``--rounds`` rounds of ``--steps`` steps, the setups
    taking turns step by step so that a load on shared cores falls on all of them alike; the median
    (and the fastest) step. Measured twice: wall time with torch's threads (all cores), and the
    process's CPU time with 1 thread, which other processes on the cores hardly move.
-2. A short LoRA run through the trainer (``base_dtype: auto``) with ``merge: false``, then the same run
-   resumed with ``merge: true``: greedy tokens of the merged directory (loaded by the serving loader) vs
-   the peft adapter applied at run time, on a few prompts.
+2. A short LoRA run through the trainer (``base_dtype: auto``, ``compile: true``, as the LoRA example)
+   with ``merge: false``, then the same run resumed with ``merge: true``: greedy tokens of the merged
+   directory (loaded by the serving loader) vs the peft adapter applied at run time, on a few prompts.
 3. Training tokens/s of the trainer with 1 process and with 2 gloo processes (same global batch; 1
    process accumulates 2), both on this machine's cores.
 
@@ -204,7 +205,7 @@ def merged_vs_adapter(tmp: Path) -> tuple[int, int]:
     from autoglm.training.trainers import StageContext
     from autoglm.training.trainers.causal_lm import load_model_dir
 
-    kw = {"method": "lora", "max_steps": 6, "lr": 3e-3, "base_dtype": "auto"}
+    kw = {"method": "lora", "max_steps": 6, "lr": 3e-3, "base_dtype": "auto", "compile": True}  # as the example
     _trainer(tmp, merge=False, **kw).train(tmp / "pre", StageContext(work_dir=tmp / "lora", progress=False))
     (tmp / "lora" / "model").rename(tmp / "adapter")
     _trainer(tmp, merge=True, **kw).train(tmp / "pre", StageContext(work_dir=tmp / "lora", progress=False))
@@ -348,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
     if not args.only_steps:
         lines += [
-            f"Merged LoRA output (trained with base_dtype: auto, merged into float32, loaded by the serving loader, "
+            f"Merged LoRA output (trained with base_dtype: auto and compile: true, merged into float32, loaded by the "
+            "serving loader, "
             f"Q/K/V fused) vs the adapter applied at run time (peft, float32 base): **{same}/{n}** prompts give "
             "identical greedy tokens (16 new tokens each).",
             "",
