@@ -132,6 +132,20 @@ def test_state_dict_reapplies_the_mask(glm, batch, demo_path):
     assert torch.equal(logits(fresh, batch), logits(glm, batch))
 
 
+def test_a_resumed_guard_that_never_pruned_hooks_nothing(glm, batch, demo_path):
+    from transformers import AutoModelForCausalLM
+
+    guard, ctx, _ = make(glm, batch, action="prune")
+    falling(guard, ctx, [1.0, 1.1])  # one fall: nothing pruned, the saved mask is empty
+    fresh = AutoModelForCausalLM.from_pretrained(demo_path).eval()
+    resumed, ctx2, _ = make(fresh, batch)
+    resumed.load_state_dict(guard.state_dict())
+    resumed.on_evaluate(ctx2, {"eval_loss": 0.5})  # a rise: still nothing to prune
+    assert resumed.falls == 0 and load_head_mask(fresh) == []
+    # no masker, no hooks (compiled blocks would have to trace again for them)
+    assert not any(m._forward_pre_hooks for m in fresh.modules())
+
+
 def test_bad_settings_and_missing_metric(glm, batch):
     with pytest.raises(ConfigError, match="'patiense'.*did you mean 'patience'"):
         create_guard("structure", patiense=3)

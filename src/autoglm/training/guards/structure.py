@@ -74,9 +74,11 @@ class StructureGuard(Guard):
                               f"{', '.join(sorted(metrics)) or 'nothing'}: set its metric to one of them")
         value = float(metrics[metric])
         if self._pending_mask is not None and ctx.model is not None:
-            from autoglm.training.guards.heads import attach_head_mask
+            from autoglm.training.guards.heads import attach_head_mask, load_head_mask
 
-            attach_head_mask(ctx.model).set_masked(self._pending_mask)
+            # nothing masked then and nothing now: no hooks (they would cost compiled blocks a retrace)
+            if self._pending_mask or load_head_mask(ctx.model):
+                attach_head_mask(ctx.model).set_masked(self._pending_mask)
             self._pending_mask = None
         before = self.last
         self.falls = self.falls + 1 if before is not None and self._worse(value, before) else 0
