@@ -26,7 +26,8 @@ LIVE_START_TIMEOUT_S = 120.0
 # workers (pytest-xdist, --dist loadfile) in collection order, so starting these first keeps one long file
 # from running alone at the end.
 LONGEST_FIRST = [
-    "tests/training/test_e2e.py", "tests/training/test_compiled.py", "tests/tuning/test_serve.py", "tests/api/test_admin_api.py",
+    "tests/training/test_e2e.py", "tests/training/test_compiled.py", "tests/tuning/test_serve.py",
+    "tests/api/test_admin_api.py",
     "tests/api/test_batch_live.py", "tests/bench/test_compare_serve.py", "tests/training/test_kubeflow.py",
     "tests/deploy/test_swap.py", "tests/monitoring/test_served_monitor.py", "tests/console/test_console_browser.py",
     "tests/training/trainers/test_causal_lm.py", "tests/deploy/test_redeploy.py", "apps/risk/tests/test_risk_demo.py",

@@ -1,6 +1,7 @@
-"""Blocks compiled for training steps (``train.compile``) on the real demo model (its first two blocks): a compiled step computes
-what the eager one does, evaluation and no-grad calls stay eager, hooks added after compiling (the head
-masker) take effect, the trainer's loop trains the same with it, and a missing C++ compiler is a clear error."""
+"""Blocks compiled for training steps (``train.compile``) on the real demo model (its first two blocks): a
+compiled step computes what the eager one does, evaluation and no-grad calls stay eager, hooks added after
+compiling (the head masker) take effect, the trainer's loop trains the same with it, and a missing C++
+compiler is a clear error."""
 from __future__ import annotations
 
 import json

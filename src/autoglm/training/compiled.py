@@ -89,7 +89,8 @@ def is_compiled(model: Any) -> bool:
 
 def retrace(model: Any) -> bool:
     """Make the compiled blocks of ``model`` trace again on their next call (after a hook inside them
-    changed); returns whether there was anything to retrace."""
+    changed); returns whether there was anything to retrace. Process-wide (``torch.compiler.reset()``):
+    any other compiled code of the process traces again too."""
     if not is_compiled(model):
         return False
     import torch
