@@ -8,7 +8,8 @@
   (fused AdamW, ``GradVarianceLR``, guards, checkpoints in ``ctx.work_dir/checkpoints``, exact resume).
   ``base_dtype`` holds a LoRA model's frozen base in bfloat16 (adapters and optimizer float32, attention
   upcast to float32 on CPU, where bfloat16 SDPA's backward is slow); the output is merged into ``dtype``
-  from the base loaded again, never into the rounded bfloat16 copy.
+  from the base loaded again, never into the rounded bfloat16 copy. ``compile: true`` compiles the
+  model's blocks for the training steps (:mod:`autoglm.training.compiled`).
   With ``ctx.world_size > 1`` it joins the process group (see :mod:`autoglm.training.distributed`)
   and trains a ``DistributedDataParallel`` model; only rank 0 writes.
 - The output ``ctx.work_dir/model`` is what ``autoglm serve --model DIR`` takes: a full Hugging Face
