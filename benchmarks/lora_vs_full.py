@@ -97,6 +97,7 @@ class _Setup:
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.mode = mode
+        self.first_step_s: float | None = None  # the first step's seconds (a compiled setup compiles in it)
         self.opt = torch.optim.AdamW(params, lr=1e-4) if mode == "before" else self.trainer.build_optimizer(params)
         self.params = sum(p.numel() for p in params)
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
@@ -147,7 +148,8 @@ def step_times(setups: dict[str, _Setup], batch, steps: int, rounds: int, thread
         for s in setups.values():  # warm-up (a compiled setup compiles here, once)
             t0 = time.perf_counter()
             s.step(batch)
-            s.first_step_s = getattr(s, "first_step_s", None) or time.perf_counter() - t0
+            if s.first_step_s is None:  # the first warm-up: the one that compiled
+                s.first_step_s = time.perf_counter() - t0
         wall: dict[str, list[float]] = {label: [] for label in setups}
         cpu: dict[str, list[float]] = {label: [] for label in setups}
         for _ in range(rounds):
