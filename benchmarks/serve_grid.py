@@ -7,7 +7,13 @@ server once (ours with the response cache off, ``--cache none``; prefix caches o
 ``llama-server`` keeps its slots' prompts), runs each cell with the ``autoglm bench`` client on every
 server back to back (so load that drifts on a shared machine hits both sides of a cell alike), and
 writes a Markdown table with both sides' output tokens/s, the ratio, the target where the issue sets
-one, and whether every request was served in full, sorted worst ratio first. Two peers:
+one, and whether every request was served in full, sorted worst ratio first.
+
+On a shared 2-core VM one pass of a cell moves by +-20 % run to run, more than most targets' margins,
+so ``--rounds R`` runs every cell R times, the two sides in alternating order (ours first in even
+rounds, the peer first in odd ones), each round of a distinct cell with prompts nobody sent before.
+A cell's ratio is the median of its R per-round ratios, shown with their range; a target is met when
+that median reaches it. ``--quick`` runs 5 rounds unless told otherwise, the whole grid 1. Two peers:
 
 * ``--peer transformers`` (default): ``autoglm serve --quantize Q`` for each Q of ``--quantize``
   (default ``none,auto``) against ``transformers serve --continuous-batching`` (targets at c=16:
@@ -16,7 +22,7 @@ one, and whether every request was served in full, sorted worst ratio first. Two
 * ``--peer llama-server --llama-server PATH``: ``autoglm serve --engine llamacpp`` against llama.cpp's
   ``llama-server`` on the same GGUF (``--gguf-type``; targets 1.0x at c=16, 0.95x at c=1).
 
-    .venv/bin/python benchmarks/serve_grid.py --quick                  # 4 cells, minutes
+    .venv/bin/python benchmarks/serve_grid.py --quick                  # 4 cells x 5 rounds, minutes
     .venv/bin/python benchmarks/serve_grid.py --quick --omp-threads 1  # on a shared, loaded CPU
     .venv/bin/python benchmarks/serve_grid.py                          # the whole grid (108 cells; hours on CPU)
     .venv/bin/python benchmarks/serve_grid.py --peer llama-server --llama-server /tmp/llama/bin/llama-server
@@ -31,6 +37,7 @@ import itertools
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -76,16 +83,17 @@ def grid_cells(quick: bool = False, input_lens: Iterable[int] = INPUT_LENS, outp
         input_lens, outputs, (True, False), ("distinct", "repeated"), sorted(concurrency))]
 
 
-def prompts_for(cell: Cell, index: int, quick: bool = False) -> list[str]:
-    """Repeated cells share one prompt list per (input, output, eos) across concurrencies; distinct
-    cells get prompts nobody has sent before (seeded by the cell's position in the grid)."""
+def prompts_for(cell: Cell, index: int, quick: bool = False, round_: int = 0) -> list[str]:
+    """Repeated cells share one prompt list per (input, output, eos) across concurrencies and
+    rounds; distinct cells get prompts nobody has sent before (seeded by the cell's position in the
+    grid and the round)."""
     from autoglm.bench.prompts import make_prompts
 
     n = cell.num_prompts(quick)
     if cell.mode == "repeated":
         seed = 1_000_000 + cell.input_len * 1000 + cell.max_tokens + (1 if cell.ignore_eos else 0)
         return make_prompts(max(n, 32), cell.input_len, seed=seed)[:n]
-    return make_prompts(n, cell.input_len, seed=index + 1)
+    return make_prompts(n, cell.input_len, seed=round_ * 1000 + index + 1)
 
 
 def target(peer: str, ours: str, concurrency: int) -> float | None:
@@ -103,27 +111,37 @@ def pair_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (ours variant, cell) with the peer's result of the same cell beside it.
 
     ``results``: dicts with ``side`` ("peer" / "ours"), ``server`` (its label), ``cell`` (a dict
-    of :class:`Cell` fields) and ``metrics`` (``output_throughput``, ``completed``, ``failed``,
-    ``total_output_tokens``) and ``sent``. The ratio is None when a side is missing or the peer
-    produced nothing.
+    of :class:`Cell` fields), ``round`` (0 when absent), ``metrics`` (``output_throughput``,
+    ``completed``, ``failed``, ``total_output_tokens``) and ``sent``. Each round of ours is paired with
+    the peer's same round; the row's ratio is the median of the per-round ratios (``ratio_min`` /
+    ``ratio_max`` their range, ``rounds`` how many), tokens/s the medians of each side. The ratio is
+    None when the peer is missing or produced nothing; a side is served in full only if it was in
+    every round.
     """
-    peers = {_key(r["cell"]): r for r in results if r["side"] == "peer"}
-    rows = []
+    peers = {(_key(r["cell"]), r.get("round", 0)): r for r in results if r["side"] == "peer"}
+    groups: dict[tuple, list[tuple[dict[str, Any], dict[str, Any] | None]]] = {}
     for r in results:
-        if r["side"] != "ours":
-            continue
-        p = peers.get(_key(r["cell"]))
-        cell = Cell(**r["cell"])
-        ours_tps = r["metrics"]["output_throughput"]
-        peer_tps = p["metrics"]["output_throughput"] if p else None
-        ratio = ours_tps / peer_tps if peer_tps else None
-        goal = target(p["server"], r["server"], cell.concurrency) if p else None
-        rows.append({"cell": cell, "ours": r["server"], "peer": p["server"] if p else None, "ours_tok_s": ours_tps,
-                     "peer_tok_s": peer_tps, "ratio": ratio, "target": goal,
+        if r["side"] == "ours":
+            groups.setdefault((r["server"], _key(r["cell"])), []).append((r, peers.get((_key(r["cell"]), r.get("round", 0)))))
+    rows = []
+    for (server, _), pairs in groups.items():
+        cell = Cell(**pairs[0][0]["cell"])
+        theirs = [p for _, p in pairs if p is not None]
+        ratios = [o["metrics"]["output_throughput"] / p["metrics"]["output_throughput"]
+                  for o, p in pairs if p is not None and p["metrics"]["output_throughput"]]
+        ratio = statistics.median(ratios) if ratios else None
+        peer = theirs[0]["server"] if theirs else None
+        goal = target(peer, server, cell.concurrency) if peer else None
+        rows.append({"cell": cell, "ours": server, "peer": peer,
+                     "ours_tok_s": statistics.median(o["metrics"]["output_throughput"] for o, _ in pairs),
+                     "peer_tok_s": statistics.median(p["metrics"]["output_throughput"] for p in theirs) if theirs else None,
+                     "ratio": ratio, "ratio_min": min(ratios) if ratios else None,
+                     "ratio_max": max(ratios) if ratios else None, "rounds": len(ratios), "target": goal,
                      "meets": None if goal is None or ratio is None else ratio >= goal,
-                     "ours_full": _full(r, cell), "peer_full": _full(p, cell) if p else None,
-                     "ours_tokens": r["metrics"]["total_output_tokens"],
-                     "peer_tokens": p["metrics"]["total_output_tokens"] if p else None})
+                     "ours_full": all(_full(o, cell) for o, _ in pairs),
+                     "peer_full": all(_full(p, cell) for p in theirs) if theirs else None,
+                     "ours_tokens": sum(o["metrics"]["total_output_tokens"] for o, _ in pairs),
+                     "peer_tokens": sum(p["metrics"]["total_output_tokens"] for p in theirs) if theirs else None})
     return rows
 
 
@@ -143,15 +161,17 @@ def _full(result: dict[str, Any], cell: Cell) -> bool:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The grid, worst ratio first (rows with no ratio last), with the target and full-service marks."""
     ordered = sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] if r["ratio"] is not None else 0.0))
-    out = ["| cell | ours | peer | ours tok/s | peer tok/s | ratio | target | served in full (ours/peer) |",
-           "|---|---|---|---:|---:|---:|---:|---|"]
+    out = ["| cell | ours | peer | ours tok/s | peer tok/s | ratio | target | served in full (ours/peer) "
+           "| ratio range (rounds) |", "|---|---|---|---:|---:|---:|---:|---|---|"]
     for r in ordered:
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
         goal = "-" if r["target"] is None else f"{r['target']:.2f}x {'ok' if r['meets'] else 'MISSED'}"
         peer_tps = f"{r['peer_tok_s']:.1f}" if r["peer_tok_s"] is not None else "-"
         full = f"{_yes(r['ours_full'])}/{_yes(r['peer_full'])}"
+        spread = (f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f} ({r['rounds']})" if r.get("rounds", 0) > 1
+                  else "-")
         out.append(f"| {r['cell'].label} | {r['ours']} | {r['peer'] or '-'} | {r['ours_tok_s']:.1f} | {peer_tps} "
-                   f"| {ratio} | {goal} | {full} |")
+                   f"| {ratio} | {goal} | {full} | {spread} |")
     return "\n".join(out)
 
 
@@ -167,6 +187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few cells for day-to-day use")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="runs of every cell, the sides in alternating order; the median ratio counts "
+                        "(default 5 with --quick, else 1)")
     p.add_argument("--peer", choices=("transformers", "llama-server"), default="transformers")
     p.add_argument("--model", default=DEMO, help=f"demo model name or model directory (default {DEMO})")
     p.add_argument("--quantize", default="none,auto", help="our --quantize values, one server each (transformers peer)")
@@ -230,19 +253,22 @@ def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace) -> 
                                                     name=side.label, env=side.env))
             print(f"[{side.label}] healthy after {time.perf_counter() - t0:.0f}s; log {srv.log_path}", flush=True)
             servers.append(srv)
+        pairs = list(zip(sides, servers))
         for index, cell in enumerate(cells):
-            prompts = prompts_for(cell, index, args.quick)
-            for side, srv in zip(sides, servers):
-                ignore_eos = cell.ignore_eos and side.send_ignore_eos
-                cfg = BenchConfig(base_url=srv.base_url, model=side.model_name, num_prompts=len(prompts),
-                                  concurrency=cell.concurrency, max_tokens=cell.max_tokens,
-                                  input_len=cell.input_len, prompts=prompts, ignore_eos=ignore_eos,
-                                  warmup=index == 0, request_timeout=3600.0, progress=False)
-                m = run_benchmark(cfg)
-                print(f"[{side.label}] {cell.label}: {m.completed}/{len(prompts)} ok, {m.total_output_tokens} tokens, "
-                      f"{m.output_throughput:.1f} tok/s", flush=True)
-                out.append({"side": side.side, "server": side.label, "cell": asdict(cell), "sent": len(prompts),
-                            "ignore_eos_sent": ignore_eos, "metrics": m.to_dict()})
+            for round_ in range(args.rounds):
+                prompts = prompts_for(cell, index, args.quick, round_)
+                for side, srv in (pairs if round_ % 2 == 0 else pairs[::-1]):
+                    ignore_eos = cell.ignore_eos and side.send_ignore_eos
+                    cfg = BenchConfig(base_url=srv.base_url, model=side.model_name, num_prompts=len(prompts),
+                                      concurrency=cell.concurrency, max_tokens=cell.max_tokens,
+                                      input_len=cell.input_len, prompts=prompts, ignore_eos=ignore_eos,
+                                      warmup=index == 0 and round_ == 0, request_timeout=3600.0, progress=False)
+                    m = run_benchmark(cfg)
+                    print(f"[{side.label}] {cell.label}{f' (round {round_ + 1}/{args.rounds})' if args.rounds > 1 else ''}: "
+                          f"{m.completed}/{len(prompts)} ok, {m.total_output_tokens} tokens, "
+                          f"{m.output_throughput:.1f} tok/s", flush=True)
+                    out.append({"side": side.side, "server": side.label, "cell": asdict(cell), "round": round_,
+                                "sent": len(prompts), "ignore_eos_sent": ignore_eos, "metrics": m.to_dict()})
     return out
 
 
@@ -252,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     from autoglm.errors import ConfigError
 
     args = parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 5 if args.quick else 1
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds {args.rounds} must be at least 1")
     cells = grid_cells(args.quick, _ints(args.input_lens, "--input-lens"), _ints(args.outputs, "--outputs"),
                        _ints(args.concurrency, "--concurrency"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' command lines
@@ -259,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     # must not turn on authentication or change routing in the middle of a grid
     home = tempfile.mkdtemp(prefix="autoglm-serve-grid-")
     omp = {"AUTOGLM_HOME": home, **({"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else {})}
-    print(f"[grid] {len(cells)} cells, peer {args.peer}, model {args.model}", flush=True)
+    print(f"[grid] {len(cells)} cells x {args.rounds} round(s), peer {args.peer}, model {args.model}", flush=True)
     sides: list[Side] = []
     if args.peer == "transformers":
         model_dir = _model_dir(args.model)
@@ -302,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     Path(args.md_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.md_out).write_text(table + "\n", encoding="utf-8")
-    write_record(args.json_out, {"peer": args.peer, "model": args.model, "quick": args.quick,
+    write_record(args.json_out, {"peer": args.peer, "model": args.model, "quick": args.quick, "rounds": args.rounds,
                                  "omp_threads": args.omp_threads or None, "runs": results,
                                  "markdown": table, "machine": {"platform": platform.platform(),
                                                                 "cpus": os.cpu_count()}})

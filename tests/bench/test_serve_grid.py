@@ -15,9 +15,10 @@ _spec.loader.exec_module(grid)
 
 
 def _result(side: str, server: str, cell, tok_s: float, completed: int | None = None, tokens: int | None = None,
-            ignore_eos_sent: bool = True) -> dict:
+            ignore_eos_sent: bool = True, round_: int = 0) -> dict:
     sent = cell.num_prompts()
     return {"side": side, "server": server, "cell": asdict(cell), "sent": sent, "ignore_eos_sent": ignore_eos_sent,
+            "round": round_,
             "metrics": {"output_throughput": tok_s, "completed": sent if completed is None else completed,
                         "failed": 0 if completed is None else sent - completed,
                         "total_output_tokens": sent * cell.max_tokens if tokens is None else tokens}}
@@ -83,8 +84,34 @@ def test_short_output_with_ignore_eos_is_not_served_in_full_unless_the_peer_was_
     assert grid._full({**short, "ignore_eos_sent": False}, c) is True  # transformers serve takes no ignore_eos
 
 
+def test_rounds_pair_like_with_like_and_the_median_ratio_decides():
+    c = grid.Cell(12, 64, True, "repeated", 16)
+    ours = [30.0, 100.0, 36.0, 50.0, 33.0]  # round 1 is an outlier on our side, round 3 on the peer's
+    peer = [30.0, 30.0, 36.0, 100.0, 30.0]
+    results = [_result("ours", "autoglm llamacpp q8_0", c, o, round_=i) for i, o in enumerate(ours)]
+    results += [_result("peer", "llama-server", c, p, round_=i) for i, p in enumerate(peer)]
+    (row,) = grid.pair_rows(results)
+    # per-round ratios 1.0, 3.33, 1.0, 0.5, 1.1: median 1.0 (the ratio of medians would say 36/30 = 1.2)
+    assert row["rounds"] == 5 and abs(row["ratio"] - 1.0) < 1e-9 and row["meets"] is True
+    assert abs(row["ratio_min"] - 0.5) < 1e-9 and abs(row["ratio_max"] - 100 / 30) < 1e-9
+    assert row["ours_tok_s"] == 36.0 and row["peer_tok_s"] == 30.0
+    line = grid.markdown([row]).splitlines()[2]
+    assert "| 1.00x |" in line and "0.50-3.33 (5)" in line
+    short = results[:4] + [_result("ours", "autoglm llamacpp q8_0", c, 33.0, completed=1, round_=4)] + results[5:]
+    assert grid.pair_rows(short)[0]["ours_full"] is False  # one short round: not served in full
+
+
+def test_each_round_of_a_distinct_cell_sends_new_prompts_and_repeated_ones_stay():
+    d, r = grid.Cell(12, 16, True, "distinct", 4), grid.Cell(12, 16, True, "repeated", 4)
+    assert not set(grid.prompts_for(d, 3, round_=0)) & set(grid.prompts_for(d, 3, round_=1))
+    assert grid.prompts_for(r, 3, round_=0) == grid.prompts_for(r, 3, round_=2)
+
+
 def test_bad_list_is_one_line_and_nonzero_exit():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--concurrency", "1,x"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--concurrency '1,x' is not a comma-separated list" in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--rounds", "0"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--rounds 0 must be at least 1" in proc.stderr
