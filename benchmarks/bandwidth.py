@@ -12,8 +12,10 @@ decode cannot beat ``read bandwidth / bytes of weights per token``. This script:
    (response cache off), and takes the median TPOT as the decode time per token;
 3. prints tokens/s beside the bound for that precision's bytes per token (the planner's
    ``active_weights_bytes``: int8 linears 1 byte + per-row scales, fp32 4 bytes) and the fraction;
-4. with ``--profile``, loads the model in-process at each precision and prints the top operators of
-   eight batch-1 decode steps (``torch.profiler``): where the time goes.
+4. with ``--profile``, loads the model in-process at each precision and thread count as the server
+   does (Q/K/V fused, quantized, the engine's runner) and profiles sixteen batch-1 decode steps
+   (``torch.profiler``): the weight matmuls' time alone is the kernel's ceiling (what decode would
+   reach if nothing else cost anything), the rest is the eager forward's other operators.
 
     .venv/bin/python benchmarks/bandwidth.py                            # ~5-10 min (builds the 4 GB model once)
     .venv/bin/python benchmarks/bandwidth.py --precisions int8 --threads 0,1 --profile
@@ -115,8 +117,14 @@ def decode_speed(model_dir: Path, precision: str, threads: int, args: argparse.N
             "decode_tok_s": 1000.0 / tpot if tpot else 0.0, "ttft_ms_p50": m.ttft_ms.median}
 
 
-def profile_decode(model_dir: Path, precision: str, threads: int = 0, steps: int = 8) -> str:
-    """Top operators (self CPU time) of ``steps`` batch-1 decode steps of the model in-process."""
+LINEAR_OPS = ("quantized::linear_dynamic", "aten::addmm", "aten::mm")  # the weight matmuls (bmm is attention)
+
+
+def profile_decode(model_dir: Path, precision: str, threads: int = 0, steps: int = 16) -> dict[str, Any]:
+    """Batch-1 decode in-process, loaded and run the way the server runs it (Q/K/V fused, quantized,
+    the engine's :class:`BatchRunner`): wall ms per token, then under ``torch.profiler`` the self time
+    of the weight matmuls per token and the top operators. The matmuls alone give the kernel's
+    ceiling: what decode would reach if everything else cost nothing."""
     import torch
 
     before = torch.get_num_threads()
@@ -125,29 +133,36 @@ def profile_decode(model_dir: Path, precision: str, threads: int = 0, steps: int
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM
 
+    from autoglm.engine.fused import fuse_qkv
+    from autoglm.engine.runner import BatchRunner
     from autoglm.quantization.device import detect_device
     from autoglm.quantization.quantizers import apply_precision
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    fuse_qkv(model)
     model = apply_precision(model, precision, detect_device("cpu"))
-    ids = torch.tensor([[2, 4, 7, 100, 200, 300, 8]])
-    with torch.inference_mode():
-        out = model(input_ids=ids, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        for _ in range(2):  # warm-up
-            out = model(input_ids=token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    runner = BatchRunner(model, spare=4 * steps + 16)
+    token = int(runner.prefill(["p"], [[2, 4, 7, 100, 200, 300, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]])[0].argmax())
+    for _ in range(3):  # warm-up
+        token = int(runner.decode([token])[0].argmax())
+    times = []
+    for _ in range(steps):
         t0 = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                out = model(input_ids=token, past_key_values=past, use_cache=True)
-                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        wall = (time.perf_counter() - t0) / steps
-    del model
+        token = int(runner.decode([token])[0].argmax())
+        times.append(time.perf_counter() - t0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            token = int(runner.decode([token])[0].argmax())
+    del runner, model
     torch.set_num_threads(before)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
-    return (f"[{precision}, {threads or 'default'} threads] in-process decode {1000 * wall:.1f} ms/token "
-            f"(under the profiler)\n{table}")
+    events = prof.key_averages()
+    linear_ms = sum(e.self_cpu_time_total for e in events if e.key in LINEAR_OPS) / 1000 / steps
+    wall_ms = 1000 * sorted(times)[len(times) // 2]
+    table = events.table(sort_by="self_cpu_time_total", row_limit=10)
+    text = (f"[{precision}, {threads or 'default'} threads] in-process decode {wall_ms:.1f} ms/token (median of "
+            f"{steps}); under the profiler the weight matmuls take {linear_ms:.1f} ms/token\n{table}")
+    return {"precision": precision, "threads": threads or "default", "wall_ms": wall_ms, "linear_ms": linear_ms,
+            "text": text}
 
 
 def markdown(bw: dict[str, float], rows: list[dict[str, Any]]) -> str:
@@ -159,6 +174,19 @@ def markdown(bw: dict[str, float], rows: list[dict[str, Any]]) -> str:
     for r in rows:
         out.append(f"| autoglm (transformers) | {r['precision']} | {r['threads']} | {r['bytes_per_token'] / 1e9:.2f} "
                    f"| {r['bound_tok_s']:.1f} | {r['decode_tok_s']:.1f} | {100 * r['fraction']:.0f} % |")
+    profiled = [r for r in rows if r.get("linear_ms")]
+    if profiled:
+        out += ["", "Where a token's time goes (in-process, the engine's runner; the weight matmuls' time under the "
+                "profiler): the matmuls alone are the kernel's ceiling.", "",
+                "| precision | threads | served ms/token | in-process ms/token | weight matmuls ms/token "
+                "| matmuls' read rate (GB/s) | kernel ceiling (tok/s) | ceiling of bound |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in profiled:
+            ceiling = 1000.0 / r["linear_ms"]
+            served = f"{1000.0 / r['decode_tok_s']:.1f}" if r["decode_tok_s"] else "-"
+            out.append(f"| {r['precision']} | {r['threads']} | {served} | "
+                       f"{r['inprocess_ms']:.1f} | {r['linear_ms']:.1f} | {r['bytes_per_token'] / r['linear_ms'] / 1e6:.1f} "
+                       f"| {ceiling:.1f} | {100 * ceiling / r['bound_tok_s']:.0f} % |")
     return "\n".join(out)
 
 
@@ -188,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{precision}] {row['decode_tok_s']:.1f} tok/s of a {row['bound_tok_s']:.1f} tok/s bound "
                   f"({100 * row['fraction']:.0f} %)", flush=True)
             rows.append(row)
-            if args.profile and threads == int(args.threads.split(",")[0]):
-                profiles.append(profile_decode(model_dir, precision, threads))
-                print(profiles[-1], flush=True)
+            if args.profile:
+                prof = profile_decode(model_dir, precision, threads)
+                print(prof.pop("text"), flush=True)
+                row.update(inprocess_ms=prof["wall_ms"], linear_ms=prof["linear_ms"])
+                profiles.append(prof)
     if rows:  # measured again after the runs: a loaded machine's best moment is the bound's best estimate
         again = read_bandwidth(args.buffer_mib, args.repeats)
         if again["bytes_s"] > bw["bytes_s"]:
