@@ -13,7 +13,9 @@ On a shared 2-core VM one pass of a cell moves by +-20 % run to run, more than m
 so ``--rounds R`` runs every cell R times, the two sides in alternating order (ours first in even
 rounds, the peer first in odd ones), each round of a distinct cell with prompts nobody sent before.
 A cell's ratio is the median of its R per-round ratios, shown with their range; a target is met when
-that median reaches it. ``--quick`` runs 5 rounds unless told otherwise, the whole grid 1. Two peers:
+that median reaches it. ``--quick`` runs 5 rounds unless told otherwise, the whole grid 1. The JSON
+record is rewritten (atomically) after every cell: ``--resume`` after a kill keeps the cells it holds
+and runs the rest. Two peers:
 
 * ``--peer transformers`` (default): ``autoglm serve --quantize Q`` for each Q of ``--quantize``
   (default ``none,auto``) against ``transformers serve --continuous-batching`` (targets at c=16:
@@ -25,6 +27,7 @@ that median reaches it. ``--quick`` runs 5 rounds unless told otherwise, the who
     .venv/bin/python benchmarks/serve_grid.py --quick                  # 4 cells x 5 rounds, minutes
     .venv/bin/python benchmarks/serve_grid.py --quick --omp-threads 1  # on a shared, loaded CPU
     .venv/bin/python benchmarks/serve_grid.py                          # the whole grid (108 cells; hours on CPU)
+    .venv/bin/python benchmarks/serve_grid.py --resume                 # after a kill: the cells not measured yet
     .venv/bin/python benchmarks/serve_grid.py --peer llama-server --llama-server /tmp/llama/bin/llama-server
 
 Reuses the servers' command lines of ``compare_serve.py`` and ``llamacpp_vs_server.py``; knows
@@ -187,6 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few cells for day-to-day use")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the cells an interrupted run of the same grid saved in --json, run the rest")
     p.add_argument("--rounds", type=int, default=None,
                    help="runs of every cell, the sides in alternating order; the median ratio counts "
                         "(default 5 with --quick, else 1)")
@@ -235,15 +240,31 @@ class Side:
     env: dict[str, str] | None = None
 
 
-def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace) -> list[dict[str, Any]]:
+def done_cells(results: list[dict[str, Any]], sides: list[str], rounds: int) -> set[tuple]:
+    """The cells (as :func:`_key` tuples) that ``results`` hold every round of on every side."""
+    have = {(_key(r["cell"]), r["server"], r.get("round", 0)) for r in results}
+    cells = {_key(r["cell"]) for r in results}
+    return {c for c in cells if all((c, s, i) in have for s in sides for i in range(rounds))}
+
+
+def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace,
+             earlier: list[dict[str, Any]] | None = None,
+             save: Any = None) -> list[dict[str, Any]]:
     """Start every server, then run each cell on each server back to back: load that drifts during
-    a long run (a shared machine) then hits both sides of a cell alike instead of one whole side."""
+    a long run (a shared machine) then hits both sides of a cell alike instead of one whole side.
+
+    ``earlier``: results of an interrupted run of the same grid; the cells they hold in full are
+    kept and not run again. ``save(results)`` is called after every finished cell."""
     from contextlib import ExitStack
 
     from autoglm.bench.client import BenchConfig, run_benchmark
     from autoglm.bench.servers import ServerProcess
 
-    out = []
+    finished = done_cells(earlier or [], [s.label for s in sides], args.rounds)
+    out = [r for r in (earlier or []) if _key(r["cell"]) in finished]
+    todo = [(i, c) for i, c in enumerate(cells) if _key(asdict(c)) not in finished]
+    if finished:
+        print(f"[grid] resuming: {len(cells) - len(todo)} of {len(cells)} cells already measured", flush=True)
     with ExitStack() as stack:
         servers = []
         for side in sides:
@@ -254,7 +275,7 @@ def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace) -> 
             print(f"[{side.label}] healthy after {time.perf_counter() - t0:.0f}s; log {srv.log_path}", flush=True)
             servers.append(srv)
         pairs = list(zip(sides, servers))
-        for index, cell in enumerate(cells):
+        for index, cell in todo:
             for round_ in range(args.rounds):
                 prompts = prompts_for(cell, index, args.quick, round_)
                 for side, srv in (pairs if round_ % 2 == 0 else pairs[::-1]):
@@ -269,6 +290,8 @@ def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace) -> 
                           f"{m.output_throughput:.1f} tok/s", flush=True)
                     out.append({"side": side.side, "server": side.label, "cell": asdict(cell), "round": round_,
                                 "sent": len(prompts), "ignore_eos_sent": ignore_eos, "metrics": m.to_dict()})
+            if save is not None:
+                save(out)
     return out
 
 
@@ -323,8 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         sides.append(Side("peer", "llama-server", lvs.llama_server_command(args.llama_server, gguf, port, ns), port,
                           SERVED_NAME, True, env))
+    grid_id = {"peer": args.peer, "model": args.model, "quick": args.quick, "rounds": args.rounds,
+               "cells": [c.label for c in cells], "servers": [s.label for s in sides]}
+    earlier = load_partial(args.json_out, grid_id) if args.resume else None
+
+    def save(results: list[dict[str, Any]]) -> None:
+        save_partial(args.json_out, {**grid_id, "partial": True, "runs": results})
+
     try:
-        results = run_grid(sides, cells, args)
+        results = run_grid(sides, cells, args, earlier, save)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -332,11 +362,44 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     Path(args.md_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.md_out).write_text(table + "\n", encoding="utf-8")
-    write_record(args.json_out, {"peer": args.peer, "model": args.model, "quick": args.quick, "rounds": args.rounds,
+    write_record(args.json_out, {**grid_id, "partial": False,
                                  "omp_threads": args.omp_threads or None, "runs": results,
                                  "markdown": table, "machine": {"platform": platform.platform(),
                                                                 "cpus": os.cpu_count()}})
     return 0
+
+
+def save_partial(path: str | Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` atomically (a kill mid-write leaves the previous file)."""
+    import json
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+
+
+def load_partial(path: str | Path, grid_id: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs an interrupted run of the same grid (``grid_id``: peer, model, cells, servers,
+    rounds) saved at ``path``; [] when there is none. A file of another grid is a ConfigError: its
+    cells would not pair with this run's."""
+    import json
+
+    from autoglm.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        return []
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: {file} is not a grid record ({exc}); remove it or drop --resume") from None
+    differs = [k for k, v in grid_id.items() if record.get(k) != v]
+    if differs:
+        raise ConfigError(f"--resume: {file} holds another grid (its {', '.join(differs)} differ); "
+                          "remove it, pass another --json, or drop --resume")
+    return list(record.get("runs") or [])
 
 
 def _model_dir(model: str) -> Path:

@@ -7,6 +7,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
+from autoglm.errors import ConfigError
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_grid.py"
 _spec = importlib.util.spec_from_file_location("serve_grid", SCRIPT)
 grid = importlib.util.module_from_spec(_spec)
@@ -105,6 +109,32 @@ def test_each_round_of_a_distinct_cell_sends_new_prompts_and_repeated_ones_stay(
     d, r = grid.Cell(12, 16, True, "distinct", 4), grid.Cell(12, 16, True, "repeated", 4)
     assert not set(grid.prompts_for(d, 3, round_=0)) & set(grid.prompts_for(d, 3, round_=1))
     assert grid.prompts_for(r, 3, round_=0) == grid.prompts_for(r, 3, round_=2)
+
+
+def test_a_cell_counts_as_done_only_with_every_round_of_every_server(tmp_path):
+    a, b = grid.Cell(12, 16, True, "distinct", 1), grid.Cell(12, 16, True, "distinct", 4)
+    results = [_result("ours", "ours", a, 1.0, round_=i) for i in range(2)]
+    results += [_result("peer", "peer", a, 1.0, round_=i) for i in range(2)]
+    results += [_result("ours", "ours", b, 1.0, round_=0), _result("peer", "peer", b, 1.0, round_=0),
+                _result("ours", "ours", b, 1.0, round_=1)]  # killed before the peer's second round of b
+    done = grid.done_cells(results, ["ours", "peer"], rounds=2)
+    assert done == {grid._key(asdict(a))}
+    assert grid.done_cells(results, ["ours", "peer"], rounds=1) == {grid._key(asdict(a)), grid._key(asdict(b))}
+
+
+def test_a_saved_partial_grid_resumes_only_into_the_same_grid(tmp_path):
+    path = tmp_path / "grid.json"
+    grid_id = {"peer": "llama-server", "model": "m", "quick": True, "rounds": 5, "cells": ["x"], "servers": ["a", "b"]}
+    assert grid.load_partial(path, grid_id) == []  # nothing saved yet: start from scratch
+    runs = [_result("ours", "a", grid.Cell(12, 16, True, "distinct", 1), 3.0)]
+    grid.save_partial(path, {**grid_id, "partial": True, "runs": runs})
+    assert not (tmp_path / "grid.json.tmp").exists()
+    assert grid.load_partial(path, grid_id) == runs
+    with pytest.raises(ConfigError, match="holds another grid \\(its rounds differ\\)"):
+        grid.load_partial(path, {**grid_id, "rounds": 3})
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not a grid record"):
+        grid.load_partial(path, grid_id)
 
 
 def test_bad_list_is_one_line_and_nonzero_exit():
