@@ -262,3 +262,31 @@ def test_demo_name_is_converted_on_the_fly(demo_dir):
         assert loaded.max_model_len == 64 and 0 in loaded.eos_token_ids
     finally:
         loaded.model.close()
+
+
+def test_rows_out_of_slot_order_get_their_own_logits_and_copies_stay_put(loaded):
+    """After a row leaves, compaction moves the highest slot into the hole, so rows are no longer in
+    slot order: each row must still get the logits of its own sequence. Logits handed out are
+    copies: the next decode (which rewrites llama.cpp's buffer) does not change them."""
+    import torch
+
+    runner = loaded.model
+    prompts = {"a": list(range(100, 120)), "b": list(range(200, 224)), "c": list(range(300, 310))}
+    first = runner.prefill(list(prompts), list(prompts.values()))
+    nxt = {k: int(first[i].argmax()) for i, k in enumerate(prompts)}
+    try:
+        runner.remove(["a"])  # "c" moves from slot 2 into slot 0: rows ["b", "c"] in slots [1, 0]
+        assert runner.rows == ["b", "c"] and runner.slot_of("b") > runner.slot_of("c")
+        both = runner.decode([nxt["b"], nxt["c"]])
+        kept = both.clone()
+        runner.decode([int(both[0].argmax()), int(both[1].argmax())])
+        assert torch.equal(both, kept)
+    finally:
+        runner.remove(["b", "c"])
+    alone = {}
+    for key in ("b", "c"):  # each sequence by itself (its cached prompt cells reused, the rest run again)
+        runner.prefill([key], [prompts[key]])
+        alone[key] = runner.decode([nxt[key]])[0]
+        runner.remove([key])
+    assert torch.allclose(both[0], alone["b"], atol=1e-4) and torch.allclose(both[1], alone["c"], atol=1e-4)
+    assert not torch.allclose(both[0], both[1], atol=1e-2)

@@ -158,6 +158,11 @@ class LlamaCppRunner:
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_batch = int(lc.llama_n_batch(self.ctx))  # llama.cpp caps it at n_ctx
         self._batch = _Batch(lc, max(n_batch, max_num_seqs))
+        import numpy as np
+
+        self._want = np.ones(max_num_seqs, dtype=np.int8)  # a decode step wants every row's logits
+        self._logits_addr: int | None = None
+        self._logits_views: dict[int, Any] = {}  # rows -> tensor view of llama.cpp's output buffer
         self.rows: list[Any] = []
         self._slot: dict[Any, int] = {}  # key -> llama.cpp seq_id
         self._pos: dict[Any, int] = {}  # key -> next position
@@ -290,15 +295,21 @@ class LlamaCppRunner:
         n = len(self.rows)
         pos = np.fromiter((self._pos[k] for k in self.rows), dtype=np.int32, count=n)
         seq = np.fromiter((self._slot[k] for k in self.rows), dtype=np.int32, count=n)
+        toks = np.asarray(tokens, dtype=np.int32)
         # llama.cpp splits a batch whose seq_ids are out of order into several ubatches (3x slower
-        # at 16 sequences): feed it sorted by seq_id and put the logits back in row order
-        order = np.argsort(seq, kind="stable")
-        toks = np.asarray(tokens, dtype=np.int32)[order]
-        self._decode(toks, pos[order], seq[order], np.ones(n, dtype=np.int8))
+        # at 16 sequences): feed it sorted by seq_id and put the logits back in row order. Rows are
+        # usually in order already (one row; slots handed out and compacted in row order).
+        order = None if n == 1 or bool((seq[1:] > seq[:-1]).all()) else np.argsort(seq, kind="stable")
+        if order is None:
+            self._decode(toks, pos, seq, self._want[:n])
+        else:
+            self._decode(toks[order], pos[order], seq[order], self._want[:n])
         for k, t in zip(self.rows, tokens):
             self._pos[k] += 1
             self._tokens[k].append(int(t))
         logits = self._logits(n)  # [B, V] in seq_id order
+        if order is None:
+            return logits
         out = torch.empty_like(logits)
         out[torch.from_numpy(order)] = logits
         return out
@@ -361,12 +372,22 @@ class LlamaCppRunner:
                                "(1 means the KV cache is full: raise --max-model-len)")
 
     def _logits(self, n_out: int) -> Any:
+        """A copy of the last decode's ``n_out`` rows of logits ``[n_out, V]`` (float32, batch order).
+
+        The views onto llama.cpp's output buffer are kept per row count while the buffer stays
+        where it is (building one through ctypes costs more than the copy at one row)."""
         import numpy as np
         import torch
 
         ptr = self.lc.llama_get_logits(self.ctx)  # the outputs of the last decode, in batch order
-        arr = np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
-        return torch.from_numpy(arr.copy())  # [n_out, V]
+        addr = ctypes.cast(ptr, ctypes.c_void_p).value
+        if addr != self._logits_addr:  # llama.cpp (re)allocated its outputs: the old views are stale
+            self._logits_addr, self._logits_views = addr, {}
+        view = self._logits_views.get(n_out)
+        if view is None:
+            view = torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)))
+            self._logits_views[n_out] = view
+        return view.clone()
 
 
 @register_engine("llamacpp")
