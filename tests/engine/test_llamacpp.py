@@ -264,13 +264,14 @@ def test_demo_name_is_converted_on_the_fly(demo_dir):
         loaded.model.close()
 
 
-def test_rows_out_of_slot_order_get_their_own_logits_and_copies_stay_put(loaded):
+def test_rows_out_of_slot_order_get_their_own_logits_and_copies_stay_put(f32_gguf):
     """After a row leaves, compaction moves the highest slot into the hole, so rows are no longer in
     slot order: each row must still get the logits of its own sequence. Logits handed out are
     copies: the next decode (which rewrites llama.cpp's buffer) does not change them."""
     import torch
 
-    runner = loaded.model
+    runner = load_llamacpp_model(EngineSettings(model=str(f32_gguf), max_model_len=256, max_num_seqs=4,
+                                                num_threads=2)).model  # fresh: slots 0, 1, 2 in order
     prompts = {"a": list(range(100, 120)), "b": list(range(200, 224)), "c": list(range(300, 310))}
     first = runner.prefill(list(prompts), list(prompts.values()))
     nxt = {k: int(first[i].argmax()) for i, k in enumerate(prompts)}
@@ -288,5 +289,6 @@ def test_rows_out_of_slot_order_get_their_own_logits_and_copies_stay_put(loaded)
         runner.prefill([key], [prompts[key]])
         alone[key] = runner.decode([nxt[key]])[0]
         runner.remove([key])
+    runner.close()
     assert torch.allclose(both[0], alone["b"], atol=1e-4) and torch.allclose(both[1], alone["c"], atol=1e-4)
     assert not torch.allclose(both[0], both[1], atol=1e-2)
