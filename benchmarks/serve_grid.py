@@ -15,7 +15,8 @@ rounds, the peer first in odd ones), each round of a distinct cell with prompts 
 A cell's ratio is the median of its R per-round ratios, shown with their range; a target is met when
 that median reaches it. ``--quick`` runs 5 rounds unless told otherwise, the whole grid 1. The JSON
 record is rewritten (atomically) after every cell: ``--resume`` after a kill keeps the cells it holds
-and runs the rest. Two peers:
+and runs the rest (a repeated group cut short runs again whole: the restarted servers hold none of
+its prompts). Two peers:
 
 * ``--peer transformers`` (default): ``autoglm serve --quantize Q`` for each Q of ``--quantize``
   (default ``none,auto``) against ``transformers serve --continuous-batching`` (targets at c=16:
@@ -240,11 +241,22 @@ class Side:
     env: dict[str, str] | None = None
 
 
-def done_cells(results: list[dict[str, Any]], sides: list[str], rounds: int) -> set[tuple]:
-    """The cells (as :func:`_key` tuples) that ``results`` hold every round of on every side."""
+def done_cells(results: list[dict[str, Any]], sides: list[str], rounds: int,
+               cells: list[Cell] | None = None) -> set[tuple]:
+    """The cells (as :func:`_key` tuples) that ``results`` hold every round of on every side.
+
+    With the grid's ``cells``, a repeated cell counts only when every cell of its group (same
+    input, output and eos; the concurrencies in order) is done: a resumed run starts its servers
+    cold, so a group cut short runs again from its lowest concurrency, which sends its prompts
+    first, as in an uninterrupted run."""
     have = {(_key(r["cell"]), r["server"], r.get("round", 0)) for r in results}
-    cells = {_key(r["cell"]) for r in results}
-    return {c for c in cells if all((c, s, i) in have for s in sides for i in range(rounds))}
+    done = {_key(r["cell"]) for r in results}
+    done = {c for c in done if all((c, s, i) in have for s in sides for i in range(rounds))}
+    for cell in cells or []:
+        key = _key(asdict(cell))
+        if cell.mode == "repeated" and key not in done:
+            done = {c for c in done if c[:4] != key[:4]}
+    return done
 
 
 def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace,
@@ -260,7 +272,7 @@ def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace,
     from autoglm.bench.client import BenchConfig, run_benchmark
     from autoglm.bench.servers import ServerProcess
 
-    finished = done_cells(earlier or [], [s.label for s in sides], args.rounds)
+    finished = done_cells(earlier or [], [s.label for s in sides], args.rounds, cells)
     out = [r for r in (earlier or []) if _key(r["cell"]) in finished]
     todo = [(i, c) for i, c in enumerate(cells) if _key(asdict(c)) not in finished]
     if finished:

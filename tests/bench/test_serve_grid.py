@@ -122,6 +122,17 @@ def test_a_cell_counts_as_done_only_with_every_round_of_every_server(tmp_path):
     assert grid.done_cells(results, ["ours", "peer"], rounds=1) == {grid._key(asdict(a)), grid._key(asdict(b))}
 
 
+def test_a_repeated_group_cut_short_runs_again_from_its_lowest_concurrency():
+    group = [grid.Cell(12, 16, True, "repeated", c) for c in (1, 4, 16)]
+    other = grid.Cell(12, 16, True, "distinct", 16)
+    results = [_result(side, side, c, 1.0) for c in (*group[:2], other) for side in ("ours", "peer")]
+    done = grid.done_cells(results, ["ours", "peer"], rounds=1, cells=[*group, other])
+    # c=16 of the repeated group is missing: a resumed server would not hold the prompts c=1 and c=4 sent
+    assert done == {grid._key(asdict(other))}
+    results += [_result(side, side, group[2], 1.0) for side in ("ours", "peer")]
+    assert len(grid.done_cells(results, ["ours", "peer"], rounds=1, cells=[*group, other])) == 4
+
+
 def test_a_saved_partial_grid_resumes_only_into_the_same_grid(tmp_path):
     path = tmp_path / "grid.json"
     grid_id = {"peer": "llama-server", "model": "m", "quick": True, "rounds": 5, "cells": ["x"], "servers": ["a", "b"]}
