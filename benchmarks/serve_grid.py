@@ -14,7 +14,7 @@ so ``--rounds R`` runs every cell R times, the two sides in alternating order (o
 rounds, the peer first in odd ones), each round of a distinct cell with prompts nobody sent before.
 A cell's ratio is the median of its R per-round ratios, shown with their range; a target is met when
 that median reaches it. ``--quick`` runs 5 rounds unless told otherwise, the whole grid 1. The JSON
-record is rewritten (atomically) after every cell: ``--resume`` after a kill keeps the cells it holds
+record (atomically) and the Markdown table (marked partial) are rewritten after every cell: ``--resume`` after a kill keeps the cells it holds
 and runs the rest (a repeated group cut short runs again whole: the restarted servers hold none of
 its prompts). Two peers:
 
@@ -364,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(results: list[dict[str, Any]]) -> None:
         save_partial(args.json_out, {**grid_id, "partial": True, "runs": results})
+        done = len(done_cells(results, grid_id["servers"], args.rounds, cells))
+        Path(args.md_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md_out).write_text(f"Partial: {done} of {len(cells)} cells so far (`--resume` runs the rest).\n\n"
+                                     + markdown(pair_rows(results)) + "\n", encoding="utf-8")
 
     try:
         results = run_grid(sides, cells, args, earlier, save)
