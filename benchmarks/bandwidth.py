@@ -184,8 +184,9 @@ def markdown(bw: dict[str, float], rows: list[dict[str, Any]]) -> str:
         for r in profiled:
             ceiling = 1000.0 / r["linear_ms"]
             served = f"{1000.0 / r['decode_tok_s']:.1f}" if r["decode_tok_s"] else "-"
+            rate = r["bytes_per_token"] / r["linear_ms"] / 1e6  # GB/s
             out.append(f"| {r['precision']} | {r['threads']} | {served} | "
-                       f"{r['inprocess_ms']:.1f} | {r['linear_ms']:.1f} | {r['bytes_per_token'] / r['linear_ms'] / 1e6:.1f} "
+                       f"{r['inprocess_ms']:.1f} | {r['linear_ms']:.1f} | {rate:.1f} "
                        f"| {ceiling:.1f} | {100 * ceiling / r['bound_tok_s']:.0f} % |")
     return "\n".join(out)
 

@@ -14,9 +14,9 @@ so ``--rounds R`` runs every cell R times, the two sides in alternating order (o
 rounds, the peer first in odd ones), each round of a distinct cell with prompts nobody sent before.
 A cell's ratio is the median of its R per-round ratios, shown with their range; a target is met when
 that median reaches it. ``--quick`` runs 5 rounds unless told otherwise, the whole grid 1. The JSON
-record (atomically) and the Markdown table (marked partial) are rewritten after every cell: ``--resume`` after a kill keeps the cells it holds
-and runs the rest (a repeated group cut short runs again whole: the restarted servers hold none of
-its prompts). Two peers:
+record (atomically) and the Markdown table (marked partial) are rewritten after every cell:
+``--resume`` after a kill keeps the cells it holds and runs the rest (a repeated group cut short
+runs again whole: the restarted servers hold none of its prompts). Two peers:
 
 * ``--peer transformers`` (default): ``autoglm serve --quantize Q`` for each Q of ``--quantize``
   (default ``none,auto``) against ``transformers serve --continuous-batching`` (targets at c=16:
@@ -126,7 +126,8 @@ def pair_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[tuple[dict[str, Any], dict[str, Any] | None]]] = {}
     for r in results:
         if r["side"] == "ours":
-            groups.setdefault((r["server"], _key(r["cell"])), []).append((r, peers.get((_key(r["cell"]), r.get("round", 0)))))
+            peer = peers.get((_key(r["cell"]), r.get("round", 0)))
+            groups.setdefault((r["server"], _key(r["cell"])), []).append((r, peer))
     rows = []
     for (server, _), pairs in groups.items():
         cell = Cell(**pairs[0][0]["cell"])
@@ -138,7 +139,8 @@ def pair_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         goal = target(peer, server, cell.concurrency) if peer else None
         rows.append({"cell": cell, "ours": server, "peer": peer,
                      "ours_tok_s": statistics.median(o["metrics"]["output_throughput"] for o, _ in pairs),
-                     "peer_tok_s": statistics.median(p["metrics"]["output_throughput"] for p in theirs) if theirs else None,
+                     "peer_tok_s": (statistics.median(p["metrics"]["output_throughput"] for p in theirs)
+                                    if theirs else None),
                      "ratio": ratio, "ratio_min": min(ratios) if ratios else None,
                      "ratio_max": max(ratios) if ratios else None, "rounds": len(ratios), "target": goal,
                      "meets": None if goal is None or ratio is None else ratio >= goal,
@@ -287,6 +289,7 @@ def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace,
             print(f"[{side.label}] healthy after {time.perf_counter() - t0:.0f}s; log {srv.log_path}", flush=True)
             servers.append(srv)
         pairs = list(zip(sides, servers))
+        warm = True  # the first cell this run measures warms every (fresh) server up first
         for index, cell in todo:
             for round_ in range(args.rounds):
                 prompts = prompts_for(cell, index, args.quick, round_)
@@ -295,13 +298,15 @@ def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace,
                     cfg = BenchConfig(base_url=srv.base_url, model=side.model_name, num_prompts=len(prompts),
                                       concurrency=cell.concurrency, max_tokens=cell.max_tokens,
                                       input_len=cell.input_len, prompts=prompts, ignore_eos=ignore_eos,
-                                      warmup=index == 0 and round_ == 0, request_timeout=3600.0, progress=False)
+                                      warmup=warm, request_timeout=3600.0, progress=False)
                     m = run_benchmark(cfg)
-                    print(f"[{side.label}] {cell.label}{f' (round {round_ + 1}/{args.rounds})' if args.rounds > 1 else ''}: "
+                    which = f" (round {round_ + 1}/{args.rounds})" if args.rounds > 1 else ""
+                    print(f"[{side.label}] {cell.label}{which}: "
                           f"{m.completed}/{len(prompts)} ok, {m.total_output_tokens} tokens, "
                           f"{m.output_throughput:.1f} tok/s", flush=True)
                     out.append({"side": side.side, "server": side.label, "cell": asdict(cell), "round": round_,
                                 "sent": len(prompts), "ignore_eos_sent": ignore_eos, "metrics": m.to_dict()})
+                warm = False
             if save is not None:
                 save(out)
     return out
