@@ -24,7 +24,7 @@ from typing import Any
 from autoglm.bench.client import BenchConfig, run_benchmark
 from autoglm.bench.metrics import BenchmarkMetrics
 from autoglm.bench.prompts import make_prompts
-from autoglm.bench.scripts import script_main, write_record
+from autoglm.bench.scripts import int_list, script_main, write_record
 from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port, transformers_serve_command
 from autoglm.errors import ConfigError
 
@@ -56,15 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", dest="json_out", default="benchmarks/results/compare_serve.json")
     return p.parse_args(argv)
 
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers; use e.g. 1,4,16") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} {text!r} must list positive integers, e.g. 1,4,16")
-    return values
 
 
 def resolve_model_dir(args: argparse.Namespace) -> Path:
@@ -171,7 +162,7 @@ def ratios(rows: list[dict[str, Any]], reference: dict[str, Any] | None) -> list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    concurrencies = _ints(args.concurrency, "--concurrency")
+    concurrencies = int_list(args.concurrency, "--concurrency")
     quantizes = [q.strip() for q in args.quantize.split(",") if q.strip()]
     model_dir = resolve_model_dir(args)
     n_max = args.num_prompts or 2 * max(concurrencies)

@@ -67,18 +67,15 @@ def measure(core: Any, batch: int, steps: int, forward: list[float]) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from autoglm.bench.scripts import write_record
+    from autoglm.bench.scripts import int_list, write_record
     from autoglm.config import EngineSettings
     from autoglm.engine.core import EngineCore
     from autoglm.errors import ConfigError
 
     args = parse_args(argv)
-    try:
-        sizes = [int(x) for x in args.batch.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--batch {args.batch!r} is not a comma-separated list of integers; use e.g. 1,16") from None
-    if not sizes or min(sizes) < 1 or args.steps < 1:
-        raise ConfigError("--batch sizes and --steps must be positive")
+    sizes = int_list(args.batch, "--batch", "1,16")
+    if args.steps < 1:
+        raise ConfigError(f"--steps {args.steps} must be at least 1")
     settings = EngineSettings(model=args.model, engine=args.engine, quantize=args.quantize, device="cpu",
                               max_num_seqs=max(sizes), max_model_len=args.steps + 64,
                               num_threads=args.threads or None)

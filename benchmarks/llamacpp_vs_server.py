@@ -27,7 +27,7 @@ from typing import Any
 
 from autoglm.bench.client import BenchConfig, run_benchmark
 from autoglm.bench.prompts import make_prompts
-from autoglm.bench.scripts import script_main, write_record
+from autoglm.bench.scripts import int_list, script_main, write_record
 from autoglm.bench.servers import ServerProcess, autoglm_serve_command, free_port
 from autoglm.errors import ConfigError
 
@@ -55,15 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", dest="json_out", default="benchmarks/results/llamacpp_vs_server.json")
     return p.parse_args(argv)
 
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers; use e.g. 1,16") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} {text!r} must list positive integers, e.g. 1,16")
-    return values
 
 
 def llama_server_command(binary: str, gguf: Path, port: int, args: argparse.Namespace) -> list[str]:
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoglm.quantization.gguf import ensure_gguf
 
     args = parse_args(argv)
-    concurrencies = _ints(args.concurrency, "--concurrency")
+    concurrencies = int_list(args.concurrency, "--concurrency", "1,16")
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     if "llama-server" not in args.skip and not (args.llama_server and Path(args.llama_server).is_file()):
         raise ConfigError(f"--llama-server {args.llama_server!r} is not a file; build llama-server (see the "

@@ -218,17 +218,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _ints(text: str, flag: str) -> list[int]:
-    from autoglm.errors import ConfigError
-
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} {text!r} must list positive integers")
-    return values
-
 
 @dataclass
 class Side:
@@ -313,7 +302,7 @@ def run_grid(sides: list[Side], cells: list[Cell], args: argparse.Namespace,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from autoglm.bench.scripts import write_record
+    from autoglm.bench.scripts import int_list, write_record
     from autoglm.bench.servers import autoglm_serve_command, free_port, transformers_serve_command
     from autoglm.errors import ConfigError
 
@@ -322,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 5 if args.quick else 1
     if args.rounds < 1:
         raise ConfigError(f"--rounds {args.rounds} must be at least 1")
-    cells = grid_cells(args.quick, _ints(args.input_lens, "--input-lens"), _ints(args.outputs, "--outputs"),
-                       _ints(args.concurrency, "--concurrency"))
+    cells = grid_cells(args.quick, int_list(args.input_lens, "--input-lens", "12,200,1500"),
+                       int_list(args.outputs, "--outputs", "16,128,512"), int_list(args.concurrency, "--concurrency"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' command lines
     # every server gets a fresh store: keys or state another run leaves in the default one (it is shared)
     # must not turn on authentication or change routing in the middle of a grid

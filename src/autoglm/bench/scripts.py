@@ -1,6 +1,7 @@
 """Shared parts of the benchmark scripts under ``benchmarks/``: write the JSON record, run ``main``
 the way the CLI does (an :class:`~autoglm.errors.AutoGLMError` is one line and its exit code), and
-measure ``autoglm serve`` once per value of one flag (:func:`serve_per_value`)."""
+measure ``autoglm serve`` once per value of one flag (:func:`serve_per_value`), read a flag's
+comma-separated positive integers (:func:`int_list`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,11 +10,23 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from autoglm.errors import AutoGLMError
+from autoglm.errors import AutoGLMError, ConfigError
 
-__all__ = ["write_record", "script_main", "serve_per_value", "variant_parser", "SERVED_NAME"]
+__all__ = ["write_record", "script_main", "serve_per_value", "variant_parser", "int_list", "SERVED_NAME"]
 
 SERVED_NAME = "bench-model"
+
+
+def int_list(text: str, flag: str, example: str = "1,4,16") -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]``; anything else, or a value below 1, is a one-line
+    :class:`ConfigError` naming ``flag`` and showing ``example``."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers; use e.g. {example}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} {text!r} must list positive integers, e.g. {example}")
+    return values
 
 
 def variant_parser(doc: str, json_default: str) -> argparse.ArgumentParser:
