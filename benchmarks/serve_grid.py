@@ -381,13 +381,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def save_partial(path: str | Path, record: dict[str, Any]) -> None:
     """Write ``record`` to ``path`` atomically (a kill mid-write leaves the previous file)."""
-    import json
+    from autoglm.training.rundir import write_json
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_json(out, record)
 
 
 def load_partial(path: str | Path, grid_id: dict[str, Any]) -> list[dict[str, Any]]:

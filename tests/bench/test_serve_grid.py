@@ -139,7 +139,7 @@ def test_a_saved_partial_grid_resumes_only_into_the_same_grid(tmp_path):
     assert grid.load_partial(path, grid_id) == []  # nothing saved yet: start from scratch
     runs = [_result("ours", "a", grid.Cell(12, 16, True, "distinct", 1), 3.0)]
     grid.save_partial(path, {**grid_id, "partial": True, "runs": runs})
-    assert not (tmp_path / "grid.json.tmp").exists()
+    assert [f.name for f in tmp_path.iterdir()] == ["grid.json"]  # no temporary file left beside it
     assert grid.load_partial(path, grid_id) == runs
     with pytest.raises(ConfigError, match="holds another grid \\(its rounds differ\\)"):
         grid.load_partial(path, {**grid_id, "rounds": 3})
