@@ -121,8 +121,8 @@ LINEAR_OPS = ("quantized::linear_dynamic", "aten::addmm", "aten::mm")  # the wei
 
 
 def profile_decode(model_dir: Path, precision: str, threads: int = 0, steps: int = 16) -> dict[str, Any]:
-    """Batch-1 decode in-process, loaded and run the way the server runs it (Q/K/V fused, quantized,
-    the engine's :class:`BatchRunner`): wall ms per token, then under ``torch.profiler`` the self time
+    """Batch-1 decode in-process, loaded and run the way the server runs it (its loader: planned, Q/K/V
+    fused, quantized; the engine's :class:`BatchRunner`): wall ms per token, then under ``torch.profiler`` the self time
     of the weight matmuls per token and the top operators. The matmuls alone give the kernel's
     ceiling: what decode would reach if everything else cost nothing."""
     import torch
@@ -131,16 +131,13 @@ def profile_decode(model_dir: Path, precision: str, threads: int = 0, steps: int
     if threads:
         torch.set_num_threads(threads)
     from torch.profiler import ProfilerActivity, profile
-    from transformers import AutoModelForCausalLM
 
-    from autoglm.engine.fused import fuse_qkv
+    from autoglm.config import EngineSettings
+    from autoglm.engine.backends.transformers import load_transformers_model
     from autoglm.engine.runner import BatchRunner
-    from autoglm.quantization.device import detect_device
-    from autoglm.quantization.quantizers import apply_precision
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    fuse_qkv(model)
-    model = apply_precision(model, precision, detect_device("cpu"))
+    model = load_transformers_model(EngineSettings(model=str(model_dir), quantize=precision, device="cpu",
+                                                   max_num_seqs=1, max_model_len=512)).model
     runner = BatchRunner(model, spare=4 * steps + 16)
     token = int(runner.prefill(["p"], [[2, 4, 7, 100, 200, 300, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]])[0].argmax())
     for _ in range(3):  # warm-up
